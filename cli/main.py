@@ -1,0 +1,63 @@
+"""The `emoengine` command: typer app, and the one place that turns errors into one line + exit code."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+
+from emoengine.errors import EmoengineError
+
+app = typer.Typer(
+    name="emoengine",
+    help="EmoNet facial-emotion engine for video, with conv1 / emo-conv1 feature-map outputs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEBUG = {"on": False}
+
+
+def fail(message: str, code: int) -> "typer.Exit":
+    """Print one line on stderr and return the Exit to raise."""
+    typer.echo(f"emoengine: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _register_commands() -> None:
+    # each command lives in its own module and adds itself to `app`
+    from emoengine.cli import commands  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: exit 0 done, 2 bad input, 1 failure while running (CONTRACT.md)."""
+    _register_commands()
+    args = sys.argv[1:] if argv is None else argv
+    DEBUG["on"] = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        rc = app(args=args, prog_name="emoengine", standalone_mode=False)
+        raise SystemExit(rc if isinstance(rc, int) else 0)
+    except EmoengineError as e:
+        if DEBUG["on"]:
+            traceback.print_exc()
+        raise SystemExit(fail(str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code).exit_code)
+    except typer.Exit as e:
+        raise SystemExit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("emoengine: interrupted", err=True)
+        raise SystemExit(130)
+    except Exception as e:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            typer.echo("emoengine: interrupted", err=True)
+            raise SystemExit(130)
+        if isinstance(e, click.ClickException):
+            raise SystemExit(fail(e.format_message().splitlines()[0], 2).exit_code)
+        if DEBUG["on"]:
+            traceback.print_exc()
+        raise SystemExit(fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                              "(run with --debug for the traceback)", 1).exit_code)

@@ -1,0 +1,17 @@
+"""emoengine: EmoNet facial-emotion inference for video, with conv1 / emo-conv1 feature-map outputs."""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("emoengine")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+CLASS_NAMES_8 = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
+
+
+def class_names(num_classes: int) -> tuple[str, ...]:
+    """Upstream EmoNet's class names: the 5-class model uses the first five of the 8-class list."""
+    if num_classes not in (5, 8):
+        raise ValueError(f"EmoNet has 5 or 8 classes, not {num_classes}")
+    return CLASS_NAMES_8[:num_classes]

@@ -1,0 +1,3 @@
+from emoengine.cli.main import main
+
+main()

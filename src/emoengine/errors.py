@@ -1,0 +1,19 @@
+"""Errors the CLI turns into one line on stderr and an exit status (see CONTRACT.md)."""
+
+
+class EmoengineError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UserInputError(EmoengineError):
+    """Bad usage or bad input: a missing file, not a video, a wrong checkpoint... (exit 2)."""
+
+    exit_code = 2
+
+
+class RunFailure(EmoengineError):
+    """Something broke while running on good input (exit 1)."""
+
+    exit_code = 1
