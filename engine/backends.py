@@ -92,3 +92,30 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self.session = None
+
+
+class TorchRunner(Runner):
+    """The PyTorch reference: our EmoNet behind the exported graph's exact inputs and outputs."""
+
+    def __init__(self, graph, metadata: dict[str, str], device: str = "cpu") -> None:
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserInputError("backend torch-cuda needs a CUDA build of PyTorch and a GPU; none found here")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.graph = graph.to(self.device).eval()
+        self.backend = "torch-cuda" if self.device.type == "cuda" else "torch"
+        self.input_names = ["image"]
+        self.output_names = list(graph.output_names)
+        self.metadata = dict(metadata)
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            image = torch.from_numpy(np.ascontiguousarray(feeds["image"])).to(self.device, non_blocking=True)
+            outs = self.graph(image)
+        return {n: o.detach().float().cpu().numpy() for n, o in zip(self.output_names, outs)}
+
+    def close(self) -> None:
+        self.graph = None

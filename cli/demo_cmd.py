@@ -1,0 +1,33 @@
+"""`emoengine demo`: make a clip from shipped photos and run the whole pipeline on it, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from emoengine.cli.main import app
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("emoengine-demo"), help="Where the clip and every output go."),
+    weights: str = typer.Option("random", help="EmoNet checkpoint (.pth); default random weights."),
+    backend: str = typer.Option("ort", help="torch | ort | ort-cuda | trt"),
+    frames: int = typer.Option(96, min=8, help="Length of the generated clip."),
+) -> None:
+    """Run everything on a generated clip (photos from insightface's wheel; no network needed)."""
+    from emoengine.cli.run_cmd import open_model, summary_line
+    from emoengine.engine.demo import demo_frames, write_clip
+    from emoengine.engine.run import RunConfig, run_pipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    clip = write_clip(out / "demo_input.mp4", demo_frames(frames))
+    typer.echo(f"emoengine demo: wrote the input clip {clip} ({frames} frames)", err=True)
+    summary = run_pipeline(RunConfig(input=str(clip), out_dir=out, smooth=0.5),
+                           lambda: open_model(backend, weights, None, None, False, 32))
+    typer.echo(summary_line(summary, out), err=True)
+    typer.echo("wrote:")
+    for p in sorted(out.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            typer.echo(f"  {p}  ({p.stat().st_size / 1024:.0f} KiB)")

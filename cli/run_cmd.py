@@ -1,0 +1,69 @@
+"""`emoengine run`: parse options, call engine.run.run_pipeline, print one summary line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emoengine.cli.main import app
+from emoengine.errors import UserInputError
+
+
+def open_model(backend: Optional[str], weights: Optional[str], model: Optional[str], classes: Optional[int],
+               full_taps: bool, max_batch: int):
+    from emoengine.engine.emonet_model import backend_for_artifact, open_emonet
+
+    if backend is None:
+        backend = backend_for_artifact(model) if model else "ort"
+    return open_emonet(backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
+                       max_batch=max_batch)
+
+
+def summary_line(summary: dict, out_dir: Path) -> str:
+    s = summary["stages"]
+    return (f"emoengine: {summary['frames']} frames, {summary['faces']} faces in {summary['wall_s']:.1f} s "
+            f"({summary['frames_per_s']:.1f} frames/s, {summary['faces_per_s']:.1f} faces/s; busy s: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in s.items()) + f") on {summary['backend']} → {out_dir}")
+
+
+@app.command("run")
+def run_command(
+    input: str = typer.Argument(..., help="Video file, image, folder of images, camera index or stream URL."),
+    weights: Optional[str] = typer.Option(None, help="EmoNet checkpoint (.pth) or 'random'."),
+    model: Optional[str] = typer.Option(None, help="Exported artifact (.onnx, .engine) instead of --weights."),
+    backend: Optional[str] = typer.Option(None, help="torch | torch-cuda | ort | ort-cuda | trt "
+                                                     "(default: from --model's suffix, else ort)."),
+    classes: Optional[int] = typer.Option(None, help="5 or 8; checked against the checkpoint."),
+    detector: str = typer.Option("mtcnn", help="mtcnn | scrfd | none (whole image is the face)."),
+    detector_model: Optional[str] = typer.Option(None, help="SCRFD .onnx (default: insightface's model folder)."),
+    crop: str = typer.Option("square", help="square (margin around the face) | upstream (plain box)."),
+    out: Path = typer.Option(Path("emoengine-out"), help="Output folder."),
+    max_batch: int = typer.Option(32, min=1, help="Faces per inference call."),
+    max_wait_ms: float = typer.Option(40.0, min=0, help="How long a partial batch waits for more faces."),
+    max_faces: Optional[int] = typer.Option(None, min=1, help="Keep the largest K faces per frame."),
+    smooth: float = typer.Option(0.0, min=0.0, max=0.99, help="Temporal smoothing α per face (0 = off)."),
+    face_id: Optional[int] = typer.Option(None, help="Face the feature-map videos follow (default: largest)."),
+    no_video: bool = typer.Option(False, "--no-video", help="Write only predictions.csv and summary.json."),
+    taps: bool = typer.Option(True, "--taps/--no-taps", help="Feature-map videos and mean maps."),
+    save_activations: bool = typer.Option(False, help="Per-face channel-mean maps to activations.npz."),
+    full_taps: bool = typer.Option(False, help="With --save-activations: the untouched activations."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
+) -> None:
+    """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
+    from emoengine.engine.run import RunConfig, run_pipeline
+
+    if crop not in ("square", "upstream"):
+        raise UserInputError(f"--crop must be square or upstream, not {crop}")
+    if full_taps and not save_activations:
+        raise UserInputError("--full-taps only makes sense with --save-activations")
+    cfg = RunConfig(input=input, out_dir=out, detector=detector, detector_model=detector_model, crop_mode=crop,
+                    max_batch=max_batch, max_wait_ms=max_wait_ms, max_faces=max_faces, smooth=smooth,
+                    face_id=face_id, write_video=not no_video, taps=taps, save_activations=save_activations,
+                    full_taps=full_taps, quiet=quiet)
+    if weights is None and model is None:
+        raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
+    summary = run_pipeline(cfg, lambda: open_model(backend, weights, model, classes, full_taps, max_batch))
+    if not quiet:
+        typer.echo(summary_line(summary, out), err=True)

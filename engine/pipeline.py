@@ -1,0 +1,257 @@
+"""The streaming engine: decode → detect → crop → infer (batched across frames) → render/write.
+
+Each stage is a thread joined to the next by a bounded queue, so memory stays flat however long the video
+is and the slowest stage sets the pace. A shared stop event ends every stage promptly; the first error is
+kept and re-raised in the caller's thread; frame order is kept because every stage is a single thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from emoengine.engine.crops import crop_faces
+from emoengine.engine.detectors.base import Faces
+from emoengine.engine.emonet_model import EmoNetBatch, EmoNetModel
+from emoengine.errors import EmoengineError, RunFailure
+
+_END = object()
+_POLL_S = 0.05
+
+
+class _Stopped(Exception):
+    """Raised inside a stage when another stage failed or the user interrupted."""
+
+
+@dataclass
+class StageClock:
+    """Busy seconds (doing the stage's own work) and seconds waiting on the queues around it."""
+
+    busy_s: float = 0.0
+    wait_in_s: float = 0.0
+    wait_out_s: float = 0.0
+    items: int = 0
+
+
+@dataclass
+class PipelineOptions:
+    max_batch: int = 32           # faces per inference call
+    max_wait_ms: float = 40.0     # how long a partial batch may wait for more faces
+    max_faces: int | None = None  # keep the largest K faces per frame
+    crop_mode: str = "square"
+    queue_size: int = 8
+
+
+@dataclass
+class Detected:
+    """A decoded frame with its faces and their 256² crops (regions: the frame square each crop shows)."""
+
+    frame: object                 # sources.Frame
+    faces: Faces
+    crops: np.ndarray | None = None
+    regions: np.ndarray | None = None
+
+
+@dataclass
+class Inferred:
+    detected: Detected
+    predictions: EmoNetBatch | None
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    faces: int = 0
+    frames_with_face: int = 0
+    wall_s: float = 0.0
+    stages: dict[str, StageClock] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class Pipeline:
+    """Wires the stages; `run()` blocks until the input ends, a stage fails, or Ctrl-C.
+
+    `sink(inferred)` runs in the render stage and does tracking, drawing and writing; `on_frame(stats)` is
+    called after each frame for progress display.
+    """
+
+    def __init__(self, frames: Iterable, detector, model: EmoNetModel, sink: Callable[[Inferred], None],
+                 options: PipelineOptions | None = None, on_frame: Callable[[PipelineStats], None] | None = None):
+        self.frames = frames
+        self.detector = detector
+        self.model = model
+        self.sink = sink
+        self.opt = options or PipelineOptions()
+        self.on_frame = on_frame
+        self.stop = threading.Event()
+        self.stats = PipelineStats(stages={s: StageClock() for s in ("decode", "detect", "crop", "infer", "render")})
+        self._error: tuple[str, BaseException] | None = None
+        self._lock = threading.Lock()
+        q = self.opt.queue_size
+        self._q_decoded: queue.Queue = queue.Queue(q)
+        self._q_detected: queue.Queue = queue.Queue(q)
+        self._q_cropped: queue.Queue = queue.Queue(q)
+        self._q_inferred: queue.Queue = queue.Queue(q)
+
+    # ---- queue helpers that notice the stop event ---------------------------------------------------
+    def _put(self, q: queue.Queue, item, clock: StageClock) -> None:
+        t0 = time.perf_counter()
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=_POLL_S)
+                break
+            except queue.Full:
+                continue
+        clock.wait_out_s += time.perf_counter() - t0
+
+    def _get(self, q: queue.Queue, clock: StageClock, timeout: float | None = None):
+        """Next item; `None` if `timeout` passed with nothing (used by the batcher)."""
+        t0 = time.perf_counter()
+        deadline = None if timeout is None else t0 + timeout
+        try:
+            while True:
+                if self.stop.is_set():
+                    raise _Stopped
+                wait = _POLL_S if deadline is None else min(_POLL_S, max(0.0, deadline - time.perf_counter()))
+                try:
+                    return q.get(timeout=wait)
+                except queue.Empty:
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        return None
+        finally:
+            clock.wait_in_s += time.perf_counter() - t0
+
+    # ---- stages ----------------------------------------------------------------------------------
+    def _decode(self, clock: StageClock) -> None:
+        it = iter(self.frames)
+        while True:
+            t0 = time.perf_counter()
+            frame = next(it, _END)
+            clock.busy_s += time.perf_counter() - t0
+            if frame is _END:
+                break
+            clock.items += 1
+            self._put(self._q_decoded, frame, clock)
+        self._put(self._q_decoded, _END, clock)
+
+    def _detect(self, clock: StageClock) -> None:
+        while (frame := self._get(self._q_decoded, clock)) is not _END:
+            t0 = time.perf_counter()
+            faces = self.detector.detect([frame.rgb])[0]
+            if self.opt.max_faces is not None and len(faces) > self.opt.max_faces:
+                faces = faces.take(np.argsort(-faces.areas, kind="stable")[: self.opt.max_faces])
+            clock.busy_s += time.perf_counter() - t0
+            clock.items += 1
+            self._put(self._q_detected, Detected(frame, faces), clock)
+        self._put(self._q_detected, _END, clock)
+
+    def _crop(self, clock: StageClock) -> None:
+        while (item := self._get(self._q_detected, clock)) is not _END:
+            t0 = time.perf_counter()
+            if len(item.faces):
+                item.crops, item.regions = crop_faces(item.frame.rgb, item.faces.boxes, mode=self.opt.crop_mode)
+            clock.busy_s += time.perf_counter() - t0
+            clock.items += 1
+            self._put(self._q_cropped, item, clock)
+        self._put(self._q_cropped, _END, clock)
+
+    def _infer(self, clock: StageClock) -> None:
+        """Batch faces across frames: run when `max_batch` faces wait or the oldest waited `max_wait_ms`."""
+        pending: list[Detected] = []
+        n_faces = 0
+        first_t = 0.0
+        ended = False
+        while not ended:
+            timeout = None
+            if pending:
+                timeout = max(0.0, first_t + self.opt.max_wait_ms / 1000 - time.perf_counter())
+            item = self._get(self._q_cropped, clock, timeout=timeout)
+            if item is _END:
+                ended = True
+            elif item is not None:
+                if not pending and not len(item.faces):
+                    self._put(self._q_inferred, Inferred(item, None), clock)  # nothing to wait for
+                    continue
+                if not pending:
+                    first_t = time.perf_counter()
+                pending.append(item)
+                n_faces += len(item.faces)
+            if pending and (ended or item is None or n_faces >= self.opt.max_batch):
+                self._flush(pending, clock)
+                pending, n_faces = [], 0
+        self._put(self._q_inferred, _END, clock)
+
+    def _flush(self, pending: list[Detected], clock: StageClock) -> None:
+        t0 = time.perf_counter()
+        crops = np.concatenate([d.crops for d in pending if d.crops is not None])
+        batch = self.model.predict(crops)
+        clock.busy_s += time.perf_counter() - t0
+        clock.items += len(crops)
+        start = 0
+        for d in pending:
+            k = len(d.faces)
+            preds = _slice_batch(batch, start, start + k) if k else None
+            start += k
+            self._put(self._q_inferred, Inferred(d, preds), clock)
+
+    def _render(self, clock: StageClock) -> None:
+        while (item := self._get(self._q_inferred, clock)) is not _END:
+            t0 = time.perf_counter()
+            self.sink(item)
+            clock.busy_s += time.perf_counter() - t0
+            clock.items += 1
+            k = len(item.detected.faces)
+            self.stats.frames += 1
+            self.stats.faces += k
+            self.stats.frames_with_face += k > 0
+            if self.on_frame:
+                self.on_frame(self.stats)
+
+    # ---- running --------------------------------------------------------------------------------
+    def _stage(self, name: str, fn) -> None:
+        try:
+            fn(self.stats.stages[name])
+        except _Stopped:
+            pass
+        except BaseException as e:  # noqa: BLE001 - forwarded to the caller's thread
+            with self._lock:
+                if self._error is None:
+                    self._error = (name, e)
+            self.stop.set()
+
+    def run(self) -> PipelineStats:
+        stages = [("decode", self._decode), ("detect", self._detect), ("crop", self._crop),
+                  ("infer", self._infer), ("render", self._render)]
+        threads = [threading.Thread(target=self._stage, args=s, name=f"emoengine-{s[0]}", daemon=True)
+                   for s in stages]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.1)
+        except KeyboardInterrupt:
+            self.stats.interrupted = True
+            self.stop.set()
+            for t in threads:
+                t.join(timeout=5)
+        finally:
+            self.stats.wall_s = time.perf_counter() - t0
+        if self._error is not None:
+            stage, err = self._error
+            if isinstance(err, EmoengineError):
+                raise err
+            raise RunFailure(f"{stage} stage failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        return self.stats
+
+
+def _slice_batch(batch: EmoNetBatch, a: int, b: int) -> EmoNetBatch:
+    return EmoNetBatch(**{k: (None if v is None else v[a:b]) for k, v in batch.__dict__.items()})

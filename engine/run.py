@@ -1,0 +1,164 @@
+"""`emoengine run` as a function: open input, detector, model and writers, drive the pipeline, summarise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+from pathlib import Path
+
+import numpy as np
+
+from emoengine.engine.crops import regions_to_frame
+from emoengine.engine.detectors import make_detector
+from emoengine.engine.emonet_model import EmoNetModel
+from emoengine.engine.outputs import RunOutputs
+from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
+from emoengine.engine.results import FaceResult, FrameResult
+from emoengine.engine.sources import open_source
+from emoengine.engine.tracker import IouTracker, TemporalSmoother
+
+
+@dataclass
+class RunConfig:
+    input: str
+    out_dir: Path
+    detector: str = "mtcnn"
+    detector_model: str | None = None
+    crop_mode: str = "square"
+    max_batch: int = 32
+    max_wait_ms: float = 40.0
+    max_faces: int | None = None
+    smooth: float = 0.0
+    face_id: int | None = None
+    write_video: bool = True
+    taps: bool = True
+    save_activations: bool = False
+    full_taps: bool = False
+    quiet: bool = False
+
+
+class FrameAssembler:
+    """The render stage's first half: track ids, smoothing, and FaceResult records in frame pixels."""
+
+    def __init__(self, class_names, smooth: float, keep_taps: bool) -> None:
+        self.class_names = tuple(class_names)
+        self.tracker = IouTracker()
+        self.smoother = TemporalSmoother(smooth)
+        self.keep_taps = keep_taps
+
+    def __call__(self, item: Inferred) -> tuple[FrameResult, dict[int, dict[str, np.ndarray]]]:
+        d = item.detected
+        faces = d.faces
+        ids = self.tracker.update(faces.boxes)
+        self.smoother.forget(self.tracker.dropped_ids())
+        results, full = [], {}
+        p = item.predictions
+        if p is not None and len(faces):
+            lm68 = regions_to_frame(p.landmarks, d.regions)
+            for k in range(len(faces)):
+                fid = int(ids[k])
+                probs, val, aro = self.smoother.update(fid, p.probs[k], float(p.valence[k]), float(p.arousal[k]))
+                results.append(FaceResult(
+                    box=faces.boxes[k], det_score=float(faces.scores[k]), landmarks5=faces.landmarks[k],
+                    logits=p.logits[k], probs=probs, expression=self.class_names[int(np.argmax(probs))],
+                    valence=val, arousal=aro, landmarks68=lm68[k], face_id=fid,
+                    conv1_mean=p.conv1_mean[k] if (self.keep_taps and p.conv1_mean is not None) else None,
+                    emo_conv1_mean=(p.emo_conv1_mean[k] if (self.keep_taps and p.emo_conv1_mean is not None)
+                                    else None),
+                ))
+                if p.conv1 is not None:
+                    full[fid] = {"conv1": p.conv1[k], "emo_conv1": p.emo_conv1[k]}
+        return FrameResult(d.frame.index, d.frame.time_s, d.frame.rgb, results), full
+
+
+def _progress(total: int | None, quiet: bool):
+    """A rich progress bar on a terminal; nothing otherwise. Returns (on_frame, close)."""
+    if quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]emoengine"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True)
+    task = progress.add_task("run", total=total, rate="")
+    progress.start()
+    t0 = time.perf_counter()
+
+    def on_frame(stats: PipelineStats) -> None:
+        dt = max(time.perf_counter() - t0, 1e-6)
+        progress.update(task, completed=stats.frames,
+                        rate=f"{stats.frames / dt:.1f} frames/s {stats.faces / dt:.1f} faces/s")
+
+    return on_frame, progress.stop
+
+
+def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
+    """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
+
+    The input and detector are opened before the model, so bad input fails fast, before any export.
+    """
+    source = open_source(cfg.input)
+    detector = model = outputs = None
+    try:
+        detector = make_detector(cfg.detector, model_path=cfg.detector_model)
+        model = open_model()
+        if model.is_random:
+            print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
+        still = source.kind in ("image", "images")
+        outputs = RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still,
+                             write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
+                             save_activations=cfg.save_activations, full_taps=cfg.full_taps,
+                             face_id=cfg.face_id)
+        assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps)
+
+        def sink(item: Inferred) -> None:
+            frame, full = assemble(item)
+            outputs.write(frame, full)
+
+        on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
+        options = PipelineOptions(max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+                                  max_faces=cfg.max_faces, crop_mode=cfg.crop_mode)
+        try:
+            stats = Pipeline(source, detector, model, sink, options, on_frame=on_frame).run()
+        finally:
+            close_progress()
+        if stats.interrupted:
+            raise KeyboardInterrupt
+        summary = make_summary(cfg, source, model, detector, stats)
+        outputs.commit(summary)
+        return summary
+    except BaseException:
+        if outputs is not None:
+            outputs.abort()
+        raise
+    finally:
+        for part in (model, detector, source):
+            if part is not None:
+                part.close()
+
+
+def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: PipelineStats) -> dict:
+    wall = max(stats.wall_s, 1e-9)
+    return {
+        "input": str(cfg.input),
+        "input_kind": source.kind,
+        "fps": source.fps,
+        "frames": stats.frames,
+        "frames_with_face": stats.frames_with_face,
+        "faces": stats.faces,
+        "backend": model.backend,
+        "detector": detector.name,
+        "classes": list(model.class_names),
+        "random_weights": model.is_random,
+        "wall_s": round(stats.wall_s, 4),
+        "stages": {name: round(c.busy_s, 4) for name, c in stats.stages.items()},
+        "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}
+                         for name, c in stats.stages.items()},
+        "faces_per_s": round(stats.faces / wall, 3),
+        "frames_per_s": round(stats.frames / wall, 3),
+        "options": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
+                    "smooth": cfg.smooth, "crop": cfg.crop_mode, "face_id": cfg.face_id},
+    }

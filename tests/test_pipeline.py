@@ -1,0 +1,226 @@
+"""The streaming engine end to end: real video files (made here from photos shipped in insightface's wheel),
+the real MTCNN detector, real ONNX Runtime and PyTorch EmoNet (random weights: the machinery, not the
+emotions, is under test), real encoders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from emoengine.engine.demo import shipped_photo, single_face_frames, write_clip
+
+CONTRACT_VIDEO_FILES = ("predictions.csv", "annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png",
+                        "emo_conv1_mean.png", "timeline.png", "summary.json")
+
+
+def emoengine(*args: str, env_models: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ)
+    if env_models is not None:
+        env["EMOENGINE_MODELS"] = str(env_models)
+    return subprocess.run([sys.executable, "-m", "emoengine", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def count_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def random_onnx(tmp_path_factory) -> Path:
+    """Random-weight EmoNet exported once for the module (full taps, so --save-activations works too)."""
+    out = tmp_path_factory.mktemp("models") / "emonet8-random.onnx"
+    r = emoengine("export", "--weights", "random", "--output", str(out), "--full-taps")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def moving_face_clip(tmp_path_factory) -> Path:
+    """24 frames of one face travelling and growing across a 640×360 frame."""
+    return write_clip(tmp_path_factory.mktemp("media") / "moving_face.mp4", single_face_frames(24), fps=24)
+
+
+@pytest.fixture(scope="module")
+def ort_run(tmp_path_factory, random_onnx, moving_face_clip) -> Path:
+    out = tmp_path_factory.mktemp("run_ort")
+    r = emoengine("run", str(moving_face_clip), "--model", str(random_onnx), "--out", str(out),
+                  "--save-activations")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_run_writes_every_contract_file_with_input_frame_count(ort_run, moving_face_clip):
+    for name in CONTRACT_VIDEO_FILES:
+        assert (ort_run / name).is_file(), name
+    n = count_frames(moving_face_clip)
+    assert n == 24
+    for video in ("annotated.mp4", "conv1.mp4", "emo_conv1.mp4"):
+        assert count_frames(ort_run / video) == n, video
+    leftovers = [p.name for p in ort_run.iterdir() if p.name.startswith(".") or "partial" in p.name]
+    assert not leftovers
+
+
+def test_csv_has_a_row_per_frame_and_face_and_the_moving_face_keeps_its_id(ort_run):
+    rows = read_rows(ort_run / "predictions.csv")
+    frames = sorted({int(r["frame"]) for r in rows})
+    assert len(frames) >= 22, "the face is found in nearly every frame"
+    assert len(rows) == len(frames), "one face per frame in this clip"
+    assert {r["face_id"] for r in rows} == {"0"}
+    probs = np.array([[float(r[k]) for k in r if k.startswith("p_")] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    assert list(rows[0])[:9] == ["frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score",
+                                 "expression"]
+    xs = [float(r["x1"]) for r in rows]
+    assert xs[-1] > xs[0] + 200, "the face travels left to right"
+
+
+def test_summary_has_contract_fields(ort_run):
+    s = json.loads((ort_run / "summary.json").read_text())
+    for key in ("frames", "frames_with_face", "faces", "backend", "wall_s", "stages", "faces_per_s",
+                "frames_per_s"):
+        assert key in s, key
+    assert s["frames"] == 24 and s["backend"] == "ort"
+    assert {"decode", "detect", "infer", "render"} <= set(s["stages"])
+
+
+def test_activations_archive_holds_each_faces_maps(ort_run):
+    with np.load(ort_run / "activations.npz") as z:
+        frames = z["frames"]
+        assert len(frames) == len(read_rows(ort_run / "predictions.csv"))
+        key = f"f{int(frames[0]):06d}_id{int(z['face_ids'][0])}_conv1_mean"
+        assert z[key].shape == (128, 128)
+
+
+def test_torch_and_ort_agree_within_1e3(tmp_path, ort_run, moving_face_clip):
+    out = tmp_path / "torch"
+    r = emoengine("run", str(moving_face_clip), "--weights", "random", "--backend", "torch", "--out", str(out),
+                  "--no-video")
+    assert r.returncode == 0, r.stderr
+    a, b = read_rows(ort_run / "predictions.csv"), read_rows(out / "predictions.csv")
+    assert [(x["frame"], x["face_id"]) for x in a] == [(x["frame"], x["face_id"]) for x in b]
+    cols = [k for k in a[0] if k.startswith("p_")] + ["valence", "arousal"]
+    va = np.array([[float(x[k]) for k in cols] for x in a])
+    vb = np.array([[float(x[k]) for k in cols] for x in b])
+    assert np.abs(va - vb).max() <= 1e-3
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "summary.json"]
+
+
+def test_group_photo_gives_one_row_per_face_and_annotated_png(tmp_path, random_onnx):
+    import cv2
+
+    photo = tmp_path / "group.jpg"
+    cv2.imwrite(str(photo), cv2.cvtColor(shipped_photo("t1.jpg"), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    r = emoengine("run", str(photo), "--model", str(random_onnx), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert len(read_rows(out / "predictions.csv")) == 6
+    assert (out / "annotated.png").is_file()
+    assert len({r["face_id"] for r in read_rows(out / "predictions.csv")}) == 6
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text"])
+def test_bad_video_exits_2_and_writes_nothing_final(tmp_path, random_onnx, moving_face_clip, kind):
+    bad = tmp_path / "bad.mp4"
+    if kind == "truncated":
+        data = moving_face_clip.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    else:
+        bad.write_text("this is not a video\n")
+    out = tmp_path / "out"
+    r = emoengine("run", str(bad), "--model", str(random_onnx), "--out", str(out))
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith("."))
+
+
+def test_stream_of_5000_small_frames_runs_with_flat_memory(tmp_path, random_onnx):
+    """An MPEG-TS stream opened through the stream path (file:// URL), faces in some frames."""
+    import psutil
+
+    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.run import RunConfig, run_pipeline
+
+    face = single_face_frames(1, size=(160, 160), face_px=(100, 100)).__next__()
+    blank = np.full_like(face, 90)
+    ts = tmp_path / "stream.ts"
+    with av.open(str(ts), "w", format="mpegts") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 160, 160, "yuv420p"
+        for i in range(5000):
+            img = face if i % 250 == 0 else blank
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    proc = psutil.Process()
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(proc.memory_info().rss / 2**20)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        summary = run_pipeline(RunConfig(input=ts.resolve().as_uri(), out_dir=tmp_path / "out", quiet=True),
+                               lambda: open_emonet("ort", model=str(random_onnx)))
+    finally:
+        done.set()
+        sampler.join()
+    assert summary["frames"] == 5000 and summary["input_kind"] == "stream"
+    assert summary["frames_with_face"] >= 15
+    warm = samples[len(samples) // 5]
+    assert max(samples[len(samples) // 5:]) - warm < 150, f"RSS grew from {warm:.0f} to {max(samples):.0f} MiB"
+
+
+def test_a_stage_that_raises_ends_the_run_within_seconds_with_exit_1(tmp_path, random_onnx, moving_face_clip,
+                                                                      monkeypatch, capsys):
+    """A failing detector (a fake: the failure is what is under test) stops every stage promptly."""
+    import emoengine.engine.run as run_module
+    from emoengine.cli.main import main
+
+    class ExplodingDetectorFake:
+        name = "exploding"
+        calls = 0
+
+        def detect(self, frames):
+            ExplodingDetectorFake.calls += 1
+            if ExplodingDetectorFake.calls == 5:
+                raise RuntimeError("detector blew up")
+            from emoengine.engine.detectors.base import Faces
+            return [Faces.empty() for _ in frames]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(run_module, "make_detector", lambda *a, **k: ExplodingDetectorFake())
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(moving_face_clip), "--model", str(random_onnx), "--out", str(out)])
+    assert exc.value.code == 1
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(errors) == 1 and "detector blew up" in errors[0]
+    assert not any(p for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else True
