@@ -31,6 +31,17 @@ def _register_commands() -> None:
     from emoengine.cli import commands  # noqa: F401
 
 
+def _click_types() -> tuple[type, type]:
+    """(ClickException, Abort): from click where typer depends on it, else from typer's vendored copy."""
+    try:
+        from click.exceptions import Abort, ClickException
+    except ImportError:  # typer >= 0.2x vendors click as typer._click
+        from typer._click import ClickException
+
+        Abort = typer.Abort
+    return ClickException, Abort
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 done, 2 bad input, 1 failure while running (CONTRACT.md)."""
     _register_commands()
@@ -50,12 +61,11 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("emoengine: interrupted", err=True)
         raise SystemExit(130)
     except Exception as e:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+        click_exception, abort = _click_types()
+        if isinstance(e, abort):
             typer.echo("emoengine: interrupted", err=True)
             raise SystemExit(130)
-        if isinstance(e, click.ClickException):
+        if isinstance(e, click_exception):
             raise SystemExit(fail(e.format_message().splitlines()[0], 2).exit_code)
         if DEBUG["on"]:
             traceback.print_exc()

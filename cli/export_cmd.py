@@ -1,0 +1,55 @@
+"""`emoengine export`: checkpoint (or random weights) -> verified single-file ONNX model with metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emoengine.cli.main import app
+
+
+@app.command("export")
+def export_command(
+    weights: str = typer.Option(..., "--weights", help="Upstream EmoNet checkpoint (.pth), or 'random'."),
+    classes: Optional[int] = typer.Option(None, "--classes", help="5 or 8; must agree with the checkpoint."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx."),
+    full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
+) -> None:
+    """Export EmoNet to ONNX: uint8 NHWC RGB crops in, expression/valence/arousal/heatmap/taps out."""
+    # heavy imports here so `emoengine --help` and other commands stay fast
+    from emoengine.export.checkpoint import load_emonet
+    from emoengine.export.onnx_export import export_onnx
+
+    loaded = load_emonet(weights, classes)
+    report = export_onnx(loaded, output, full_taps=full_taps, opset=opset, verify=verify)
+    _print_report(report)
+
+
+def _print_report(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    meta = report.metadata
+    console.print(f"wrote [bold]{report.path}[/bold] ({report.size_bytes / 1e6:.1f} MB) "
+                  f"in {report.export_s:.1f} s")
+    console.print(f"  {meta['num_classes']} classes: {', '.join(meta['class_names'])}")
+    console.print(f"  input: image {meta['input_layout']}")
+    console.print(f"  taps: {', '.join(meta['taps'])}")
+    console.print(f"  checkpoint: {meta['checkpoint_source']} (sha256 {meta['checkpoint_sha256'][:16]})")
+    console.print(f"  producer: {meta['producer']}")
+    if report.worst_rel_diff is None:
+        console.print("  not verified (--no-verify)")
+        return
+    table = Table(title=f"ORT CPU vs PyTorch, batch {report.verify_batch} ({report.verify_s:.1f} s)",
+                  caption="worst rel. diff = max |ort - torch| / max |torch|")
+    table.add_column("output")
+    table.add_column("shape")
+    table.add_column("worst rel. diff", justify="right")
+    for name, diff in report.worst_rel_diff.items():
+        table.add_row(name, "x".join(map(str, report.output_shapes.get(name, ()))), f"{diff:.1e}")
+    console.print(table)
