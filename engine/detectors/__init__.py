@@ -1,0 +1,43 @@
+"""Face detectors behind one contract (`FaceDetector`, `Faces` in base.py), picked by name.
+
+`mtcnn` (default) needs nothing but the `mtcnn` wheel's weights; `scrfd` needs an insightface det_*.onnx;
+`none` treats each frame as one face (inputs that are already face crops).
+"""
+
+from __future__ import annotations
+
+from emoengine.engine.detectors.base import FaceDetector, Faces
+from emoengine.errors import UserInputError
+
+DETECTOR_NAMES = ("mtcnn", "scrfd", "none")
+DEFAULT_DETECTOR = "mtcnn"
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | None = None,
+                  providers: list[str] | None = None, **options) -> FaceDetector:
+    """Open a detector by name.
+
+    model_path: scrfd - the .onnx (default: insightface's model folder); mtcnn - a folder with
+    pnet/rnet/onet.lz4 (default: the mtcnn wheel's). providers: ONNX Runtime providers, e.g.
+    ["CUDAExecutionProvider", "CPUExecutionProvider"]. options go to the detector (threads, min_face_size,
+    thresholds, score_threshold, input_size...).
+    """
+    key = (name or DEFAULT_DETECTOR).strip().lower()
+    if key == "mtcnn":
+        from emoengine.engine.detectors.mtcnn import MTCNNDetector
+
+        return MTCNNDetector(weights_dir=model_path, providers=providers, **options)
+    if key == "scrfd":
+        from emoengine.engine.detectors.scrfd import SCRFDDetector
+
+        return SCRFDDetector(model_path=model_path, providers=providers, **options)
+    if key == "none":
+        if model_path:
+            raise UserInputError("--detector none takes no detector model")
+        from emoengine.engine.detectors.whole_image import WholeImageDetector
+
+        return WholeImageDetector()
+    raise UserInputError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTOR_NAMES)}")
+
+
+__all__ = ["DETECTOR_NAMES", "DEFAULT_DETECTOR", "FaceDetector", "Faces", "make_detector"]
