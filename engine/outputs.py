@@ -165,11 +165,11 @@ class RunOutputs:
         for name, video in self._videos.items():
             video.close()
             written.append(self.dir / name)
-        for tap, acc in self._means.items():
+        for tap, acc in (self._means.items() if self.write_video else ()):   # --no-video: CSV + summary
             if acc.mean() is not None:
                 acc.save_png(self.dir / f"{tap}_mean.png", FEATURE_VIDEO_SIZE)
                 written.append(self.dir / f"{tap}_mean.png")
-        if self.rows and not self.still:
+        if self.rows and not self.still and self.write_video:
             from emoengine.engine.timeline import plot_timeline
 
             plot_timeline(self.rows, self.class_names, self.dir / "timeline.png")

@@ -1,0 +1,75 @@
+"""Feature maps as pictures: the conv1 / emo-conv1 channel means of the main face, one video frame each.
+
+Each map is min-max scaled on its own (absolute activations vary a lot from face to face; the pattern is
+what is of interest), coloured with viridis (perceptually uniform, readable in grey), and upscaled with
+nearest neighbour by default so that one map cell stays one visible block.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emoengine.engine.writers import write_png
+
+COLORMAP = cv2.COLORMAP_VIRIDIS
+_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR}
+
+
+def normalise(fmap: np.ndarray) -> np.ndarray:
+    """uint8 0..255 after per-map min-max; a constant (or all non-finite) map is all 0, never a 0/0."""
+    a = np.nan_to_num(np.asarray(fmap, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if not hi > lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def colorize(fmap: np.ndarray, out_size: tuple[int, int], interpolation: str = "nearest") -> np.ndarray:
+    """(h, w) float map -> (H, W, 3) RGB uint8 of `out_size` (w, h)."""
+    if np.ndim(fmap) != 2:
+        raise ValueError(f"a feature map is 2-D (h, w), got shape {np.shape(fmap)}")
+    gray = normalise(fmap)
+    gray = cv2.resize(gray, tuple(int(v) for v in out_size), interpolation=_INTERPOLATION[interpolation])
+    return cv2.cvtColor(cv2.applyColorMap(gray, COLORMAP), cv2.COLOR_BGR2RGB)
+
+
+def feature_map_frame(fmap: np.ndarray | None, out_size: tuple[int, int],
+                      interpolation: str = "nearest") -> np.ndarray:
+    """One video frame for one map; black when there is no face (`fmap is None`)."""
+    if fmap is None:
+        w, h = out_size
+        return np.zeros((int(h), int(w), 3), np.uint8)
+    return colorize(fmap, out_size, interpolation)
+
+
+class MeanMapAccumulator:
+    """Running mean of raw (un-normalised) maps over the frames that had a face."""
+
+    def __init__(self) -> None:
+        self._sum: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, fmap: np.ndarray | None) -> None:
+        """Add one map; None (no face in that frame) is skipped."""
+        if fmap is None:
+            return
+        a = np.nan_to_num(np.asarray(fmap, np.float64))
+        if self._sum is None:
+            self._sum = a.copy()
+        elif a.shape != self._sum.shape:
+            raise ValueError(f"feature map shape changed from {self._sum.shape} to {a.shape}")
+        else:
+            self._sum += a
+        self.count += 1
+
+    def mean(self) -> np.ndarray | None:
+        return None if self._sum is None else (self._sum / self.count).astype(np.float32)
+
+    def save_png(self, path: str | os.PathLike, size: tuple[int, int],
+                 interpolation: str = "nearest") -> Path:
+        """The mean map, min-max scaled and coloured, atomically; black if no frame had a face."""
+        return write_png(path, feature_map_frame(self.mean(), size, interpolation))
