@@ -42,14 +42,29 @@ def _click_types() -> tuple[type, type]:
     return ClickException, Abort
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a job scheduler, `timeout`) stops a run like Ctrl-C: stages end, temporaries are removed."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 done, 2 bad input, 1 failure while running (CONTRACT.md)."""
     _register_commands()
     args = sys.argv[1:] if argv is None else argv
     DEBUG["on"] = "--debug" in args
+    _stop_on_sigterm()
     args = [a for a in args if a != "--debug"]
     try:
         rc = app(args=args, prog_name="emoengine", standalone_mode=False)
+        if rc == 130:  # typer turns KeyboardInterrupt into Exit(130) silently
+            typer.echo("emoengine: interrupted; nothing was left under a final name", err=True)
         raise SystemExit(rc if isinstance(rc, int) else 0)
     except EmoengineError as e:
         if DEBUG["on"]:

@@ -224,3 +224,26 @@ def test_a_stage_that_raises_ends_the_run_within_seconds_with_exit_1(tmp_path, r
     errors = [line for line in err.strip().splitlines() if "error" in line]
     assert len(errors) == 1 and "detector blew up" in errors[0]
     assert not any(p for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else True
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_cleanly_and_leaves_no_final_files(tmp_path, random_onnx, moving_face_clip, sig):
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "emoengine", "run", str(moving_face_clip), "--model",
+                             str(random_onnx), "--out", str(out), "--max-batch", "1"],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:   # wait until writing has started
+        if out.exists() and any(out.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    t0 = time.time()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.time() - t0 < 10
+    assert "Traceback" not in err and "interrupted" in err
+    assert [p.name for p in out.iterdir()] == []
