@@ -45,6 +45,29 @@ class Runner:
         self.close()
 
 
+def check_ort_providers(providers: list[str]) -> None:
+    """One UserInputError line when this ONNX Runtime build lacks any of `providers`."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise UserInputError(
+            f"ONNX Runtime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
+            "for CUDA install onnxruntime-gpu"
+        )
+
+
+def check_torch_device(device: str) -> None:
+    """One UserInputError line when `device` is CUDA and this PyTorch has no usable GPU."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserInputError("backend torch-cuda needs a CUDA build of PyTorch and a GPU; none found here")
+
+
 def _session_options(threads: int | None):
     import onnxruntime as ort
 
@@ -64,13 +87,7 @@ class OrtRunner(Runner):
         import onnxruntime as ort
 
         providers = providers or ["CPUExecutionProvider"]
-        available = ort.get_available_providers()
-        missing = [p for p in providers if p not in available]
-        if missing:
-            raise UserInputError(
-                f"ONNX Runtime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
-                "for CUDA install onnxruntime-gpu"
-            )
+        check_ort_providers(providers)
         source = model if isinstance(model, bytes) else str(model)
         if not isinstance(model, bytes) and not Path(source).is_file():
             raise UserInputError(f"no such model file: {source}")
@@ -100,8 +117,7 @@ class TorchRunner(Runner):
     def __init__(self, graph, metadata: dict[str, str], device: str = "cpu") -> None:
         import torch
 
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserInputError("backend torch-cuda needs a CUDA build of PyTorch and a GPU; none found here")
+        check_torch_device(device)
         self.torch = torch
         self.device = torch.device(device)
         self.graph = graph.to(self.device).eval()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from emoengine import class_names as default_class_names
-from emoengine.engine.backends import OrtRunner, Runner, TorchRunner
+from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_ort_providers, check_torch_device
 from emoengine.errors import UserInputError
 from emoengine.paths import models_dir
 
@@ -76,8 +76,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def heatmap_landmarks(heatmap: np.ndarray, crop_size: int = CROP_SIZE) -> np.ndarray:
     """(N, 68, H, W) heatmaps → (N, 68, 2) points in crop pixels.
 
-    Arg-max with the usual quarter-pixel shift toward the higher neighbour (as face-alignment does), then
-    scaled from heatmap cells to crop pixels (cell centres).
+    Arg-max with the usual quarter-pixel shift toward the higher neighbour (as face-alignment does; none on
+    the border, where a neighbour is missing), then scaled from heatmap cells to crop pixels (cell centres):
+    a peak at cell (x, y) lands at crop pixel ((x + 0.5) * s, (y + 0.5) * s) ± s/4, s = crop_size / W, so
+    every point lies inside the crop.
     """
     n, k, h, w = heatmap.shape
     flat = heatmap.reshape(n, k, h * w)
@@ -89,8 +91,8 @@ def heatmap_landmarks(heatmap: np.ndarray, crop_size: int = CROP_SIZE) -> np.nda
     rows = np.arange(n * k)
     xl, xr = np.clip(xi - 1, 0, w - 1), np.clip(xi + 1, 0, w - 1)
     yu, yd = np.clip(yi - 1, 0, h - 1), np.clip(yi + 1, 0, h - 1)
-    dx = np.sign(hm[rows, yi, xr] - hm[rows, yi, xl])
-    dy = np.sign(hm[rows, yd, xi] - hm[rows, yu, xi])
+    dx = np.where((xi > 0) & (xi < w - 1), np.sign(hm[rows, yi, xr] - hm[rows, yi, xl]), 0)
+    dy = np.where((yi > 0) & (yi < h - 1), np.sign(hm[rows, yd, xi] - hm[rows, yu, xi]), 0)
     pts += 0.25 * np.stack([dx, dy], axis=-1).reshape(n, k, 2).astype(np.float32)
     return (pts + 0.5) * (crop_size / w)
 
@@ -149,6 +151,7 @@ def _torch_runner(weights: str, classes: int | None, device: str, full_taps: boo
         from emoengine.export.emonet import EmoNetGraph
     except ImportError as e:
         raise UserInputError("the torch backend needs PyTorch: pip install torch (then emoengine[export])") from e
+    check_torch_device(device)  # before loading: no checkpoint work (or random-weights warning) for nothing
     loaded = load_emonet(weights, classes)
     meta = {
         "class_names": json.dumps(list(loaded.class_names)),
@@ -187,6 +190,12 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         raise UserInputError("give exactly one of --weights (a .pth checkpoint or 'random') and --model "
                              "(an exported artifact)")
     spec = BACKENDS[backend]
+    if spec.name == "trt":
+        from emoengine.engine.trt_runner import require_tensorrt
+
+        require_tensorrt()  # first: without TensorRT (or a GPU) nothing else about the request matters
+    elif spec.name == "ort-cuda":
+        check_ort_providers(["CUDAExecutionProvider"])  # before any export
     if model is not None and not Path(model).is_file():
         raise UserInputError(f"no such model file: {model}")
     if spec.needs_torch:
@@ -205,5 +214,7 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         runner = open_trt_runner(model=model, weights=weights, classes=classes, full_taps=full_taps)
     emonet = EmoNetModel(runner, max_batch=max_batch)
     if full_taps and not emonet.has_full_taps:
-        raise UserInputError(f"{model} was exported without --full-taps; re-export it or drop --full-taps")
+        emonet.close()
+        raise UserInputError(f"{model} was exported without --full-taps; re-export it with --full-taps or drop "
+                             "--full-taps")
     return emonet
