@@ -6,7 +6,6 @@ reference on the same crops, with a tolerance per output and a verdict that is t
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -15,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-
 from emoengine.engine.emonet_model import open_emonet
+
 from emoengine.errors import UserInputError
 
 DEFAULT_TOLERANCE = 1e-3   # fp32 backends; relative to each output's magnitude
@@ -196,8 +195,7 @@ def _versions() -> dict[str, str]:
 
 
 def write_results(report: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    from emoengine.engine.writers import write_json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_json(path, report)

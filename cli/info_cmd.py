@@ -6,7 +6,6 @@ import json
 from typing import Optional
 
 import typer
-
 from emoengine.cli.main import app
 
 

@@ -7,13 +7,12 @@ Pre/post-processing lives in the model classes that own a runner (engine.emonet_
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from emoengine.errors import RunFailure, UserInputError
+from emoengine.errors import UserInputError
 
 
 class Runner:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_ort_providers, check_torch_device
 
 from emoengine import class_names as default_class_names
-from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_ort_providers, check_torch_device
 from emoengine.errors import UserInputError
 from emoengine.paths import models_dir
 
@@ -167,14 +167,17 @@ def cached_onnx_for(weights: str, classes: int | None, full_taps: bool) -> Path:
     """Export `weights` to ONNX once and reuse it: models/emonet<C>-<sha12>[-fulltaps].onnx."""
     try:
         from emoengine.export.checkpoint import load_emonet
-        from emoengine.export.onnx_export import export_onnx
+        from emoengine.export.onnx_export import export_onnx, read_metadata
     except ImportError as e:
         raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass --model "
                              "with an exported .onnx") from e
     loaded = load_emonet(weights, classes)
     tag = "random" if loaded.is_random else loaded.sha256[:12]
     path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if full_taps else ''}.onnx"
-    if not path.is_file():
+    from emoengine import __version__
+
+    stale = path.is_file() and read_metadata(path).get("emoengine_version") != __version__
+    if stale or not path.is_file():   # a different exporter may have made a different graph
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(loaded, path, full_taps=full_taps, verify=False)
     return path

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-
 from emoengine.engine.crops import regions_to_frame
 from emoengine.engine.detectors import make_detector
 from emoengine.engine.emonet_model import EmoNetModel

@@ -11,15 +11,16 @@ Nothing here pretends: without `tensorrt` (or CUDA) every entry point raises a o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-
 from emoengine.engine.backends import Runner
+from emoengine.engine.writers import write_bytes_atomic
+
 from emoengine.errors import RunFailure, UserInputError
+from emoengine.paths import sha256_file
 
 TRT_MISSING = ("backend trt needs NVIDIA TensorRT 10+ and a CUDA GPU: pip install tensorrt "
                "(from NVIDIA's index), or use --backend ort-cuda")
@@ -68,23 +69,6 @@ def torch_dtype(trt_dtype, torch):
     return getattr(torch, torch_name)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, max_batch: int = 64,
                  opt_batch: int = 16, workspace_gib: float = 4.0, tf32: bool = False) -> Path:
     """Parse the ONNX file into a strongly typed network and serialize an engine (atomic write).
@@ -123,7 +107,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
     if serialized is None:
         raise RunFailure(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(engine_path, bytes(serialized))
+    write_bytes_atomic(engine_path, bytes(serialized))
     return engine_path
 
 
@@ -243,7 +227,7 @@ def open_trt_runner(model: str | None, weights: str | None, classes: int | None,
     build = {
         "engine_tensorrt": str(trt.__version__),
         "engine_device": torch.cuda.get_device_name(),
-        "engine_source_sha256": _sha256(onnx_path),
+        "engine_source_sha256": sha256_file(onnx_path),
         "engine_max_batch": str(max_batch),
         "engine_tf32": "false",
     }
@@ -257,7 +241,7 @@ def open_trt_runner(model: str | None, weights: str | None, classes: int | None,
             pass  # unreadable here after all: rebuild below
     try:
         build_engine(onnx_path, engine_path, max_batch=max_batch)
-        _write_atomic(sidecar, json.dumps({**meta, **build}, indent=1).encode())
+        write_bytes_atomic(sidecar, json.dumps({**meta, **build}, indent=1).encode())
     except OSError as e:
         raise UserInputError(f"cannot write the TensorRT engine cache {engine_path}: {e.strerror or e}") from e
     return TrtRunner(engine_path, metadata={**meta, **build})

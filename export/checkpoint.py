@@ -7,7 +7,6 @@ because users hand us whatever `.pth` they downloaded. Loading always goes throu
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import warnings
@@ -15,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from emoengine.export.emonet import EmoNet, random_emonet
 
 from emoengine import class_names as _class_names
 from emoengine.errors import UserInputError
-from emoengine.export.emonet import EmoNet, random_emonet
+from emoengine.paths import sha256_file
 
 HEAD_KEY = "emo_fc_2.3.weight"  # Linear(128, C + 2): its row count gives the class count
 _SHOW_KEYS = 4
@@ -58,7 +58,7 @@ def load_emonet(weights: str | Path, classes: int | None = None, seed: int = 0) 
     model.load_state_dict(_complete(state, model), strict=True)
     model.eval()
     model.requires_grad_(False)
-    return LoadedEmoNet(model, num_classes, _class_names(num_classes), _sha256(path), str(path), False)
+    return LoadedEmoNet(model, num_classes, _class_names(num_classes), sha256_file(path), str(path), False)
 
 
 def _load_random(num_classes: int, seed: int) -> LoadedEmoNet:
@@ -182,9 +182,3 @@ def _complete(state: dict[str, torch.Tensor], model: EmoNet) -> dict[str, torch.
     return full
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

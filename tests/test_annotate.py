@@ -5,9 +5,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
-from emoengine.engine.annotate import (BoxAnnotator, CircumplexAnnotator, LabelAnnotator, LandmarkAnnotator,
-                                       annotate_frame, face_color)
+from emoengine.engine.annotate import (
+    BoxAnnotator,
+    CircumplexAnnotator,
+    LabelAnnotator,
+    LandmarkAnnotator,
+    annotate_frame,
+    face_color,
+)
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame, normalise
 from emoengine.engine.results import FaceResult, FrameResult
 from emoengine.engine.timeline import plot_timeline

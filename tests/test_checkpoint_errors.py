@@ -10,10 +10,10 @@ import pickle
 
 import pytest
 import torch
-
-from emoengine.errors import UserInputError
 from emoengine.export.checkpoint import load_emonet
 from emoengine.export.emonet import EmoNet
+
+from emoengine.errors import UserInputError
 
 
 class MakesMarker:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from emoengine.engine.tracker import IouTracker, TemporalSmoother, iou_matrix
 
 

@@ -11,9 +11,16 @@ import av
 import cv2
 import numpy as np
 import pytest
+from emoengine.engine.writers import (
+    AtomicOutput,
+    AtomicTextWriter,
+    CsvWriter,
+    VideoWriter,
+    as_frame_rate,
+    write_json,
+    write_png,
+)
 
-from emoengine.engine.writers import (AtomicOutput, AtomicTextWriter, CsvWriter, VideoWriter, as_frame_rate,
-                                      write_json, write_png)
 from emoengine.errors import RunFailure
 
 

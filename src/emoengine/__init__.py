@@ -1,6 +1,7 @@
 """emoengine: EmoNet facial-emotion inference for video, with conv1 / emo-conv1 feature-map outputs."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("emoengine")

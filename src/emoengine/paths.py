@@ -8,3 +8,14 @@ from pathlib import Path
 
 def models_dir() -> Path:
     return Path(os.environ.get("EMOENGINE_MODELS", "models"))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoints and engines are large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
