@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from emoengine.engine.annotate import annotate_frame
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame
 from emoengine.engine.results import FaceResult, FrameResult
-from emoengine.engine.writers import AtomicOutput, VideoWriter, write_png
+from emoengine.engine.writers import AtomicOutput, VideoWriter, write_json, write_png
 
 FEATURE_VIDEO_SIZE = (256, 256)
 TAPS = (("conv1", "conv1_mean"), ("emo_conv1", "emo_conv1_mean"))
@@ -91,7 +92,11 @@ class ActivationsArchive:
 
 
 class RunOutputs:
-    """The writers of one run. `still=True` for image inputs (annotated.png(s) instead of videos)."""
+    """The writers of one run.
+
+    `still=True` for image inputs: `annotated.png` for one image, `annotated/<frame>.png` for a folder,
+    staged in a hidden folder and moved into place at commit, like every other file.
+    """
 
     def __init__(self, out_dir: Path, class_names, fps: float, still: bool, write_video: bool = True,
                  taps: bool = True, save_activations: bool = False, full_taps: bool = False,
@@ -110,7 +115,7 @@ class RunOutputs:
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(csv_header(self.class_names))
         self._videos: dict[str, VideoWriter] = {}
-        self._stills: list[AtomicOutput] = []
+        self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
         self._means = {tap: MeanMapAccumulator() for tap, _ in TAPS} if taps else {}
         self._activations = None
         if save_activations:
@@ -145,8 +150,8 @@ class RunOutputs:
             return
         annotated = annotate_frame(fr, self.class_names)
         if self.still:
-            name = "annotated.png" if self._frames_seen == 1 else f"annotated_{fr.index:06d}.png"
-            write_png(self.dir / name, annotated)
+            self._still_dir.mkdir(exist_ok=True)
+            write_png(self._still_dir / f"{fr.index:06d}.png", annotated)
             return
         self._video("annotated.mp4", (w, h)).write(annotated)
         if self.taps:
@@ -164,6 +169,8 @@ class RunOutputs:
         for name, video in self._videos.items():
             video.close()
             written.append(self.dir / name)
+        if self._still_dir.is_dir():
+            written.append(self._commit_stills())
         for tap, acc in (self._means.items() if self.write_video else ()):   # --no-video: CSV + summary
             if acc.mean() is not None:
                 acc.save_png(self.dir / f"{tap}_mean.png", FEATURE_VIDEO_SIZE)
@@ -176,14 +183,25 @@ class RunOutputs:
         if self._activations is not None:
             self._activations.commit()
             written.append(self.dir / "activations.npz")
-        summary_out = AtomicOutput(self.dir / "summary.json")
-        Path(summary_out.path).write_text(json.dumps(summary, indent=2) + "\n")
-        summary_out.commit()
-        written.append(self.dir / "summary.json")
+        written.append(write_json(self.dir / "summary.json", summary))
         return written
+
+    def _commit_stills(self) -> Path:
+        pngs = sorted(self._still_dir.iterdir())
+        if self._frames_seen == 1:
+            final = self.dir / "annotated.png"
+            os.replace(pngs[0], final)
+            self._still_dir.rmdir()
+        else:
+            final = self.dir / "annotated"
+            if final.is_dir():
+                shutil.rmtree(final)
+            os.replace(self._still_dir, final)
+        return final
 
     def abort(self) -> None:
         """Remove every temporary file; nothing appears under a final name."""
+        shutil.rmtree(self._still_dir, ignore_errors=True)
         for closer in [self._csv_file.close, self._csv_out.abort,
                        *(v.abort for v in self._videos.values()),
                        *([self._activations.abort] if self._activations else [])]:

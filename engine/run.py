@@ -41,17 +41,22 @@ class RunConfig:
 class FrameAssembler:
     """The render stage's first half: track ids, smoothing, and FaceResult records in frame pixels."""
 
-    def __init__(self, class_names, smooth: float, keep_taps: bool) -> None:
+    def __init__(self, class_names, smooth: float, keep_taps: bool, independent_frames: bool = False) -> None:
         self.class_names = tuple(class_names)
         self.tracker = IouTracker()
-        self.smoother = TemporalSmoother(smooth)
+        # a folder of unrelated images: no tracking across images, no smoothing (ids count faces per image)
+        self.independent = independent_frames
+        self.smoother = TemporalSmoother(0.0 if independent_frames else smooth)
         self.keep_taps = keep_taps
 
     def __call__(self, item: Inferred) -> tuple[FrameResult, dict[int, dict[str, np.ndarray]]]:
         d = item.detected
         faces = d.faces
-        ids = self.tracker.update(faces.boxes)
-        self.smoother.forget(self.tracker.dropped_ids())
+        if self.independent:
+            ids = np.arange(len(faces))
+        else:
+            ids = self.tracker.update(faces.boxes)
+            self.smoother.forget(self.tracker.dropped_ids())
         results, full = [], {}
         p = item.predictions
         if p is not None and len(faces):
@@ -111,7 +116,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
                              write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
                              save_activations=cfg.save_activations, full_taps=cfg.full_taps,
                              face_id=cfg.face_id)
-        assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps)
+        assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps, independent_frames=still)
 
         def sink(item: Inferred) -> None:
             frame, full = assemble(item)

@@ -245,3 +245,21 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_final_files(tmp_path, random_onnx, m
     assert time.time() - t0 < 10
     assert "Traceback" not in err and "interrupted" in err
     assert [p.name for p in out.iterdir()] == []
+
+
+def test_folder_of_images_gives_rows_per_face_and_one_annotated_png_per_image(tmp_path, random_onnx):
+    import cv2
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for name, rgb in (("1_group.jpg", shipped_photo("t1.jpg")), ("2_single.png", shipped_photo("Tom_Hanks_54745.png")),
+                      ("3_blank.png", np.full((200, 300, 3), 128, np.uint8))):
+        cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    r = emoengine("run", str(folder), "--model", str(random_onnx), "--out", str(out), "--detector", "mtcnn")
+    assert r.returncode == 0, r.stderr
+    rows = read_rows(out / "predictions.csv")
+    assert [sum(1 for x in rows if x["frame"] == str(i)) for i in range(3)] == [6, 1, 0]
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
