@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from emoengine.engine.emonet_model import open_emonet
 
+from emoengine.engine.emonet_model import open_emonet
 from emoengine.errors import UserInputError
 
 DEFAULT_TOLERANCE = 1e-3   # fp32 backends; relative to each output's magnitude

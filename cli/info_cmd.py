@@ -6,6 +6,7 @@ import json
 from typing import Optional
 
 import typer
+
 from emoengine.cli.main import app
 
 

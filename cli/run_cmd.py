@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from emoengine.cli.main import app
 
+from emoengine.cli.main import app
 from emoengine.errors import UserInputError
 
 

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
 from emoengine.engine.results import FaceResult, FrameResult
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX

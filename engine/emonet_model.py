@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_ort_providers, check_torch_device
 
 from emoengine import class_names as default_class_names
+from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_ort_providers, check_torch_device
 from emoengine.errors import UserInputError
 from emoengine.paths import models_dir
 
@@ -220,4 +220,8 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         emonet.close()
         raise UserInputError(f"{model} was exported without --full-taps; re-export it with --full-taps or drop "
                              "--full-taps")
+    if classes is not None and classes != len(emonet.class_names):
+        emonet.close()
+        raise UserInputError(f"--classes {classes} disagrees with {model or weights}, which has "
+                             f"{len(emonet.class_names)} classes")
     return emonet

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from emoengine.engine.writers import write_png
 
 COLORMAP = cv2.COLORMAP_VIRIDIS

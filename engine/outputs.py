@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from emoengine.engine.annotate import annotate_frame
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame
 from emoengine.engine.results import FaceResult, FrameResult

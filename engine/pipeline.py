@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
+
 from emoengine.engine.crops import crop_faces
 from emoengine.engine.detectors.base import Faces
 from emoengine.engine.emonet_model import EmoNetBatch, EmoNetModel
-
 from emoengine.errors import EmoengineError, RunFailure
 
 _END = object()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
 from emoengine.engine.crops import regions_to_frame
 from emoengine.engine.detectors import make_detector
 from emoengine.engine.emonet_model import EmoNetModel

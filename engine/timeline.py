@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
 from emoengine.engine.writers import AtomicOutput
 
 # EmoNet's classes get fixed, meaningful-ish colours; any other class falls back to tab10.

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from emoengine.engine.backends import Runner
 from emoengine.engine.writers import write_bytes_atomic
-
 from emoengine.errors import RunFailure, UserInputError
 from emoengine.paths import sha256_file
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from emoengine.export.emonet import EmoNet, random_emonet
 
 from emoengine import class_names as _class_names
 from emoengine.errors import UserInputError
+from emoengine.export.emonet import EmoNet, random_emonet
 from emoengine.paths import sha256_file
 
 HEAD_KEY = "emo_fc_2.3.weight"  # Linear(128, C + 2): its row count gives the class count

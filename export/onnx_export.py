@@ -19,11 +19,11 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from emoengine.export.checkpoint import LoadedEmoNet
-from emoengine.export.emonet import EmoNetGraph, synthetic_crops
 
 import emoengine
 from emoengine.errors import RunFailure, UserInputError
+from emoengine.export.checkpoint import LoadedEmoNet
+from emoengine.export.emonet import EmoNetGraph, synthetic_crops
 from emoengine.paths import models_dir
 
 INPUT_NAME = "image"

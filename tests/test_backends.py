@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from emoengine import CLASS_NAMES_8
 from emoengine.engine.backends import Runner
 from emoengine.engine.emonet_model import (
     CROP_SIZE,
@@ -21,10 +23,8 @@ from emoengine.engine.emonet_model import (
     open_emonet,
     softmax,
 )
-from emoengine.export.emonet import output_names
-
-from emoengine import CLASS_NAMES_8
 from emoengine.errors import UserInputError
+from emoengine.export.emonet import output_names
 
 TOL = 1e-3  # worst |a - b| relative to max |reference|, per output
 

@@ -7,10 +7,10 @@ import importlib.util
 import json
 
 import pytest
-from emoengine.benchmarks.bench import results_path, run_bench, short_device_slug
-from emoengine.export.emonet import output_names
 
+from emoengine.benchmarks.bench import results_path, run_bench, short_device_slug
 from emoengine.errors import UserInputError
+from emoengine.export.emonet import output_names
 
 
 def trt_usable() -> bool:

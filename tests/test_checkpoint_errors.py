@@ -10,10 +10,10 @@ import pickle
 
 import pytest
 import torch
-from emoengine.export.checkpoint import load_emonet
-from emoengine.export.emonet import EmoNet
 
 from emoengine.errors import UserInputError
+from emoengine.export.checkpoint import load_emonet
+from emoengine.export.emonet import EmoNet
 
 
 class MakesMarker:
@@ -62,12 +62,21 @@ def bad_files(tmp_path_factory):
     }
 
 
+@pytest.mark.parametrize("command", ["export", "run"])
 @pytest.mark.parametrize("case", ["missing", "text", "image", "not_state_dict", "wrong_keys", "wrong_shape",
                                   "code_zip", "code_pickle", "classes_disagree"])
-def test_bad_weights_exit_2_with_one_line(case, bad_files, cli, tmp_path):
+def test_bad_weights_exit_2_with_one_line(case, command, bad_files, cli, tmp_path):
     folder, cases = bad_files
     weights, extra, expected = cases[case]
-    result = cli("export", "--weights", str(weights), *extra, cwd=tmp_path)
+    if command == "run":
+        import cv2
+
+        from emoengine.engine.demo import shipped_photo
+
+        photo = tmp_path / "face.jpg"
+        cv2.imwrite(str(photo), shipped_photo("Tom_Hanks_54745.png")[:, :, ::-1])
+        extra = [str(photo), "--out", str(tmp_path / "out"), *extra]
+    result = cli(command, "--weights", str(weights), *extra, cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
@@ -75,6 +84,7 @@ def test_bad_weights_exit_2_with_one_line(case, bad_files, cli, tmp_path):
     if case == "wrong_keys":
         assert "unexpected key(s): classifier.weight" in lines[0]
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     assert not (folder / "MARKER_zip").exists() and not (folder / "MARKER_pickle").exists()
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from emoengine.engine.detectors import make_detector
-from emoengine.engine.detectors.scrfd import SCRFDDetector, anchor_centres, find_scrfd_model, letterbox
 from onnx import TensorProto, helper, numpy_helper
 
+from emoengine.engine.detectors import make_detector
+from emoengine.engine.detectors.scrfd import SCRFDDetector, anchor_centres, find_scrfd_model, letterbox
 from emoengine.errors import UserInputError
 
 SIZE = 640

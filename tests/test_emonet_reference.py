@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from emoengine.export.checkpoint import load_emonet
 from emoengine.export.emonet import EmoNet, EmoNetGraph, output_names, random_emonet, synthetic_crops
 

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import onnx
 import pytest
+
+from emoengine import __version__
 from emoengine.engine.backends import OrtRunner
 from emoengine.export.checkpoint import LoadedEmoNet
 from emoengine.export.emonet import EmoNet, output_names, synthetic_crops
 from emoengine.export.onnx_export import decode_metadata, export_onnx, read_metadata
-
-from emoengine import __version__
 
 BASE_KEYS = ("expression", "valence", "arousal", "heatmap", "conv1_mean", "emo_conv1_mean")
 

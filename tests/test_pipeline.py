@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from emoengine.engine.demo import shipped_photo, single_face_frames, write_clip
 
 CONTRACT_VIDEO_FILES = ("predictions.csv", "annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png",
@@ -152,6 +153,7 @@ def test_bad_video_exits_2_and_writes_nothing_final(tmp_path, random_onnx, movin
 def test_stream_of_5000_small_frames_runs_with_flat_memory(tmp_path, random_onnx):
     """An MPEG-TS stream opened through the stream path (file:// URL), faces in some frames."""
     import psutil
+
     from emoengine.engine.emonet_model import open_emonet
     from emoengine.engine.run import RunConfig, run_pipeline
 

@@ -13,9 +13,9 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from emoengine.engine import sources
 from emoengine.engine.sources import Frame, open_source
-
 from emoengine.errors import RunFailure, UserInputError
 
 W, H, N = 160, 112, 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from emoengine.engine.tracker import IouTracker, TemporalSmoother, iou_matrix
 
 

@@ -47,6 +47,7 @@ def tree(folder) -> list[str]:
 def small_inputs(tmp_path_factory):
     """A small image and a 3-frame clip to hand to `run`."""
     import cv2
+
     from emoengine.engine.demo import write_clip
 
     folder = tmp_path_factory.mktemp("trt-inputs")
@@ -105,6 +106,7 @@ def test_python_entry_points_refuse_without_tensorrt(tmp_path, small_inputs, cap
 def test_trt_dtypes_map_to_torch_by_name_including_bf16():
     """trt.nptype cannot express bfloat16/fp8 (numpy lacks them): the runner maps TensorRT types by name."""
     import torch
+
     from emoengine.engine.trt_runner import torch_dtype
 
     class FakeDataType:  # what a pybind11 enum member offers: .name
@@ -178,6 +180,7 @@ def torch_reference(golden_pth_8, golden_outputs):
 
 def test_engine_has_the_contract_tensors(trt_runner):
     import torch
+
     from emoengine.export.emonet import output_names
 
     assert trt_runner.input_names == ["image"]
@@ -207,9 +210,8 @@ def test_batches_beyond_the_profile_are_split(trt_runner, torch_reference, golde
 
 
 def test_emonet_model_on_an_engine(engine_b8, golden_outputs, torch_reference):
-    from emoengine.engine.emonet_model import open_emonet
-
     from emoengine import CLASS_NAMES_8
+    from emoengine.engine.emonet_model import open_emonet
 
     model = open_emonet("trt", model=str(engine_b8))
     try:

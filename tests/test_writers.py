@@ -11,6 +11,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+
 from emoengine.engine.writers import (
     AtomicOutput,
     AtomicTextWriter,
@@ -20,7 +21,6 @@ from emoengine.engine.writers import (
     write_json,
     write_png,
 )
-
 from emoengine.errors import RunFailure
 
 

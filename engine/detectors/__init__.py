@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from emoengine.engine.detectors.base import FaceDetector, Faces
-
 from emoengine.errors import UserInputError
 
 DETECTOR_NAMES = ("mtcnn", "scrfd", "none")

@@ -27,11 +27,11 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
 from emoengine.engine.backends import OrtRunner
 from emoengine.engine.detectors.base import Faces
 from emoengine.engine.detectors.mtcnn_graphs import NET_NAMES, mtcnn_models
 from emoengine.engine.detectors.nms import clip_boxes, ensure_rgb, nms, square_boxes
-
 from emoengine.errors import UserInputError
 
 PNET_STRIDE, PNET_CELL = 2, 12

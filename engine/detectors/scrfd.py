@@ -19,10 +19,10 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
 from emoengine.engine.backends import OrtRunner
 from emoengine.engine.detectors.base import Faces
 from emoengine.engine.detectors.nms import clip_boxes, ensure_rgb, nms
-
 from emoengine.errors import UserInputError
 
 MODEL_PREFERENCE = ("det_10g.onnx", "det_2.5g.onnx", "det_500m.onnx")  # most accurate first

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
 from emoengine.engine.detectors.base import Faces
 
 
