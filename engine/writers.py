@@ -21,6 +21,19 @@ import numpy as np
 from emoengine.errors import RunFailure
 
 
+class _CloseOrAbort:
+    """`with writer:` finishes (close: flush + rename) on a clean exit and aborts on an exception."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
 class AtomicOutput:
     """A temporary path beside `final_path` (suffix kept, so muxers guess the format) and its rename.
 
@@ -112,7 +125,7 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return write_bytes_atomic(path, buf.tobytes())
 
 
-class AtomicTextWriter:
+class AtomicTextWriter(_CloseOrAbort):
     """A text file written line by line (e.g. while frames stream through) that appears only on `close()`."""
 
     def __init__(self, path: str | os.PathLike, *, newline: str | None = None, encoding: str = "utf-8") -> None:
@@ -134,15 +147,6 @@ class AtomicTextWriter:
         if not self.file.closed:
             self.file.close()
         self._out.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
 
 
 class CsvWriter(AtomicTextWriter):
@@ -212,7 +216,7 @@ def fit_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-class VideoWriter:
+class VideoWriter(_CloseOrAbort):
     """H.264 (libx264, yuv420p, BT.709 tagged) video written under a temporary name, renamed on `close()`.
 
     crf 20 / preset veryfast: small files, fast enough to keep up with the engine, artefacts invisible on
@@ -299,12 +303,3 @@ class VideoWriter:
             except Exception:
                 pass
         self._out.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
