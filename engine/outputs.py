@@ -173,10 +173,9 @@ class RunOutputs:
         if self._still_dir.is_dir():
             written.append(self._commit_stills())
         for tap, acc in (self._means.items() if self.write_video else ()):   # --no-video: CSV + summary
-            if acc.mean() is not None:
-                acc.save_png(self.dir / f"{tap}_mean.png", FEATURE_VIDEO_SIZE)
-                written.append(self.dir / f"{tap}_mean.png")
-        if self.rows and not self.still and self.write_video:
+            # black where no frame had a face, so a run always yields the contract's files
+            written.append(acc.save_png(self.dir / f"{tap}_mean.png", FEATURE_VIDEO_SIZE))
+        if not self.still and self.write_video:
             from emoengine.engine.timeline import plot_timeline
 
             plot_timeline(self.rows, self.class_names, self.dir / "timeline.png")

@@ -265,3 +265,17 @@ def test_folder_of_images_gives_rows_per_face_and_one_annotated_png_per_image(tm
     assert [sum(1 for x in rows if x["frame"] == str(i)) for i in range(3)] == [6, 1, 0]
     assert sorted(p.name for p in (out / "annotated").iterdir()) == ["000000.png", "000001.png", "000002.png"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_video_without_faces_still_yields_every_contract_file(tmp_path, random_onnx):
+    clip = write_clip(tmp_path / "empty.mp4", (np.full((120, 160, 3), 40 + 10 * i, np.uint8) for i in range(10)))
+    out = tmp_path / "out"
+    r = emoengine("run", str(clip), "--model", str(random_onnx), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for name in CONTRACT_VIDEO_FILES:
+        assert (out / name).is_file(), name
+    for video in ("annotated.mp4", "conv1.mp4", "emo_conv1.mp4"):
+        assert count_frames(out / video) == 10, video
+    assert read_rows(out / "predictions.csv") == []
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["frames"], s["frames_with_face"], s["faces"]) == (10, 0, 0)
