@@ -8,22 +8,30 @@ from typing import Optional
 import typer
 
 from emoengine.cli.main import app
+from emoengine.errors import UserInputError
+from emoengine.paths import models_dir
 
 
 @app.command("export")
 def export_command(
     weights: str = typer.Option(..., "--weights", help="Upstream EmoNet checkpoint (.pth), or 'random'."),
     classes: Optional[int] = typer.Option(None, "--classes", help="5 or 8; must agree with the checkpoint."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx (emonet{C}-random.onnx for random weights)."),
     full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
 ) -> None:
     """Export EmoNet to ONNX: uint8 NHWC RGB crops in, expression/valence/arousal/heatmap/taps out."""
     # heavy imports here so `emoengine --help` and other commands stay fast
-    from emoengine.export.checkpoint import load_emonet
-    from emoengine.export.onnx_export import export_onnx
+    try:
+        from emoengine.export.checkpoint import load_emonet
+        from emoengine.export.onnx_export import export_onnx
+    except ImportError as e:
+        raise UserInputError(f"export needs PyTorch ({e.name} is missing): pip install torch, then "
+                             "pip install 'emoengine[export]'") from e
 
+    if output is None and weights == "random":  # never overwrite a real export with random weights
+        output = models_dir() / f"emonet{classes or 8}-random.onnx"
     loaded = load_emonet(weights, classes)
     report = export_onnx(loaded, output, full_taps=full_taps, opset=opset, verify=verify)
     _print_report(report)

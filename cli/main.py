@@ -31,15 +31,29 @@ def _register_commands() -> None:
     from emoengine.cli import commands  # noqa: F401
 
 
-def _click_types() -> tuple[type, type]:
-    """(ClickException, Abort): from click where typer depends on it, else from typer's vendored copy."""
+def _click_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(ClickException types, Abort types): typer's vendored click (typer >= 0.2x) and a standalone click,
+    whichever exist, since either may raise depending on the typer version."""
+    exceptions, aborts = [], [typer.Abort]
     try:
-        from click.exceptions import Abort, ClickException
-    except ImportError:  # typer >= 0.2x vendors click as typer._click
         from typer._click import ClickException
 
-        Abort = typer.Abort
-    return ClickException, Abort
+        exceptions.append(ClickException)
+    except ImportError:
+        pass
+    try:
+        from click.exceptions import Abort, ClickException
+
+        exceptions.append(ClickException)
+        aborts.append(Abort)
+    except ImportError:
+        pass
+    return tuple(exceptions), tuple(aborts)
+
+
+def _first_line(message) -> str:
+    lines = str(message).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _stop_on_sigterm() -> None:
@@ -69,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     except EmoengineError as e:
         if DEBUG["on"]:
             traceback.print_exc()
-        raise SystemExit(fail(str(e).splitlines()[0] if str(e) else type(e).__name__, e.exit_code).exit_code)
+        raise SystemExit(fail(_first_line(e) or type(e).__name__, e.exit_code).exit_code)
     except typer.Exit as e:
         raise SystemExit(e.exit_code)
     except KeyboardInterrupt:
@@ -80,9 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, abort):
             typer.echo("emoengine: interrupted", err=True)
             raise SystemExit(130)
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `emoengine`: the help was the answer
+            raise SystemExit(2)
         if isinstance(e, click_exception):
-            raise SystemExit(fail(e.format_message().splitlines()[0], 2).exit_code)
+            raise SystemExit(fail(_first_line(e.format_message()) or type(e).__name__, 2).exit_code)
         if DEBUG["on"]:
             traceback.print_exc()
-        raise SystemExit(fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                              "(run with --debug for the traceback)", 1).exit_code)
+        raise SystemExit(fail(f"{type(e).__name__}: {_first_line(e)} (run with --debug for the traceback)",
+                              1).exit_code)

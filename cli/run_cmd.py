@@ -11,12 +11,20 @@ from emoengine.cli.main import app
 from emoengine.errors import UserInputError
 
 
+def resolve_backend(backend: Optional[str], model: Optional[str]) -> str:
+    """The backend asked for, else the one the artifact's suffix implies, else ort."""
+    from emoengine.engine.emonet_model import backend_for_artifact
+
+    if backend is not None:
+        return backend
+    return backend_for_artifact(model) if model else "ort"
+
+
 def open_model(backend: Optional[str], weights: Optional[str], model: Optional[str], classes: Optional[int],
                full_taps: bool, max_batch: int):
-    from emoengine.engine.emonet_model import backend_for_artifact, open_emonet
+    from emoengine.engine.emonet_model import open_emonet
 
-    if backend is None:
-        backend = backend_for_artifact(model) if model else "ort"
+    backend = resolve_backend(backend, model)
     return open_emonet(backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
                        max_batch=max_batch)
 
@@ -38,7 +46,8 @@ def run_command(
     classes: Optional[int] = typer.Option(None, help="5 or 8; checked against the checkpoint."),
     detector: str = typer.Option("mtcnn", help="mtcnn | scrfd | none (whole image is the face)."),
     detector_model: Optional[str] = typer.Option(None, help="SCRFD .onnx (default: insightface's model folder)."),
-    crop: str = typer.Option("square", help="square (margin around the face) | upstream (plain box)."),
+    crop: Optional[str] = typer.Option(None, help="square (margin around the face) | upstream (plain box); "
+                                                  "default square, upstream with --detector none."),
     out: Path = typer.Option(Path("emoengine-out"), help="Output folder."),
     max_batch: int = typer.Option(32, min=1, help="Faces per inference call."),
     max_wait_ms: float = typer.Option(40.0, min=0, help="How long a partial batch waits for more faces."),
@@ -54,14 +63,15 @@ def run_command(
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     from emoengine.engine.run import RunConfig, run_pipeline
 
-    if crop not in ("square", "upstream"):
+    if crop not in (None, "square", "upstream"):
         raise UserInputError(f"--crop must be square or upstream, not {crop}")
     if full_taps and not save_activations:
         raise UserInputError("--full-taps only makes sense with --save-activations")
     cfg = RunConfig(input=input, out_dir=out, detector=detector, detector_model=detector_model, crop_mode=crop,
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_faces=max_faces, smooth=smooth,
                     face_id=face_id, write_video=not no_video, taps=taps, save_activations=save_activations,
-                    full_taps=full_taps, quiet=quiet)
+                    full_taps=full_taps, quiet=quiet, warn_random=model is not None,
+                    backend=resolve_backend(backend, model))
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
     summary = run_pipeline(cfg, lambda: open_model(backend, weights, model, classes, full_taps, max_batch))

@@ -185,11 +185,15 @@ class CircumplexAnnotator(_Annotator):
     def draw(self, canvas, faces, style=None) -> None:
         H, W = canvas.shape[:2]
         x0, y0, pw, ph = self.panel_rect(W, H)
+        if min(pw, ph) < 48:
+            return
         roi = canvas[y0:y0 + ph, x0:x0 + pw]
         roi[:] = (roi.astype(np.float32) * (1.0 - self.opacity) + 20.0 * self.opacity).astype(np.uint8)
 
         fs, th, vw, pad = self._text_metrics(ph)
         r = ph // 2 - th - 2 * pad
+        if r < 8:  # a frame too small for a readable panel (thumbnails, strips): leave it out
+            return
         cx, cy = x0 + pad + r + pad, y0 + ph // 2 + th // 2
         axis, rim, hint, label = (120, 120, 120), (175, 175, 175), (135, 135, 135), (235, 235, 235)
         cv2.circle(canvas, (cx, cy), r, rim, 1, AA)

@@ -100,7 +100,15 @@ def heatmap_landmarks(heatmap: np.ndarray, crop_size: int = CROP_SIZE) -> np.nda
 class EmoNetModel:
     """Runs EmoNet on uint8 RGB crops (N, 256, 256, 3) in chunks of at most `max_batch`."""
 
+    REQUIRED_OUTPUTS = ("expression", "valence", "arousal", "heatmap")
+
     def __init__(self, runner: Runner, max_batch: int = 32) -> None:
+        missing = [n for n in self.REQUIRED_OUTPUTS if n not in runner.output_names]
+        if runner.input_names != ["image"] or missing:
+            runner.close()
+            raise UserInputError(
+                f"not an emoengine EmoNet export (inputs {runner.input_names}, outputs {runner.output_names}); "
+                "make one with `emoengine export`")
         self.runner = runner
         self.max_batch = max(1, int(max_batch))
         meta = runner.metadata

@@ -18,9 +18,14 @@ import numpy as np
 from emoengine.engine.annotate import annotate_frame
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame
 from emoengine.engine.results import FaceResult, FrameResult
-from emoengine.engine.writers import AtomicOutput, VideoWriter, write_json, write_png
+from emoengine.engine.writers import AtomicOutput, VideoWriter, write_json, write_png, write_text_atomic
+from emoengine.errors import UserInputError
 
 FEATURE_VIDEO_SIZE = (256, 256)
+# every name a run may write (CONTRACT.md plus our additions); files of an earlier run not rewritten are removed
+OUTPUT_NAMES = frozenset({"predictions.csv", "annotated.mp4", "annotated.png", "annotated", "conv1.mp4",
+                          "emo_conv1.mp4", "conv1_mean.png", "emo_conv1_mean.png", "timeline.png", "summary.json",
+                          "activations.npz", "images.csv"})
 TAPS = (("conv1", "conv1_mean"), ("emo_conv1", "emo_conv1_mean"))
 
 
@@ -44,6 +49,10 @@ class MainFace:
         return by_id[self.current]
 
 
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
 def csv_header(class_names) -> list[str]:
     return (["frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score", "expression"]
             + [f"p_{c}" for c in class_names] + ["valence", "arousal"])
@@ -52,6 +61,36 @@ def csv_header(class_names) -> list[str]:
 def csv_row(fr: FrameResult, f: FaceResult) -> list:
     return ([fr.index, f"{fr.time_s:.4f}", f.face_id, *(f"{v:.1f}" for v in f.box), f"{f.det_score:.4f}",
              f.expression] + [f"{p:.5f}" for p in f.probs] + [f"{f.valence:.5f}", f"{f.arousal:.5f}"])
+
+
+class TimelineStore:
+    """What the timeline needs, per face per frame, as one growing float32 array (4·(C+4) bytes a row),
+    so an hour of video with several faces stays a few tens of MB (a dict per row would be ~1 KB)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self._data = np.zeros((4096, num_classes + 4), np.float32)   # time_s, face_id, probs…, v, a
+        self._n = 0
+
+    def add(self, time_s: float, face_id: int, probs: np.ndarray, valence: float, arousal: float) -> None:
+        if self._n == len(self._data):
+            self._data = np.concatenate([self._data, np.zeros_like(self._data)])
+        row = self._data[self._n]
+        row[0], row[1], row[2:-2], row[-2], row[-1] = time_s, face_id, probs, valence, arousal
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def series(self) -> dict[int, dict[str, np.ndarray]]:
+        """Per face id: time-sorted t, probs, valence, arousal (what timeline.plot_timeline draws)."""
+        data = self._data[: self._n]
+        out = {}
+        for fid in np.unique(data[:, 1]).astype(int):
+            rows = data[data[:, 1] == fid]
+            rows = rows[np.argsort(rows[:, 0], kind="stable")]
+            out[int(fid)] = {"t": rows[:, 0].astype(np.float64), "probs": rows[:, 2:-2].astype(np.float64),
+                             "valence": rows[:, -2].astype(np.float64), "arousal": rows[:, -1].astype(np.float64)}
+        return out
 
 
 class ActivationsArchive:
@@ -101,16 +140,20 @@ class RunOutputs:
 
     def __init__(self, out_dir: Path, class_names, fps: float, still: bool, write_video: bool = True,
                  taps: bool = True, save_activations: bool = False, full_taps: bool = False,
-                 face_id: int | None = None, source_names: bool = False) -> None:
+                 face_id: int | None = None, frame_files: list[str] | None = None) -> None:
         self.dir = Path(out_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserInputError(f"cannot create the output folder {self.dir}: {e.strerror or e}") from None
+        self.frame_files = frame_files   # a folder's file names by frame index → images.csv, still names
         self.class_names = tuple(class_names)
         self.fps = fps
         self.still = still
         self.write_video = write_video
         self.taps = taps
         self.main = MainFace(face_id)
-        self.rows: list[dict] = []   # for the timeline plot (small: a few numbers per face per frame)
+        self.timeline = TimelineStore(len(self.class_names))
         self._csv_out = AtomicOutput(self.dir / "predictions.csv")
         self._csv_file = open(self._csv_out.path, "w", newline="")
         self._csv = csv.writer(self._csv_file)
@@ -136,9 +179,8 @@ class RunOutputs:
         h, w = fr.rgb.shape[:2]
         for f in fr.faces:
             self._csv.writerow(csv_row(fr, f))
-            self.rows.append({"frame": fr.index, "time_s": fr.time_s, "face_id": f.face_id,
-                              **{f"p_{c}": float(p) for c, p in zip(self.class_names, f.probs)},
-                              "valence": f.valence, "arousal": f.arousal})
+            if not self.still:
+                self.timeline.add(fr.time_s, f.face_id, f.probs, f.valence, f.arousal)
             if self._activations is not None:
                 maps = {"conv1_mean": f.conv1_mean, "emo_conv1_mean": f.emo_conv1_mean,
                         **((full_maps or {}).get(f.face_id, {}))}
@@ -152,7 +194,8 @@ class RunOutputs:
         annotated = annotate_frame(fr, self.class_names)
         if self.still:
             self._still_dir.mkdir(exist_ok=True)
-            write_png(self._still_dir / f"{fr.index:06d}.png", annotated)
+            stem = f"_{Path(self.frame_files[fr.index]).stem}" if self.frame_files else ""
+            write_png(self._still_dir / f"{fr.index:06d}{stem}.png", annotated)
             return
         self._video("annotated.mp4", (w, h)).write(annotated)
         if self.taps:
@@ -178,13 +221,28 @@ class RunOutputs:
         if not self.still and self.write_video:
             from emoengine.engine.timeline import plot_timeline
 
-            plot_timeline(self.rows, self.class_names, self.dir / "timeline.png")
+            plot_timeline(self.timeline, self.class_names, self.dir / "timeline.png")
             written.append(self.dir / "timeline.png")
         if self._activations is not None:
             self._activations.commit()
             written.append(self.dir / "activations.npz")
+        if self.frame_files:
+            lines = ["frame,file"] + [f"{i},{_csv_field(name)}" for i, name in enumerate(self.frame_files)]
+            written.append(write_text_atomic(self.dir / "images.csv", "\n".join(lines) + "\n"))
+        self._remove_stale(written)
+        summary = {**summary, "files": sorted(p.name for p in written) + ["summary.json"]}
         written.append(write_json(self.dir / "summary.json", summary))
         return written
+
+    def _remove_stale(self, written: list[Path]) -> None:
+        """A second run into the same --out must not leave the first run's files beside its own."""
+        keep = {p.name for p in written}
+        for name in OUTPUT_NAMES - keep:
+            stale = self.dir / name
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            elif stale.exists():
+                stale.unlink(missing_ok=True)
 
     def _commit_stills(self) -> Path:
         pngs = sorted(self._still_dir.iterdir())

@@ -8,6 +8,7 @@ kept and re-raised in the caller's thread; frame order is kept because every sta
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from emoengine.errors import EmoengineError, RunFailure
 
 _END = object()
 _POLL_S = 0.05
+STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
 
 
 class _Stopped(Exception):
@@ -71,6 +73,7 @@ class PipelineStats:
     wall_s: float = 0.0
     stages: dict[str, StageClock] = field(default_factory=dict)
     interrupted: bool = False
+    ended_by_user: bool = False   # a live input ended with Ctrl-C (the run still completed)
 
 
 class Pipeline:
@@ -81,7 +84,8 @@ class Pipeline:
     """
 
     def __init__(self, frames: Iterable, detector, model: EmoNetModel, sink: Callable[[Inferred], None],
-                 options: PipelineOptions | None = None, on_frame: Callable[[PipelineStats], None] | None = None):
+                 options: PipelineOptions | None = None, on_frame: Callable[[PipelineStats], None] | None = None,
+                 live: bool = False):
         self.frames = frames
         self.detector = detector
         self.model = model
@@ -89,6 +93,8 @@ class Pipeline:
         self.opt = options or PipelineOptions()
         self.on_frame = on_frame
         self.stop = threading.Event()
+        self.end_input = threading.Event()   # ends a live input; what was read is finished and written
+        self.live = live
         self.stats = PipelineStats(stages={s: StageClock() for s in ("decode", "detect", "crop", "infer", "render")})
         self._error: tuple[str, BaseException] | None = None
         self._lock = threading.Lock()
@@ -131,7 +137,7 @@ class Pipeline:
     # ---- stages ----------------------------------------------------------------------------------
     def _decode(self, clock: StageClock) -> None:
         it = iter(self.frames)
-        while True:
+        while not self.end_input.is_set():
             t0 = time.perf_counter()
             frame = next(it, _END)
             clock.busy_s += time.perf_counter() - t0
@@ -163,15 +169,15 @@ class Pipeline:
         self._put(self._q_cropped, _END, clock)
 
     def _infer(self, clock: StageClock) -> None:
-        """Batch faces across frames: run when `max_batch` faces wait or the oldest waited `max_wait_ms`."""
+        """Batch faces across frames: run when `max_batch` faces wait, when the oldest waiting frame has
+        waited `max_wait_ms`, or when `queue_size` frames wait (frames without faces hold no crops, but
+        must keep their place in the order)."""
         pending: list[Detected] = []
         n_faces = 0
-        first_t = 0.0
+        deadline = 0.0
         ended = False
         while not ended:
-            timeout = None
-            if pending:
-                timeout = max(0.0, first_t + self.opt.max_wait_ms / 1000 - time.perf_counter())
+            timeout = max(0.0, deadline - time.perf_counter()) if pending else None
             item = self._get(self._q_cropped, clock, timeout=timeout)
             if item is _END:
                 ended = True
@@ -180,10 +186,12 @@ class Pipeline:
                     self._put(self._q_inferred, Inferred(item, None), clock)  # nothing to wait for
                     continue
                 if not pending:
-                    first_t = time.perf_counter()
+                    deadline = time.perf_counter() + self.opt.max_wait_ms / 1000
                 pending.append(item)
                 n_faces += len(item.faces)
-            if pending and (ended or item is None or n_faces >= self.opt.max_batch):
+            due = (ended or n_faces >= self.opt.max_batch or len(pending) >= self.opt.queue_size
+                   or time.perf_counter() >= deadline)
+            if pending and due:
                 self._flush(pending, clock)
                 pending, n_faces = [], 0
         self._put(self._q_inferred, _END, clock)
@@ -227,30 +235,52 @@ class Pipeline:
             self.stop.set()
 
     def run(self) -> PipelineStats:
+        """Blocks until every stage thread has ended; never returns while one still runs.
+
+        Ctrl-C on a live input (camera, stream) first ends the input and lets the run finish and write;
+        a second Ctrl-C, or the first on a file, stops everything (the caller then removes temporaries).
+        """
         stages = [("decode", self._decode), ("detect", self._detect), ("crop", self._crop),
                   ("infer", self._infer), ("render", self._render)]
         threads = [threading.Thread(target=self._stage, args=s, name=f"emoengine-{s[0]}", daemon=True)
                    for s in stages]
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
         try:
             for t in threads:
-                while t.is_alive():
-                    t.join(timeout=0.1)
-        except KeyboardInterrupt:
-            self.stats.interrupted = True
-            self.stop.set()
-            for t in threads:
-                t.join(timeout=5)
+                t.start()
+            self._wait(threads)
         finally:
+            self.stop.set()  # no-op after a clean end; after an interrupt, every stage leaves its loop
+            self._wait(threads, deadline_s=STOP_GRACE_S)
             self.stats.wall_s = time.perf_counter() - t0
         if self._error is not None:
             stage, err = self._error
             if isinstance(err, EmoengineError):
                 raise err
-            raise RunFailure(f"{stage} stage failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+            message = str(err).splitlines()[0] if str(err) else ""
+            raise RunFailure(f"{stage} stage failed: {type(err).__name__}: {message}") from err
         return self.stats
+
+    def _wait(self, threads: list[threading.Thread], deadline_s: float | None = None) -> None:
+        """Join every thread; Ctrl-C here ends a live input gracefully once, then stops the run."""
+        end = None if deadline_s is None else time.perf_counter() + deadline_s
+        while any(t.is_alive() for t in threads):
+            if end is not None and time.perf_counter() > end:
+                return  # a stage stuck in a blocking read; the caller's close() calls tolerate it
+            try:
+                for t in threads:
+                    t.join(timeout=0.1)
+            except KeyboardInterrupt:
+                if self.live and not self.end_input.is_set() and not self.stop.is_set():
+                    self.end_input.set()
+                    self.stats.ended_by_user = True
+                    print("emoengine: ending the input; finishing what was read (Ctrl-C again to abort)",
+                          file=sys.stderr)
+                    continue
+                self.stats.interrupted = True
+                self.stop.set()
+                if deadline_s is None:
+                    raise
 
 
 def _slice_batch(batch: EmoNetBatch, a: int, b: int) -> EmoNetBatch:

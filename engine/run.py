@@ -26,7 +26,7 @@ class RunConfig:
     out_dir: Path
     detector: str = "mtcnn"
     detector_model: str | None = None
-    crop_mode: str = "square"
+    crop_mode: str | None = None      # None: "upstream" (plain resize) for --detector none, else "square"
     max_batch: int = 32
     max_wait_ms: float = 40.0
     max_faces: int | None = None
@@ -37,6 +37,8 @@ class RunConfig:
     save_activations: bool = False
     full_taps: bool = False
     quiet: bool = False
+    backend: str = "ort"              # decides where the detector runs (GPU when EmoNet does)
+    warn_random: bool = True          # False where loading the checkpoint already said it
 
 
 class FrameAssembler:
@@ -108,15 +110,17 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
     source = open_source(cfg.input)
     detector = model = outputs = None
     try:
-        detector = make_detector(cfg.detector, model_path=cfg.detector_model)
+        detector = make_detector(cfg.detector, model_path=cfg.detector_model,
+                                 providers=detector_providers(cfg.backend))
         model = open_model()
-        if model.is_random:
+        if model.is_random and cfg.warn_random:
             print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
         still = source.kind in ("image", "images")
         outputs = RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still,
                              write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
                              save_activations=cfg.save_activations, full_taps=cfg.full_taps,
-                             face_id=cfg.face_id)
+                             face_id=cfg.face_id,
+                             frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
         assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps, independent_frames=still)
 
         def sink(item: Inferred) -> None:
@@ -124,15 +128,17 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
             outputs.write(frame, full)
 
         on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
+        crop_mode = cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square")
         options = PipelineOptions(max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                                  max_faces=cfg.max_faces, crop_mode=cfg.crop_mode)
+                                  max_faces=cfg.max_faces, crop_mode=crop_mode)
         try:
-            stats = Pipeline(source, detector, model, sink, options, on_frame=on_frame).run()
+            stats = Pipeline(source, detector, model, sink, options, on_frame=on_frame,
+                             live=source.kind == "stream").run()
         finally:
             close_progress()
         if stats.interrupted:
             raise KeyboardInterrupt
-        summary = make_summary(cfg, source, model, detector, stats)
+        summary = make_summary(cfg, source, model, detector, stats, crop_mode)
         outputs.commit(summary)
         return summary
     except BaseException:
@@ -142,10 +148,25 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
     finally:
         for part in (model, detector, source):
             if part is not None:
-                part.close()
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001 - e.g. a decoder still blocked in a stalled stream
+                    pass
 
 
-def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: PipelineStats) -> dict:
+def detector_providers(backend: str) -> list[str] | None:
+    """Detect on the GPU when EmoNet runs there and ONNX Runtime here has CUDA; CPU otherwise."""
+    if not backend.endswith("cuda") and backend != "trt":
+        return None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return None
+
+
+def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: PipelineStats,
+                 crop_mode: str) -> dict:
     wall = max(stats.wall_s, 1e-9)
     return {
         "input": str(cfg.input),
@@ -158,6 +179,8 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "detector": detector.name,
         "classes": list(model.class_names),
         "random_weights": model.is_random,
+        "ended_by_user": stats.ended_by_user,
+        "skipped_inputs": list(getattr(source, "skipped", [])),
         "wall_s": round(stats.wall_s, 4),
         "stages": {name: round(c.busy_s, 4) for name, c in stats.stages.items()},
         "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}
@@ -165,5 +188,5 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "faces_per_s": round(stats.faces / wall, 3),
         "frames_per_s": round(stats.frames / wall, 3),
         "options": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
-                    "smooth": cfg.smooth, "crop": cfg.crop_mode, "face_id": cfg.face_id},
+                    "smooth": cfg.smooth, "crop": crop_mode, "face_id": cfg.face_id},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -471,13 +472,35 @@ class ImageFolderSource(FrameSource):
         if not self.paths:
             raise UserInputError(f"no images in folder: {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         self.frame_count = len(self.paths)
-        self._first = read_image(self.paths[0])
+        self.skipped: list[str] = []
+        self._first = None
+        for path in self.paths:  # the first readable image gives the size
+            self._first = self._read_or_skip(path)
+            if self._first is not None:
+                break
+        if self._first is None:
+            raise UserInputError(f"no readable image in folder: {folder}")
         self.size = (self._first.shape[1], self._first.shape[0])
 
+    def _read_or_skip(self, path: Path) -> np.ndarray | None:
+        """One unreadable file must not sink a 100,000-image dataset run: warn, skip, remember it."""
+        try:
+            return read_image(path)
+        except UserInputError as e:
+            self.skipped.append(path.name)
+            print(f"emoengine: warning: skipping {path.name}: {e}", file=sys.stderr)
+            return None
+
     def _frames(self) -> Iterator[Frame]:
+        """Frame index = position in `paths` (kept for skipped files, so index → file stays exact)."""
+        first, self._first = self._first, None   # the first readable file, already read in __init__
         for i, path in enumerate(self.paths):
-            if i == 0:
-                rgb, self._first = self._first, None
+            if path.name in self.skipped:
+                continue
+            if first is not None:
+                rgb, first = first, None
             else:
-                rgb = read_image(path)
+                rgb = self._read_or_skip(path)
+                if rgb is None:
+                    continue
             yield Frame(i, i / self.fps, rgb)

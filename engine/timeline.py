@@ -86,7 +86,8 @@ def plot_timeline(rows: Iterable[Mapping[str, Any]], class_names: Sequence[str],
     from matplotlib.figure import Figure
 
     class_names = list(class_names)
-    series = _series(rows, class_names)
+    # compact stores (outputs.TimelineStore) hand over their arrays; plain rows are parsed
+    series = rows.series() if hasattr(rows, "series") else _series(rows, class_names)
     colors = class_colors(class_names)
     shown = sorted(series, key=lambda fid: (-len(series[fid]["t"]), fid))[:max_faces]
     shown.sort()

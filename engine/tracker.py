@@ -34,8 +34,9 @@ class IouTracker:
     id never reused. `dropped` lists the ids dropped by the last update (to `forget` in a smoother).
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, centre_gate: float = 0.5) -> None:
         self.iou_threshold = float(iou_threshold)
+        self.centre_gate = float(centre_gate)
         self.max_missed = int(max_missed)
         self._ids = np.zeros((0,), np.int64)
         self._boxes = np.zeros((0, 4), np.float64)
@@ -70,6 +71,7 @@ class IouTracker:
                 det_used[d] = matched_track[tr] = True
                 ids[d] = self._ids[tr]
                 self._boxes[tr] = boxes[d]
+            self._match_by_centre(boxes, ids, det_used, matched_track)
         self._missed[matched_track] = 0
         self._missed[~matched_track] += 1
         keep = self._missed <= self.max_missed
@@ -85,8 +87,34 @@ class IouTracker:
             self._missed = np.concatenate([self._missed, np.zeros(len(new), np.int64)])
         return ids
 
+    def _match_by_centre(self, boxes: np.ndarray, ids: np.ndarray, det_used: np.ndarray,
+                         matched_track: np.ndarray) -> None:
+        """Second chance for what IoU left unmatched: a fast-moving face (IoU just under the threshold)
+        keeps its id when its centre moved less than `centre_gate` of its size and its size changed < 1.5×."""
+        dets, tracks = np.flatnonzero(~det_used), np.flatnonzero(~matched_track)
+        if not len(dets) or not len(tracks):
+            return
+        b, tb = boxes[dets], self._boxes[tracks]
+        side_b = np.sqrt(np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9))
+        side_t = np.sqrt(np.maximum((tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1]), 1e-9))
+        centre_b = (b[:, :2] + b[:, 2:]) / 2
+        centre_t = (tb[:, :2] + tb[:, 2:]) / 2
+        dist = np.linalg.norm(centre_b[:, None] - centre_t[None], axis=-1) / side_t[None]
+        ratio = side_b[:, None] / side_t[None]
+        dist[(ratio > 1.5) | (ratio < 1 / 1.5)] = np.inf
+        for flat in np.argsort(dist, axis=None, kind="stable"):
+            i, j = divmod(int(flat), len(tracks))
+            if dist[i, j] > self.centre_gate:
+                break
+            d, tr = dets[i], tracks[j]
+            if det_used[d] or matched_track[tr]:
+                continue
+            det_used[d] = matched_track[tr] = True
+            ids[d] = self._ids[tr]
+            self._boxes[tr] = boxes[d]
+
     def reset(self) -> None:
-        self.__init__(self.iou_threshold, self.max_missed)
+        self.__init__(self.iou_threshold, self.max_missed, self.centre_gate)
 
 
 @dataclass

@@ -258,12 +258,19 @@ def test_folder_of_images_gives_rows_per_face_and_one_annotated_png_per_image(tm
                       ("3_blank.png", np.full((200, 300, 3), 128, np.uint8))):
         cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     (folder / "notes.txt").write_text("not an image")
+    (folder / "4_broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "out"
     r = emoengine("run", str(folder), "--model", str(random_onnx), "--out", str(out), "--detector", "mtcnn")
     assert r.returncode == 0, r.stderr
+    assert "skipping 4_broken.jpg" in r.stderr
     rows = read_rows(out / "predictions.csv")
-    assert [sum(1 for x in rows if x["frame"] == str(i)) for i in range(3)] == [6, 1, 0]
-    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert [sum(1 for x in rows if x["frame"] == str(i)) for i in range(4)] == [6, 1, 0, 0]
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["000000_1_group.png", "000001_2_single.png",
+                                                                       "000002_3_blank.png"]
+    assert read_rows(out / "images.csv") == [{"frame": "0", "file": "1_group.jpg"}, {"frame": "1", "file": "2_single.png"},
+                                             {"frame": "2", "file": "3_blank.png"}, {"frame": "3", "file": "4_broken.jpg"}]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_inputs"] == ["4_broken.jpg"] and summary["frames"] == 3
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
