@@ -223,7 +223,7 @@ class Pipeline:
                 self.on_frame(self.stats)
 
     # ---- running --------------------------------------------------------------------------------
-    def _stage(self, name: str, fn) -> None:
+    def _stage(self, name: str, fn, done: threading.Event) -> None:
         try:
             fn(self.stats.stages[name])
         except _Stopped:
@@ -233,6 +233,8 @@ class Pipeline:
                 if self._error is None:
                     self._error = (name, e)
             self.stop.set()
+        finally:
+            done.set()
 
     def run(self) -> PipelineStats:
         """Blocks until every stage thread has ended; never returns while one still runs.
@@ -242,16 +244,21 @@ class Pipeline:
         """
         stages = [("decode", self._decode), ("detect", self._detect), ("crop", self._crop),
                   ("infer", self._infer), ("render", self._render)]
-        threads = [threading.Thread(target=self._stage, args=s, name=f"emoengine-{s[0]}", daemon=True)
-                   for s in stages]
+        # our own "done" events, not Thread.is_alive(): a join() interrupted by Ctrl-C can leave a thread's
+        # state looking finished while it still runs (then closing the model under it aborts the process)
+        done = [threading.Event() for _ in stages]
+        threads = [threading.Thread(target=self._stage, args=(*s, d), name=f"emoengine-{s[0]}", daemon=True)
+                   for s, d in zip(stages, done)]
         t0 = time.perf_counter()
+        started: list[threading.Event] = []
         try:
-            for t in threads:
+            for t, d in zip(threads, done):
                 t.start()
-            self._wait(threads)
+                started.append(d)
+            self._wait(started)
         finally:
             self.stop.set()  # no-op after a clean end; after an interrupt, every stage leaves its loop
-            self._wait(threads, deadline_s=STOP_GRACE_S)
+            self._wait(started, deadline_s=STOP_GRACE_S)
             self.stats.wall_s = time.perf_counter() - t0
         if self._error is not None:
             stage, err = self._error
@@ -261,15 +268,14 @@ class Pipeline:
             raise RunFailure(f"{stage} stage failed: {type(err).__name__}: {message}") from err
         return self.stats
 
-    def _wait(self, threads: list[threading.Thread], deadline_s: float | None = None) -> None:
-        """Join every thread; Ctrl-C here ends a live input gracefully once, then stops the run."""
+    def _wait(self, done: list[threading.Event], deadline_s: float | None = None) -> None:
+        """Wait for every started stage; Ctrl-C here ends a live input gracefully once, then stops the run."""
         end = None if deadline_s is None else time.perf_counter() + deadline_s
-        while any(t.is_alive() for t in threads):
+        while not all(d.is_set() for d in done):
             if end is not None and time.perf_counter() > end:
                 return  # a stage stuck in a blocking read; the caller's close() calls tolerate it
             try:
-                for t in threads:
-                    t.join(timeout=0.1)
+                next(d for d in done if not d.is_set()).wait(timeout=0.1)
             except KeyboardInterrupt:
                 if self.live and not self.end_input.is_set() and not self.stop.is_set():
                     self.end_input.set()
