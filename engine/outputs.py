@@ -36,10 +36,12 @@ class MainFace:
     def __init__(self, face_id: int | None = None) -> None:
         self.fixed = face_id
         self.current: int | None = None
+        self.fixed_seen = False
 
     def pick(self, faces: list[FaceResult]) -> FaceResult | None:
         by_id = {f.face_id: f for f in faces}
         if self.fixed is not None:
+            self.fixed_seen |= self.fixed in by_id
             return by_id.get(self.fixed)
         if self.current not in by_id:
             if not faces:

@@ -138,6 +138,9 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
             close_progress()
         if stats.interrupted:
             raise KeyboardInterrupt
+        if cfg.face_id is not None and not outputs.main.fixed_seen:
+            print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
+                  "(ids are in predictions.csv)", file=sys.stderr)
         summary = make_summary(cfg, source, model, detector, stats, crop_mode)
         outputs.commit(summary)
         return summary
