@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import shutil
@@ -18,7 +17,7 @@ import numpy as np
 from emoengine.engine.annotate import annotate_frame
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame
 from emoengine.engine.results import FaceResult, FrameResult
-from emoengine.engine.writers import AtomicOutput, VideoWriter, write_json, write_png, write_text_atomic
+from emoengine.engine.writers import AtomicOutput, CsvWriter, VideoWriter, write_json, write_png
 from emoengine.errors import UserInputError
 
 FEATURE_VIDEO_SIZE = (256, 256)
@@ -49,10 +48,6 @@ class MainFace:
             largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
             self.current = largest.face_id
         return by_id[self.current]
-
-
-def _csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def csv_header(class_names) -> list[str]:
@@ -156,10 +151,8 @@ class RunOutputs:
         self.taps = taps
         self.main = MainFace(face_id)
         self.timeline = TimelineStore(len(self.class_names))
-        self._csv_out = AtomicOutput(self.dir / "predictions.csv")
-        self._csv_file = open(self._csv_out.path, "w", newline="")
-        self._csv = csv.writer(self._csv_file)
-        self._csv.writerow(csv_header(self.class_names))
+        self._header = csv_header(self.class_names)
+        self._csv = CsvWriter(self.dir / "predictions.csv", self._header)
         self._videos: dict[str, VideoWriter] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
         self._means = {tap: MeanMapAccumulator() for tap, _ in TAPS} if taps else {}
@@ -180,7 +173,7 @@ class RunOutputs:
         self._frames_seen += 1
         h, w = fr.rgb.shape[:2]
         for f in fr.faces:
-            self._csv.writerow(csv_row(fr, f))
+            self._csv.writerow(dict(zip(self._header, csv_row(fr, f))))
             if not self.still:
                 self.timeline.add(fr.time_s, f.face_id, f.probs, f.valence, f.arousal)
             if self._activations is not None:
@@ -209,8 +202,7 @@ class RunOutputs:
     def commit(self, summary: dict) -> list[Path]:
         """Finish every file; returns what was written."""
         written = []
-        self._csv_file.close()
-        self._csv_out.commit()
+        self._csv.close()
         written.append(self.dir / "predictions.csv")
         for name, video in self._videos.items():
             video.close()
@@ -229,8 +221,9 @@ class RunOutputs:
             self._activations.commit()
             written.append(self.dir / "activations.npz")
         if self.frame_files:
-            lines = ["frame,file"] + [f"{i},{_csv_field(name)}" for i, name in enumerate(self.frame_files)]
-            written.append(write_text_atomic(self.dir / "images.csv", "\n".join(lines) + "\n"))
+            with CsvWriter(self.dir / "images.csv", ["frame", "file"]) as images:
+                images.writerows({"frame": i, "file": name} for i, name in enumerate(self.frame_files))
+            written.append(images.final_path)
         self._remove_stale(written)
         summary = {**summary, "files": sorted(p.name for p in written) + ["summary.json"]}
         written.append(write_json(self.dir / "summary.json", summary))
@@ -262,7 +255,7 @@ class RunOutputs:
     def abort(self) -> None:
         """Remove every temporary file; nothing appears under a final name."""
         shutil.rmtree(self._still_dir, ignore_errors=True)
-        for closer in [self._csv_file.close, self._csv_out.abort,
+        for closer in [self._csv.abort,
                        *(v.abort for v in self._videos.values()),
                        *([self._activations.abort] if self._activations else [])]:
             try:

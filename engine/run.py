@@ -136,8 +136,6 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
                              live=source.kind == "stream").run()
         finally:
             close_progress()
-        if stats.interrupted:
-            raise KeyboardInterrupt
         if cfg.face_id is not None and not outputs.main.fixed_seen:
             print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
                   "(ids are in predictions.csv)", file=sys.stderr)
