@@ -194,7 +194,13 @@ def cached_onnx_for(weights: str, classes: int | None, full_taps: bool) -> Path:
 def open_emonet(backend: str, weights: str | None = None, model: str | None = None,
                 classes: int | None = None, full_taps: bool = False, max_batch: int = 32,
                 threads: int | None = None) -> EmoNetModel:
-    """Pick and open the runner for `backend` from a checkpoint (`weights`) or an exported artifact (`model`)."""
+    """Pick and open the runner for `backend` from a checkpoint (`weights`) or an exported artifact (`model`).
+
+    CUDA backends take options after a colon (`torch-cuda:fp16,compile`, `trt:fp16`; see engine.cuda_io)."""
+    from emoengine.engine.cuda_io import parse_backend
+
+    options = parse_backend(backend)
+    backend = options.name
     if backend not in BACKENDS:
         raise UserInputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     if (weights is None) == (model is None):
@@ -209,7 +215,14 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         check_ort_providers(["CUDAExecutionProvider"])  # before any export
     if model is not None and not Path(model).is_file():
         raise UserInputError(f"no such model file: {model}")
-    if spec.needs_torch:
+    if spec.device == "cuda":  # torch-cuda, ort-cuda, trt: engine.cuda_runners / engine.trt_runner
+        from emoengine.engine.cuda_runners import open_cuda_runner
+
+        if spec.needs_torch and model is not None and not model.endswith(".pth"):
+            raise UserInputError(f"backend {backend} runs a .pth checkpoint (--weights), not {model}")
+        runner = open_cuda_runner(options, weights=weights, model=model, classes=classes, full_taps=full_taps,
+                                  max_batch=max_batch, threads=threads, torch_runner=_torch_runner)
+    elif spec.needs_torch:
         if model is not None and not model.endswith(".pth"):
             raise UserInputError(f"backend {backend} runs a .pth checkpoint (--weights), not {model}")
         runner = _torch_runner(weights or model, classes, spec.device, full_taps)

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,125 @@ def test_trt_dtypes_map_to_torch_by_name_including_bf16():
             assert torch_dtype(trt.DataType.BF16, torch) is torch.bfloat16
 
 
+# --- the engine cache's sidecar check: runs without TensorRT ---------------------------------------------------
+
+
+def write_engine_with_sidecar(path, data: bytes, keys: dict) -> None:
+    from emoengine.engine.trt_runner import write_sidecar
+
+    path.write_bytes(data)
+    write_sidecar(path, {"num_classes": "8"}, keys)
+
+
+def test_sidecar_check_refuses_missing_foreign_stale_and_tampered_engines(tmp_path):
+    from emoengine.engine.trt_runner import check_cached_engine, engine_build_keys, engine_cache_path
+
+    keys = engine_build_keys("ab" * 32, "10.9.0", "NVIDIA H100 80GB HBM3", "fp16", 64)
+    engine = engine_cache_path(tmp_path / "emonet8.onnx", keys, folder=tmp_path)
+    assert engine.name == "emonet8-fp16-b64-nvidia-h100-80gb-hbm3-trt10.9.0-abababababab.engine"
+    assert "no engine" in check_cached_engine(engine, keys)
+
+    engine.write_bytes(b"serialized plan")
+    assert "no sidecar" in check_cached_engine(engine, keys)  # cannot tell what it was built for
+
+    write_engine_with_sidecar(engine, b"serialized plan", keys)
+    assert check_cached_engine(engine, keys) is None
+
+    for key, other in [("engine_device", "NVIDIA A100-SXM4-40GB"), ("engine_tensorrt", "11.0.0"),
+                       ("engine_source_sha256", "cd" * 32), ("engine_max_batch", "128"),
+                       ("engine_precision", "fp32")]:
+        why = check_cached_engine(engine, {**keys, key: other})
+        assert why is not None and other in why and "\n" not in why, key
+
+    engine.write_bytes(b"another plan")  # the file was swapped under its sidecar
+    assert "sha256" in check_cached_engine(engine, keys)
+
+    engine.with_name(engine.name + ".json").write_text("[1, 2]")
+    assert "not a JSON object" in check_cached_engine(engine, keys)
+
+
+def test_cache_names_differ_per_gpu_tensorrt_and_onnx():
+    from emoengine.engine.trt_runner import engine_build_keys, engine_cache_path
+
+    base = engine_build_keys("ab" * 32, "10.9.0", "NVIDIA H100", "fp32", 64)
+    names = {engine_cache_path("m/emonet8.onnx", k).name for k in [
+        base, {**base, "engine_device": "NVIDIA H200"}, {**base, "engine_tensorrt": "11.0.1"},
+        {**base, "engine_source_sha256": "cd" * 32}, {**base, "engine_precision": "fp16"}]}
+    assert len(names) == 5
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch, tmp_path):
+    """A stand-in for TensorRT and a GPU (neither exists here): records builds and deserializations, so the order
+    of check and deserialization can be tested. Everything below the sidecar check is the real code."""
+    from types import SimpleNamespace
+
+    from emoengine.engine import trt_runner
+
+    events = []
+    device = {"name": "NVIDIA H100 80GB HBM3"}
+    fake_trt = SimpleNamespace(__version__="10.9.0")
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(get_device_name=lambda *a: device["name"]))
+
+    def fake_build(onnx_path, engine_path, **kw):
+        events.append(("build", engine_path.name))
+        engine_path.write_bytes(b"plan for " + device["name"].encode())
+        return engine_path
+
+    class FakeRunner:
+        def __init__(self, path, metadata=None, cuda_graph=False):
+            events.append(("deserialize", Path(path).name))
+            self.metadata = metadata
+
+    monkeypatch.setattr(trt_runner, "_import_trt", lambda: (fake_trt, fake_torch))
+    monkeypatch.setattr(trt_runner, "build_engine", fake_build)
+    monkeypatch.setattr(trt_runner, "TrtRunner", FakeRunner)
+    monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
+    return SimpleNamespace(events=events, device=device)
+
+
+def test_with_a_fake_tensorrt_stale_engines_are_rebuilt_before_any_deserialization(fake_tensorrt, tmp_path,
+                                                                                    golden_pth_8):
+    from emoengine.engine.trt_runner import open_engine_for_onnx, open_trt_runner, sidecar_path
+    from emoengine.export.checkpoint import load_emonet
+    from emoengine.export.onnx_export import export_onnx
+
+    onnx_path = export_onnx(load_emonet(golden_pth_8), tmp_path / "emonet8.onnx", verify=False).path
+    events = fake_tensorrt.events
+    runner = open_engine_for_onnx(onnx_path, "fp32", 8)
+    (engine,) = (tmp_path / "models").glob("*.engine")
+    assert events == [("build", engine.name), ("deserialize", engine.name)]
+    assert json.loads(sidecar_path(engine).read_text())["engine_device"] == "NVIDIA H100 80GB HBM3"
+    assert runner.metadata["num_classes"] == "8"
+
+    events.clear()
+    open_engine_for_onnx(onnx_path, "fp32", 8)
+    assert events == [("deserialize", engine.name)]  # current: reused
+
+    events.clear()
+    engine.write_bytes(b"tampered")  # sha256 no longer matches the sidecar
+    open_engine_for_onnx(onnx_path, "fp32", 8)
+    assert events == [("build", engine.name), ("deserialize", engine.name)]
+
+    events.clear()
+    sidecar_path(engine).unlink()  # no sidecar: rebuilt, never trusted
+    open_engine_for_onnx(onnx_path, "fp32", 8)
+    assert events == [("build", engine.name), ("deserialize", engine.name)]
+
+    events.clear()
+    fake_tensorrt.device["name"] = "NVIDIA H200"  # another GPU: its own engine, built first
+    open_engine_for_onnx(onnx_path, "fp32", 8)
+    assert [e[0] for e in events] == ["build", "deserialize"] and "h200" in events[0][1]
+
+    events.clear()  # an .engine given directly: refused when foreign, never deserialized
+    with pytest.raises(UserInputError, match="built for device") as e:
+        open_trt_runner(model=str(engine), weights=None, classes=None, full_taps=False)
+    assert "\n" not in str(e.value) and events == []
+    with pytest.raises(UserInputError, match="int8 builds from a QDQ model"):
+        open_trt_runner(model=str(onnx_path), weights=None, classes=None, full_taps=False, precision="int8")
+    assert events == []
+
+
 # --- with TensorRT 10/11 and a GPU: real engines ---------------------------------------------------------------
 
 
@@ -153,9 +273,10 @@ def golden_onnx(trt_env, golden_pth_8, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine_b8(golden_onnx):
-    from emoengine.engine.trt_runner import build_engine
+    """Built through the cache (sidecar included), beside the ONNX."""
+    from emoengine.engine.trt_runner import ensure_engine
 
-    return build_engine(golden_onnx, golden_onnx.with_name("emonet8-b8.engine"), max_batch=8, opt_batch=4)
+    return ensure_engine(golden_onnx, "fp32", 8, folder=golden_onnx.parent)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +308,7 @@ def test_engine_has_the_contract_tensors(trt_runner):
     assert trt_runner.output_names == list(output_names(False))
     assert trt_runner.dtypes["image"] is torch.uint8
     assert trt_runner.max_batch == 8
-    assert trt_runner.metadata.get("num_classes") == "8"  # no sidecar: read off the logits' width
+    assert trt_runner.metadata.get("num_classes") == "8"  # from the sidecar (the ONNX's metadata)
 
 
 @pytest.mark.parametrize("rows", [slice(2, 3), slice(0, 4)], ids=["batch1", "batch4"])
@@ -223,18 +344,19 @@ def test_emonet_model_on_an_engine(engine_b8, golden_outputs, torch_reference):
         model.close()
 
 
-def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_onnx, tmp_path):
+def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_onnx, tmp_path, monkeypatch):
     from emoengine.engine.trt_runner import open_trt_runner
 
+    monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
     onnx_copy = tmp_path / "emonet8.onnx"
     shutil.copyfile(golden_onnx, onnx_copy)
     runner = open_trt_runner(model=str(onnx_copy), weights=None, classes=None, full_taps=False, max_batch=4)
     runner.close()
-    engine = tmp_path / "emonet8-b4.engine"
-    sidecar = tmp_path / "emonet8-b4.engine.json"
-    assert engine.is_file() and sidecar.is_file()
+    (engine,) = (tmp_path / "models").glob("emonet8-fp32-b4-*.engine")
+    sidecar = engine.with_name(engine.name + ".json")
     meta = json.loads(sidecar.read_text())
     assert json.loads(meta["class_names"])[1] == "Happy" and meta["engine_max_batch"] == "4"
+    assert list((tmp_path / "models").glob("trt-timing-*.cache"))  # the timing cache was saved
     built = engine.stat().st_mtime_ns
 
     runner = open_trt_runner(model=str(onnx_copy), weights=None, classes=None, full_taps=False, max_batch=4)
@@ -242,12 +364,43 @@ def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_
     runner.close()
     assert engine.stat().st_mtime_ns == built  # reused, not rebuilt
 
-    meta["engine_source_sha256"] = "0" * 64  # as if the ONNX changed since the engine was built
+    meta["engine_sha256"] = "0" * 64  # as if the engine file had been replaced since
     sidecar.write_text(json.dumps(meta))
     os.utime(engine, ns=(built - 10**9, built - 10**9))
     open_trt_runner(model=str(onnx_copy), weights=None, classes=None, full_taps=False, max_batch=4).close()
     assert engine.stat().st_mtime_ns != built - 10**9
-    assert json.loads(sidecar.read_text())["engine_source_sha256"] != "0" * 64
+    assert json.loads(sidecar.read_text())["engine_sha256"] != "0" * 64
+
+
+def test_fp16_engine_within_the_fp16_tolerances(golden_onnx, torch_reference, golden_outputs):
+    from emoengine.engine.trt_runner import open_trt_runner
+    from emoengine.export.fp16 import FP16_TOLERANCE
+
+    runner = open_trt_runner(model=str(golden_onnx), weights=None, classes=None, full_taps=False, max_batch=4,
+                             precision="fp16")
+    try:
+        assert runner.metadata.get("engine_precision") == "fp16"
+        got = runner.infer(golden_outputs(8)["images_rgb"])
+    finally:
+        runner.close()
+    for name, ref in torch_reference.items():
+        rel = np.abs(got[name].astype(np.float64) - ref).max() / np.abs(ref).max()
+        assert rel <= FP16_TOLERANCE[name], f"{name}: worst diff {rel:.2e} of its magnitude"
+
+
+def test_cuda_graph_replay_matches_eager(engine_b8, golden_outputs):
+    from emoengine.engine.trt_runner import TrtRunner
+
+    crops = golden_outputs(8)["images_rgb"]
+    eager, graphed = TrtRunner(engine_b8), TrtRunner(engine_b8, cuda_graph=True)
+    try:
+        for rows in (slice(0, 3), slice(0, 1), slice(0, 3)):  # capture twice, replay once
+            a, b = eager.infer(crops[rows]), graphed.infer(crops[rows])
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name])
+    finally:
+        eager.close()
+        graphed.close()
 
 
 def test_weights_build_their_engine_under_emoengine_models(trt_env, golden_pth_8, tmp_path, monkeypatch):
