@@ -14,12 +14,19 @@ from emoengine.paths import models_dir
 
 @app.command("export")
 def export_command(
-    weights: str = typer.Option(..., "--weights", help="Upstream EmoNet checkpoint (.pth), or 'random'."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Upstream EmoNet checkpoint (.pth), or 'random'."),
     classes: Optional[int] = typer.Option(None, "--classes", help="5 or 8; must agree with the checkpoint."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx (emonet{C}-random.onnx for random weights)."),
     full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (fp32 kept where measured necessary) | "
+                                  "int8 (with --trt: from the QDQ model given by --onnx)."),
+    trt: bool = typer.Option(False, "--trt", help="Also build the TensorRT engine (cached in models/, keyed by GPU, "
+                             "TensorRT version and ONNX sha256)."),
+    max_batch: int = typer.Option(64, "--max-batch", help="With --trt: the engine takes batches 1..N."),
+    onnx_source: Optional[Path] = typer.Option(None, "--onnx", help="With --trt: build from this ONNX instead of "
+                                               "exporting --weights."),
 ) -> None:
     """Export EmoNet to ONNX: uint8 NHWC RGB crops in, expression/valence/arousal/heatmap/taps out."""
     # heavy imports here so `emoengine --help` and other commands stay fast
@@ -30,6 +37,12 @@ def export_command(
         raise UserInputError(f"export needs PyTorch ({e.name} is missing): pip install torch, then "
                              "pip install 'emoengine[export]'") from e
 
+    if trt or precision != "fp32" or onnx_source is not None:  # fp16 ONNX / TensorRT engine: cli/export_gpu.py
+        from emoengine.cli.export_gpu import export_gpu
+
+        return export_gpu(weights, classes, output, full_taps, opset, precision, trt, max_batch, onnx_source)
+    if weights is None:
+        raise UserInputError("--weights is required (a .pth checkpoint or 'random')")
     if output is None and weights == "random":  # never overwrite a real export with random weights
         output = models_dir() / f"emonet{classes or 8}-random.onnx"
     loaded = load_emonet(weights, classes)

@@ -1,4 +1,4 @@
-"""`emoengine info`: versions, backends available here, and an artifact's metadata."""
+"""`emoengine info`: versions, every backend with whether it runs here (and why not), and an artifact's metadata."""
 
 from __future__ import annotations
 
@@ -18,17 +18,23 @@ def info_command(artifact: Optional[str] = typer.Argument(None, help="An exporte
     import onnxruntime as ort
 
     import emoengine
+    from emoengine.engine.cuda_io import backend_availability
 
     typer.echo(f"emoengine {emoengine.__version__}")
     typer.echo(f"onnxruntime {ort.__version__}: providers {', '.join(ort.get_available_providers())}")
-    torch_spec = importlib.util.find_spec("torch")
-    if torch_spec:
+    if importlib.util.find_spec("torch"):
         import torch
 
-        typer.echo(f"torch {torch.__version__}: cuda {'yes' if torch.cuda.is_available() else 'no'}")
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+        typer.echo(f"torch {torch.__version__}: cuda {torch.version.cuda or 'no (CPU build)'}, GPU {gpu}")
     else:
         typer.echo("torch: not installed (backends torch/torch-cuda and export unavailable)")
     typer.echo(f"tensorrt: {'installed' if importlib.util.find_spec('tensorrt') else 'not installed'}")
+    typer.echo("backends:")
+    for name, missing in backend_availability().items():
+        typer.echo(f"  {name:<11}{'available' if missing is None else 'unavailable: ' + missing}")
+    typer.echo("  (GPU options: torch-cuda:fp16|bf16,channels_last,compile,cudagraph  ort-cuda:fp16,cudagraph,"
+               "conv_search=EXHAUSTIVE|HEURISTIC|DEFAULT  trt:fp16|int8,cudagraph,max_batch=N)")
     if artifact:
         from emoengine.engine.backends import OrtRunner
 

@@ -97,13 +97,15 @@ def torch_cuda_missing() -> str | None:
 
 
 def ort_cuda_missing() -> str | None:
-    """None where ONNX Runtime has the CUDA execution provider; else why not."""
+    """None where ONNX Runtime has the CUDA execution provider and PyTorch (which owns the IO-bound buffers)
+    sees the GPU; else why not."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return (f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install emoengine[gpu]: "
                 "onnxruntime-gpu, which replaces onnxruntime)")
-    return None
+    missing = torch_cuda_missing()
+    return f"IO binding uses PyTorch CUDA buffers: {missing}" if missing else None
 
 
 def tensorrt_missing() -> str | None:
@@ -122,14 +124,19 @@ def tensorrt_missing() -> str | None:
 
 def backend_availability() -> dict[str, str | None]:
     """Every backend of the BACKENDS table -> None (available) or why not."""
+    from emoengine.engine.emonet_model import BACKENDS
+
     torch_missing = None if importlib.util.find_spec("torch") else "PyTorch is not installed (pip install torch)"
-    return {
-        "torch": torch_missing,
-        "torch-cuda": torch_cuda_missing(),
-        "ort": None,
-        "ort-cuda": ort_cuda_missing(),
-        "trt": tensorrt_missing(),
-    }
+    checks = {"torch-cuda": torch_cuda_missing, "ort-cuda": ort_cuda_missing, "trt": tensorrt_missing}
+    result = {}
+    for name, spec in BACKENDS.items():
+        if name in checks:
+            result[name] = checks[name]()
+        elif spec.device == "cuda":
+            result[name] = torch_cuda_missing()
+        else:
+            result[name] = torch_missing if spec.needs_torch else None
+    return result
 
 
 # --- staging ---------------------------------------------------------------------------------------------------

@@ -131,7 +131,9 @@ class OrtCudaRunner(Runner):
         from emoengine.engine.backends import _session_options
 
         check_ort_providers(["CUDAExecutionProvider"])
-        check_torch_device("cuda")  # IO binding uses PyTorch's CUDA allocator for the buffers
+        if not torch.cuda.is_available():  # IO binding uses PyTorch's CUDA allocator for the buffers
+            raise UserInputError("backend ort-cuda binds its buffers as PyTorch CUDA tensors, and this PyTorch "
+                                 "sees no GPU (install a CUDA build of torch)")
         self.torch, self.options = torch, options
         self.max_batch = max(1, int(max_batch))
         conv_search = options.extra.get("conv_search", "EXHAUSTIVE").upper()

@@ -158,7 +158,7 @@ def convert_to_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] =
     return model, kept
 
 
-def activation_ranges(model, images: np.ndarray, chunk: int = 48) -> dict[str, tuple[str, str, float]]:
+def activation_ranges(model, images: np.ndarray, chunk: int = 96) -> dict[str, tuple[str, str, float]]:
     """max |activation| of every float tensor of `model` (ModelProto) on `images`, under ORT CPU:
     {tensor: (producer node, op type, max abs)}. Intermediates are exposed `chunk` at a time to bound memory."""
     import onnx
