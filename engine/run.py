@@ -157,7 +157,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
 
 def detector_providers(backend: str) -> list[str] | None:
     """Detect on the GPU when EmoNet runs there and ONNX Runtime here has CUDA; CPU otherwise."""
-    if not backend.endswith("cuda") and backend != "trt":
+    if not backend.partition(":")[0].endswith("cuda") and backend.partition(":")[0] != "trt":  # `torch-cuda:fp16`
         return None
     import onnxruntime as ort
 
