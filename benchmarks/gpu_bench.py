@@ -38,16 +38,16 @@ def plan(available: dict[str, str | None], batches=BATCHES) -> list[tuple[str, t
         big = tuple(b for b in batches if b > 1)
         steps += [
             ("torch-cuda", (1,)),                                                   # the baseline
-            ("torch-cuda:fp16,channels_last", tuple(batches)),
+            ("torch-cuda:fp16+channels_last", tuple(batches)),
             # reduce-overhead; one compilation per batch size (the bulk of this script's time): three sizes
-            ("torch-cuda:fp16,channels_last,compile,cudagraph", (batches[0], *big[-4:-3], big[-1]) if big else (1,)),
+            ("torch-cuda:fp16+channels_last+compile+cudagraph", (batches[0], *big[-4:-3], big[-1]) if big else (1,)),
             ("torch-cuda", big[-2:] if len(big) >= 2 else big),
-            ("torch-cuda:bf16,channels_last", big[-2:] if len(big) >= 2 else big),
+            ("torch-cuda:bf16+channels_last", big[-2:] if len(big) >= 2 else big),
         ]
     if available.get("ort-cuda") is None:
-        steps += [("ort-cuda", (1, 64)), ("ort-cuda:fp16", (1, 64, 256)), ("ort-cuda:fp16,cudagraph", (64,))]
+        steps += [("ort-cuda", (1, 64)), ("ort-cuda:fp16", (1, 64, 256)), ("ort-cuda:fp16+cudagraph", (64,))]
     if available.get("trt") is None:
-        steps += [("trt:fp16,max_batch=256", (1, 64, 256)), ("trt:fp16,cudagraph,max_batch=256", (64,))]
+        steps += [("trt:fp16+max_batch=256", (1, 64, 256)), ("trt:fp16+cudagraph+max_batch=256", (64,))]
     return steps
 
 

@@ -33,8 +33,8 @@ def info_command(artifact: Optional[str] = typer.Argument(None, help="An exporte
     typer.echo("backends:")
     for name, missing in backend_availability().items():
         typer.echo(f"  {name:<11}{'available' if missing is None else 'unavailable: ' + missing}")
-    typer.echo("  (GPU options: torch-cuda:fp16|bf16,channels_last,compile,cudagraph  ort-cuda:fp16,cudagraph,"
-               "conv_search=EXHAUSTIVE|HEURISTIC|DEFAULT  trt:fp16|int8,cudagraph,max_batch=N)")
+    typer.echo("  (GPU options: torch-cuda:fp16|bf16+channels_last+compile+cudagraph  ort-cuda:fp16+cudagraph+"
+               "conv_search=EXHAUSTIVE|HEURISTIC|DEFAULT  trt:fp16|int8+cudagraph+max_batch=N)")
     if artifact:
         from emoengine.engine.backends import OrtRunner
 

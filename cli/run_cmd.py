@@ -42,7 +42,8 @@ def run_command(
     weights: Optional[str] = typer.Option(None, help="EmoNet checkpoint (.pth) or 'random'."),
     model: Optional[str] = typer.Option(None, help="Exported artifact (.onnx, .engine) instead of --weights."),
     backend: Optional[str] = typer.Option(None, help="torch | torch-cuda | ort | ort-cuda | trt "
-                                                     "(default: from --model's suffix, else ort)."),
+                                                     "(default: from --model's suffix, else ort); GPU options "
+                                                     "as in torch-cuda:fp16+compile (see `emoengine info`)."),
     classes: Optional[int] = typer.Option(None, help="5 or 8; checked against the checkpoint."),
     detector: str = typer.Option("mtcnn", help="mtcnn | scrfd | none (whole image is the face)."),
     detector_model: Optional[str] = typer.Option(None, help="SCRFD .onnx (default: insightface's model folder)."),

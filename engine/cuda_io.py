@@ -21,10 +21,11 @@ FLAGS = ("compile", "cudagraph", "channels_last")
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """`torch-cuda:fp16,compile,cudagraph` -> name torch-cuda, precision fp16, compile and CUDA graphs on.
+    """`torch-cuda:fp16+compile+cudagraph` -> name torch-cuda, precision fp16, compile and CUDA graphs on.
 
     One string per configuration keeps the Runner contract and lets `bench --backends` and `run --backend` name
-    every GPU variant the same way. Unknown or inapplicable options are a UserInputError, not ignored.
+    every GPU variant the same way ('+' joins options: `bench --backends` is already comma-separated).
+    Unknown or inapplicable options are a UserInputError, not ignored.
     """
 
     name: str
@@ -39,7 +40,7 @@ class BackendOptions:
         flags = [self.precision] if self.precision != "fp32" else []
         flags += [f for f in FLAGS if getattr(self, f)]
         flags += [f"{k}={v}" for k, v in sorted(self.extra.items())]
-        return self.name + (":" + ",".join(flags) if flags else "")
+        return self.name + (":" + "+".join(flags) if flags else "")
 
 
 # which options each GPU backend understands
@@ -62,7 +63,7 @@ def parse_backend(spec: str) -> BackendOptions:
                              f"{', '.join(ALLOWED)}")
     kwargs: dict[str, object] = {}
     extra: dict[str, str] = {}
-    for opt in (o.strip() for o in rest.split(",") if o.strip()):
+    for opt in (o.strip() for o in rest.split("+") if o.strip()):
         key, eq, value = opt.partition("=")
         if eq:
             if key not in allowed["extra"]:

@@ -196,7 +196,7 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
                 threads: int | None = None) -> EmoNetModel:
     """Pick and open the runner for `backend` from a checkpoint (`weights`) or an exported artifact (`model`).
 
-    CUDA backends take options after a colon (`torch-cuda:fp16,compile`, `trt:fp16`; see engine.cuda_io)."""
+    CUDA backends take options after a colon (`torch-cuda:fp16+compile`, `trt:fp16`; see engine.cuda_io)."""
     from emoengine.engine.cuda_io import parse_backend
 
     options = parse_backend(backend)

@@ -404,7 +404,10 @@ def cached_fp16_onnx(fp32_path: Path, announce=None) -> Path:
         return out
     (announce or _stderr)(f"converting {fp32_path.name} to fp16 (fp32 kept where measured necessary)...")
     export_fp16(fp32_path, out)
-    write_bytes_atomic(stamp, sha.encode())
+    try:
+        write_bytes_atomic(stamp, sha.encode())
+    except OSError as e:
+        raise UserInputError(f"cannot write {stamp}: {e.strerror or e}") from e
     return out
 
 

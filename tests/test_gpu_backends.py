@@ -21,13 +21,13 @@ needs = {name: pytest.mark.skipif(AVAILABLE[name] is not None, reason=f"{name}: 
 
 
 def test_backend_options_parse_into_one_label():
-    o = parse_backend("torch-cuda:fp16,compile,cudagraph,channels_last")
+    o = parse_backend("torch-cuda:fp16+compile+cudagraph+channels_last")
     assert (o.name, o.precision, o.compile, o.cudagraph, o.channels_last) == ("torch-cuda", "fp16", True, True, True)
-    assert o.label == "torch-cuda:fp16,compile,cudagraph,channels_last"
+    assert o.label == "torch-cuda:fp16+compile+cudagraph+channels_last"
     assert parse_backend("ort").label == "ort" and parse_backend("torch-cuda").label == "torch-cuda"
-    o = parse_backend("ort-cuda:cudagraph,conv_search=HEURISTIC")
+    o = parse_backend("ort-cuda:cudagraph+conv_search=HEURISTIC")
     assert o.cudagraph and o.extra == {"conv_search": "HEURISTIC"}
-    assert parse_backend("trt:int8,max_batch=128").extra == {"max_batch": "128"}
+    assert parse_backend("trt:int8+max_batch=128").extra == {"max_batch": "128"}
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -62,7 +62,7 @@ def test_info_lists_every_backend_with_availability(cli, tmp_path):
 
 
 @pytest.mark.skipif(AVAILABLE["torch-cuda"] is None, reason="a CUDA GPU is usable here: nothing to refuse")
-@pytest.mark.parametrize("backend", ["torch-cuda", "torch-cuda:fp16,compile", "ort-cuda:cudagraph"])
+@pytest.mark.parametrize("backend", ["torch-cuda", "torch-cuda:fp16+compile", "ort-cuda:cudagraph"])
 def test_gpu_backends_without_a_gpu_exit_2_with_one_line(cli, tmp_path, backend):
     import cv2
 
@@ -110,8 +110,8 @@ def assert_close(got, ref, tolerance):
 
 @needs["torch-cuda"]
 @pytest.mark.parametrize("spec, scale", [
-    ("torch-cuda", None), ("torch-cuda:fp16,channels_last", 1), ("torch-cuda:bf16", 4),
-    ("torch-cuda:fp16,cudagraph", 1), ("torch-cuda:fp16,compile", 1),
+    ("torch-cuda", None), ("torch-cuda:fp16+channels_last", 1), ("torch-cuda:bf16", 4),
+    ("torch-cuda:fp16+cudagraph", 1), ("torch-cuda:fp16+compile", 1),
 ])
 def test_torch_cuda_variants_match_the_cpu_reference(golden_pth_8, reference_8, spec, scale):
     from emoengine.engine.emonet_model import open_emonet
@@ -152,7 +152,7 @@ def test_gpu_bench_plan_starts_with_the_baseline_and_drops_unavailable_backends(
 
     steps = plan({"torch-cuda": None, "ort-cuda": "no EP", "trt": "no TensorRT"})
     assert steps[0] == ("torch-cuda", (1,))
-    assert ("torch-cuda:fp16,channels_last", (1, 8, 32, 64, 128, 256)) in steps
+    assert ("torch-cuda:fp16+channels_last", (1, 8, 32, 64, 128, 256)) in steps
     assert all(not s.startswith(("ort-cuda", "trt")) for s, _ in steps)
     for spec, _ in plan({"torch-cuda": None, "ort-cuda": None, "trt": None}):
         parse_backend(spec)  # every planned spec is a valid backend string
@@ -168,7 +168,7 @@ def test_gpu_bench_parity_and_summary():
     assert ok and abs(diffs["expression"] - 2e-3) < 1e-9
     assert not parity(near, ref, "fp32")[1]
     rows = [{"backend": "torch-cuda", "batch": 1, "faces_per_s": 100.0, "parity_pass": True},
-            {"backend": "torch-cuda:fp16,channels_last,compile,cudagraph", "batch": 256, "faces_per_s": 2500.0,
+            {"backend": "torch-cuda:fp16+channels_last+compile+cudagraph", "batch": 256, "faces_per_s": 2500.0,
              "parity_pass": True},
             {"backend": "ort-cuda", "error": "x"}]
     s = summarize(rows)
