@@ -24,6 +24,11 @@ def export_gpu(weights: str | None, classes: int | None, output: Path | None, fu
         from emoengine.engine.trt_runner import require_tensorrt
 
         require_tensorrt()
+    if precision == "int8" and not trt:
+        raise UserInputError("--precision int8 here means a TensorRT int8 engine: add --trt and give the QDQ model "
+                             "with --onnx")
+    if onnx_source is not None and not trt and precision != "fp16":
+        raise UserInputError("--onnx is the source of --trt (or of --precision fp16); add one of them")
     if precision == "int8" and onnx_source is None:
         raise UserInputError("TensorRT int8 builds from the QDQ model of `emoengine export --precision int8`: "
                              "pass it with --onnx")

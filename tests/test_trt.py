@@ -412,3 +412,16 @@ def test_weights_build_their_engine_under_emoengine_models(trt_env, golden_pth_8
     names = tree(tmp_path / "models")
     assert len([n for n in names if n.endswith(".onnx")]) == 1
     assert len([n for n in names if n.endswith(".engine")]) == 1
+
+
+def test_run_with_trt_builds_on_first_use_and_says_so(trt_env, golden_pth_8, cli, tmp_path):
+    import cv2
+
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 128, np.uint8))
+    args = ("run", str(image), "--backend", "trt", "--weights", str(golden_pth_8), "--detector", "none", "--quiet")
+    first = cli(*args, "--out", str(tmp_path / "a"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "building a TensorRT" in first.stderr
+    second = cli(*args, "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert second.returncode == 0 and "building" not in second.stderr  # cached engine reused
