@@ -104,10 +104,20 @@ def convert_to_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] =
             casts[key] = out
         return casts[key]
 
+    # tensors read only where ONNX wants float32 (Resize scales): their Constant producers stay fp32, so the
+    # scales remain plain constants (TensorRT's parser wants static Resize scales, not a Cast of them)
+    slots: dict[str, set[bool]] = {}
     for node in graph.node:
-        fp32 = bool(keep_fp32(node))
+        fixed = FP32_ONLY_INPUTS.get(node.op_type, set())
+        for i, name in enumerate(node.input):
+            slots.setdefault(name, set()).add(i in fixed)
+    fp32_only = {name for name, kinds in slots.items() if kinds == {True}}
+
+    for node in graph.node:
+        scales_only = node.op_type == "Constant" and all(o in fp32_only for o in node.output)
+        fp32 = scales_only or bool(keep_fp32(node))
         target = FLOAT if fp32 else FLOAT16
-        if fp32:
+        if fp32 and not scales_only:
             kept.append(node.name)
         fixed = FP32_ONLY_INPUTS.get(node.op_type, set())
         for i, name in enumerate(node.input):
