@@ -2,7 +2,9 @@
 
 Both keep the Runner contract (numpy uint8 crops in, float32 numpy outputs out) and differ from the CPU runners in
 how tensors move: crops go up as uint8 through pinned buffers allocated once for the max batch, on the runner's
-own CUDA stream; outputs stay on the GPU until one download per batch. Options come from `cuda_io.parse_backend`.
+own copy stream; outputs stay on the GPU until one download per batch (torch-cuda computes on the thread's current
+stream, ordered after the upload with wait_stream, because torch.compile's CUDA graphs expect that; ORT computes on
+the runner's stream via user_compute_stream). Options come from `cuda_io.parse_backend`.
 
 - torch-cuda: fp16 / bf16 (the model's weights cast, so the graph computes in that type end to end; the
   measured fp16 activation ranges of EmoNet stay below 400, far from fp16's 65504, see export/fp16.py),
@@ -87,28 +89,37 @@ class TorchCudaRunner(Runner):
             return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
         size = padded_batch(n, self.max_batch) if self.pad else n
         torch = self.torch
-        self.staging.upload(crops)
-        if size > n:  # padding rows: zeros already uploaded or stale; their outputs are dropped
+        self.staging.upload(crops)                      # H2D on the copy stream
+        if size > n:  # padding rows: their outputs are dropped
             with torch.cuda.stream(self.stream):
                 self.staging.device_in[n:size].zero_()
         image = self.staging.device_in[:size]
-        with torch.cuda.stream(self.stream), torch.inference_mode():
+        compute = torch.cuda.current_stream()         # the model runs where torch.compile/CUDA graphs expect
+        compute.wait_stream(self.stream)
+        with torch.inference_mode():
             if self.manual_graphs:
                 outs = self._replay(size, image)
             else:
+                if self.options.compile and self.options.cudagraph:
+                    torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier outputs were copied out
                 outs = self.forward(image)
+        self.stream.wait_stream(compute)              # D2H after the kernels, on the copy stream
         return self.staging.download({name: o[:n] for name, o in zip(self.output_names, outs)})
 
     def _replay(self, size: int, image):
-        """One CUDA graph per batch size over the staging buffer's view (a stable address), warmed up first."""
+        """One CUDA graph per batch size over the staging buffer's view (a stable address); PyTorch's documented
+        pattern: warm up on a side stream, capture, replay on the current stream."""
         torch = self.torch
         entry = self.graphs.get(size)
         if entry is None:
-            for _ in range(2):  # warm-up on the capture stream: cuDNN autotuning and allocations happen here
-                self.graph(image)
-            self.stream.synchronize()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # cuDNN autotuning and allocations happen here, not in the graph
+                    self.graph(image)
+            torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
+            with torch.cuda.graph(graph):
                 static_out = self.graph(image)
             entry = self.graphs[size] = (graph, static_out)
         graph, static_out = entry
