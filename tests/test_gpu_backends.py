@@ -130,9 +130,10 @@ def test_torch_cuda_variants_match_the_cpu_reference(golden_pth_8, reference_8, 
 
 @needs["ort-cuda"]
 @pytest.mark.parametrize("spec", ["ort-cuda", "ort-cuda:cudagraph", "ort-cuda:conv_search=HEURISTIC"])
-def test_ort_cuda_io_binding_matches_the_cpu_reference(golden_pth_8, reference_8, spec):
+def test_ort_cuda_io_binding_matches_the_cpu_reference(golden_pth_8, reference_8, spec, tmp_path, monkeypatch):
     from emoengine.engine.emonet_model import open_emonet
 
+    monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))  # the cached ONNX export goes there
     crops, ref = reference_8
     model = open_emonet(spec, weights=str(golden_pth_8), max_batch=4)
     try:

@@ -372,10 +372,12 @@ def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_
     assert json.loads(sidecar.read_text())["engine_sha256"] != "0" * 64
 
 
-def test_fp16_engine_within_the_fp16_tolerances(golden_onnx, torch_reference, golden_outputs):
+def test_fp16_engine_within_the_fp16_tolerances(golden_onnx, torch_reference, golden_outputs, tmp_path,
+                                                monkeypatch):
     from emoengine.engine.trt_runner import open_trt_runner
     from emoengine.export.fp16 import FP16_TOLERANCE
 
+    monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
     runner = open_trt_runner(model=str(golden_onnx), weights=None, classes=None, full_taps=False, max_batch=4,
                              precision="fp16")
     try:
