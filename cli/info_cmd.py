@@ -35,9 +35,38 @@ def info_command(artifact: Optional[str] = typer.Argument(None, help="An exporte
         typer.echo(f"  {name:<11}{'available' if missing is None else 'unavailable: ' + missing}")
     typer.echo("  (GPU options: torch-cuda:fp16|bf16+channels_last+compile+cudagraph  ort-cuda:fp16+cudagraph+"
                "conv_search=EXHAUSTIVE|HEURISTIC|DEFAULT  trt:fp16|int8+cudagraph+max_batch=N)")
+    _list_engines(backend_availability().get("trt"))
     if artifact:
         from emoengine.engine.backends import OrtRunner
 
         runner = OrtRunner(artifact)
         typer.echo(f"{artifact}: inputs {runner.input_names}, outputs {runner.output_names}")
         typer.echo(json.dumps(runner.metadata, indent=2))
+
+
+def _list_engines(trt_missing: str | None) -> None:
+    """Cached TensorRT engines under models/: what each was built for, and whether it would run here."""
+    from emoengine.engine.trt_runner import SIDECAR_FORMAT, check_cached_engine, read_sidecar
+    from emoengine.paths import models_dir
+
+    engines = sorted(models_dir().glob("*.engine")) if models_dir().is_dir() else []
+    if not engines:
+        return
+    expected = None
+    if trt_missing is None:
+        import tensorrt as trt
+        import torch
+
+        expected = {"engine_format": SIDECAR_FORMAT, "engine_tensorrt": str(trt.__version__),
+                    "engine_device": torch.cuda.get_device_name()}
+    typer.echo(f"TensorRT engines in {models_dir()}:")
+    for engine in engines:
+        meta = read_sidecar(engine) or {}
+        built = (f"{meta.get('engine_precision', '?')}, batch 1..{meta.get('engine_max_batch', '?')}, "
+                 f"{meta.get('engine_device', '?')}, TensorRT {meta.get('engine_tensorrt', '?')}")
+        if expected is None:
+            verdict = "cannot run here (no TensorRT/GPU)"
+        else:
+            why = check_cached_engine(engine, expected)
+            verdict = "runs here" if why is None else f"will be rebuilt: {why}"
+        typer.echo(f"  {engine.name}: {built if meta else 'no sidecar'}; {verdict}")

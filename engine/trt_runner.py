@@ -125,6 +125,11 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def read_sidecar(engine_path: str | os.PathLike) -> dict | None:
+    """An engine's sidecar as a dict (None when missing or unreadable)."""
+    return _read_json(sidecar_path(engine_path))
+
+
 def check_cached_engine(engine_path: str | os.PathLike, expected: dict[str, str]) -> str | None:
     """None when `engine_path` may be deserialized here; else why not (one line). Reads only the sidecar and the
     file's bytes (sha256): nothing is handed to TensorRT before this says yes."""

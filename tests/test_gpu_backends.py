@@ -61,6 +61,20 @@ def test_info_lists_every_backend_with_availability(cli, tmp_path):
         assert ("available" if AVAILABLE[name] is None else f"unavailable: {AVAILABLE[name]}") in row
 
 
+def test_info_lists_cached_engines_with_what_they_were_built_for(cli, tmp_path):
+    from emoengine.engine.trt_runner import engine_build_keys, write_sidecar
+
+    (tmp_path / "models").mkdir()
+    engine = tmp_path / "models" / "emonet8-fp16-b64-x.engine"
+    engine.write_bytes(b"plan")
+    write_sidecar(engine, {}, engine_build_keys("ab" * 32, "10.9.0", "NVIDIA H100", "fp16", 64))
+    (tmp_path / "models" / "stray.engine").write_bytes(b"plan")
+    result = cli("info", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "emonet8-fp16-b64-x.engine: fp16, batch 1..64, NVIDIA H100, TensorRT 10.9.0;" in result.stdout
+    assert "stray.engine: no sidecar;" in result.stdout
+
+
 @pytest.mark.skipif(AVAILABLE["torch-cuda"] is None, reason="a CUDA GPU is usable here: nothing to refuse")
 @pytest.mark.parametrize("backend", ["torch-cuda", "torch-cuda:fp16+compile", "ort-cuda:cudagraph"])
 def test_gpu_backends_without_a_gpu_exit_2_with_one_line(cli, tmp_path, backend):
