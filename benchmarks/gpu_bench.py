@@ -45,7 +45,9 @@ def plan(available: dict[str, str | None], batches=BATCHES) -> list[tuple[str, t
             ("torch-cuda:bf16+channels_last", big[-2:] if len(big) >= 2 else big),
         ]
     if available.get("ort-cuda") is None:
-        steps += [("ort-cuda", (1, 64)), ("ort-cuda:fp16", (1, 64, 256)), ("ort-cuda:fp16+cudagraph", (64,))]
+        steps += [("ort-cuda", (1, 64)), ("ort-cuda:conv_search=HEURISTIC", (64,)),  # cudnn_conv_algo_search
+                  ("ort-cuda:conv_search=DEFAULT", (64,)), ("ort-cuda:fp16", (1, 64, 256)),
+                  ("ort-cuda:fp16+cudagraph", (64,))]
     if available.get("trt") is None:
         steps += [("trt:fp16+max_batch=256", (1, 64, 256)), ("trt:fp16+cudagraph+max_batch=256", (64,))]
     return steps
@@ -112,7 +114,7 @@ def summarize(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=None, help="checkpoint (.pth); default: the golden weights, else random")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new configurations after this")
+    parser.add_argument("--budget-s", type=float, default=400.0, help="stop starting new configurations after this")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--dry-run", action="store_true", help="print the plan for this machine and exit")
     args = parser.parse_args(argv)
