@@ -24,8 +24,8 @@ def batch_options(
                                                  "text files with one video path a line."),
     out: Path = typer.Option(Path("emoengine-batch"), help="Output folder: <video-name>/ per video, "
                                                            "predictions.parquet, batch_summary.json."),
-    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster (e.g. ray://head:10001 or "
-                                                         "head:6379, or 'auto'); default: a local Ray."),
+    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HEAD:6379, or 'auto' on "
+                                                         "one of its nodes); default: a local Ray."),
     workers: Optional[int] = typer.Option(None, min=1, help="Actors, each with its own detector and model "
                                                             "(default: GPUs / --gpus-per-worker, else CPUs/2 "
                                                             "locally, CPUs/4 on a cluster)."),
@@ -57,6 +57,11 @@ def batch(**kwargs) -> None:
     out = kwargs["out"]
     # the options are checked once here (one line, exit 2) before any Ray starts
     template, model_args = run_config(input=items[0].path, out=out, quiet=True, **_run_options(kwargs))
+    if not kwargs["ray_address"] and model_args["weights"] and model_args["backend"] in ("ort", "ort-cuda"):
+        from emoengine.engine.emonet_model import cached_onnx_for
+
+        # export once here, so the local workers all find it cached instead of each exporting it
+        cached_onnx_for(model_args["weights"], model_args["classes"], model_args["full_taps"])
     summary = run_batch(items, out, template, model_args, address=kwargs["ray_address"],
                         workers=kwargs["workers"], cpus_per_worker=kwargs["cpus_per_worker"],
                         gpus_per_worker=kwargs["gpus_per_worker"], retries=kwargs["retries"],

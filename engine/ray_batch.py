@@ -48,16 +48,31 @@ def start_ray(address: str | None, quiet: bool) -> tuple[bool, dict]:
         return False, {"address": "already initialized in this process"}
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
-        except Exception as e:  # noqa: BLE001 - ConnectionError and Ray's own kinds: one line
-            raise UserInputError(f"cannot join the Ray cluster at {address}: {str(e).strip().splitlines()[0]}") \
-                from None
+        except Exception as e:  # noqa: BLE001 - ConnectionError and Ray's own kinds: one line, the real cause
+            cause = e.__cause__ or e
+            raise UserInputError(f"cannot join the Ray cluster at {address}: {type(cause).__name__}: "
+                                 f"{(str(cause).strip().splitlines() or [''])[0]}") from None
         return True, {"address": address}
     cpus = os.cpu_count() or 1
     # the local Ray is told its CPUs outright (a container's cgroup limit can differ from what Ray guesses)
     ray.init(num_cpus=cpus, **kwargs)
     return True, {"address": "local", "cpus": cpus}
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A plain host:port that nothing answers on fails in seconds (ray.init would retry for minutes)."""
+    import socket
+
+    if "://" in address or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"cannot join the Ray cluster at {address}: {e}") from None
 
 
 def plan(items: list[BatchItem], out_dir: Path, retry_failed: bool) -> tuple[list[dict], list[BatchItem]]:
