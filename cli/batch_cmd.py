@@ -15,6 +15,7 @@ import typer
 
 from emoengine.cli.main import app
 from emoengine.cli.run_cmd import run_command, run_config
+from emoengine.errors import UserInputError
 
 NOT_FROM_RUN = ("input", "out", "quiet")
 
@@ -57,6 +58,8 @@ def batch(**kwargs) -> None:
     out = kwargs["out"]
     # the options are checked once here (one line, exit 2) before any Ray starts
     template, model_args = run_config(input=items[0].path, out=out, quiet=True, **_run_options(kwargs))
+    if not kwargs["ray_address"] and model_args["model"] and not Path(model_args["model"]).is_file():
+        raise UserInputError(f"no such model file: {model_args['model']}")   # before a local Ray starts for it
     if not kwargs["ray_address"] and model_args["weights"] and model_args["backend"] in ("ort", "ort-cuda"):
         from emoengine.engine.emonet_model import cached_onnx_for
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -150,14 +148,3 @@ def test_a_second_invocation_does_nothing_new(batch_run, media):
     assert after == before
     assert pq.read_table(out / "predictions.parquet").num_rows == sum(CLIP_FRAMES.values())
 
-
-def test_batch_without_ray_says_how_to_get_it(media, tmp_path):
-    code = ("import sys; sys.modules['ray'] = None\n"
-            "from emoengine.cli.main import main\n"
-            f"main(['batch', {str(media['clips'])!r}, '--model', {str(media['onnx'])!r}, '--out', "
-            f"{str(tmp_path / 'out')!r}])")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ['emoengine: error: emoengine batch needs Ray Data and pyarrow: '
-                                             'pip install "emoengine[cluster]"']
-    assert not (tmp_path / "out").exists()

@@ -1,8 +1,11 @@
-"""`emoengine batch` without Ray: what INPUTS name, folder names per video, and what counts as complete."""
+"""`emoengine batch` without Ray: what INPUTS name, folder names per video, what counts as complete, and the
+one line a machine without Ray gets."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +53,16 @@ def test_complete_means_summary_and_every_file_it_lists(tmp_path):
     assert not is_complete(d)                                   # timeline.png missing: run it again
     touch(d / "timeline.png")
     assert is_complete(d)
+
+
+def test_batch_without_ray_says_how_to_get_it(tmp_path):
+    """Ray hidden from this interpreter (sys.modules['ray'] = None), whether or not it is installed."""
+    clip = touch(tmp_path / "clip.mp4")
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "from emoengine.cli.main import main\n"
+            f"main(['batch', {str(clip)!r}, '--weights', 'random', '--out', {str(tmp_path / 'out')!r}])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ['emoengine: error: emoengine batch needs Ray Data and pyarrow: '
+                                             'pip install "emoengine[cluster]"']
+    assert not (tmp_path / "out").exists()
