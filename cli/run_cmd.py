@@ -62,9 +62,10 @@ def run_command(
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
+    from emoengine.engine.emonet_model import open_emonet
     from emoengine.engine.run import run_pipeline
 
-    summary = run_pipeline(cfg, lambda: open_emonet_with(model_args))
+    summary = run_pipeline(cfg, lambda: open_emonet(**model_args))
     if not quiet:
         typer.echo(summary_line(summary, out), err=True)
 
@@ -87,9 +88,3 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
     return cfg, dict(backend=cfg.backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
                      max_batch=max_batch)
-
-
-def open_emonet_with(model_args: dict, threads: int | None = None):
-    from emoengine.engine.emonet_model import open_emonet
-
-    return open_emonet(**model_args, threads=threads)
