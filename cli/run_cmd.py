@@ -62,7 +62,19 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
-    from emoengine.engine.run import RunConfig, run_pipeline
+    cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
+    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.run import run_pipeline
+
+    summary = run_pipeline(cfg, lambda: open_emonet(**model_args))
+    if not quiet:
+        typer.echo(summary_line(summary, out), err=True)
+
+
+def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
+               max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet):
+    """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it."""
+    from emoengine.engine.run import RunConfig
 
     if crop not in (None, "square", "upstream"):
         raise UserInputError(f"--crop must be square or upstream, not {crop}")
@@ -75,6 +87,5 @@ def run_command(
                     backend=resolve_backend(backend, model))
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
-    summary = run_pipeline(cfg, lambda: open_model(backend, weights, model, classes, full_taps, max_batch))
-    if not quiet:
-        typer.echo(summary_line(summary, out), err=True)
+    return cfg, dict(backend=cfg.backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
+                     max_batch=max_batch)

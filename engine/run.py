@@ -102,16 +102,23 @@ def _progress(total: int | None, quiet: bool):
     return on_frame, progress.stop
 
 
-def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
+def open_run_detector(cfg: RunConfig):
+    """The detector `cfg` asks for, on the GPU when EmoNet runs there."""
+    return make_detector(cfg.detector, model_path=cfg.detector_model, providers=detector_providers(cfg.backend))
+
+
+def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
+                 open_detector: Callable[[], object] | None = None) -> dict:
     """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
 
     The input and detector are opened before the model, so bad input fails fast, before any export.
+    `open_detector` (default: `open_run_detector(cfg)`) lets a caller that runs many inputs (batch workers)
+    hand in a detector opened once; the parts it hands out are closed here, so it hands out non-closing views.
     """
     source = open_source(cfg.input)
     detector = model = outputs = None
     try:
-        detector = make_detector(cfg.detector, model_path=cfg.detector_model,
-                                 providers=detector_providers(cfg.backend))
+        detector = open_detector() if open_detector is not None else open_run_detector(cfg)
         model = open_model()
         if model.is_random and cfg.warn_random:
             print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
