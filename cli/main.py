@@ -68,8 +68,32 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def _exit_past_stuck_stages(code: int) -> None:
+    """Leave with `code` even if a pipeline stage thread is still inside native code (a stalled stream read, an
+    ONNX Runtime call that outlived the stop grace period on a loaded machine): a normal interpreter shutdown
+    would tear down ONNX Runtime / FFmpeg under that thread and abort with "terminate called without an active
+    exception". The run has already removed its temporaries when we get here."""
+    import os
+
+    from emoengine.engine.pipeline import ABANDONED_STAGE_THREADS
+
+    if any(t.is_alive() for t in ABANDONED_STAGE_THREADS):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 done, 2 bad input, 1 failure while running (CONTRACT.md)."""
+    try:
+        _main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        _exit_past_stuck_stages(code)
+        raise
+
+
+def _main(argv: list[str] | None) -> None:
     _register_commands()
     args = sys.argv[1:] if argv is None else argv
     DEBUG["on"] = "--debug" in args

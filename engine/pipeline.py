@@ -23,6 +23,9 @@ from emoengine.errors import EmoengineError, RunFailure
 
 _END = object()
 _POLL_S = 0.05
+# stage threads still running when a stopped run gave up waiting for them (see cli.main: the process then leaves
+# with os._exit rather than finalising native libraries under them)
+ABANDONED_STAGE_THREADS: list[threading.Thread] = []
 STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
 
 
@@ -259,6 +262,7 @@ class Pipeline:
         finally:
             self.stop.set()  # no-op after a clean end; after an interrupt, every stage leaves its loop
             self._wait(started, deadline_s=STOP_GRACE_S)
+            ABANDONED_STAGE_THREADS.extend(t for t, d in zip(threads, started) if not d.is_set())
             self.stats.wall_s = time.perf_counter() - t0
         if self._error is not None:
             stage, err = self._error
