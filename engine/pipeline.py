@@ -162,7 +162,10 @@ class Pipeline:
         while (item := self._get(self._q_detected, clock)) is not _END:
             t0 = time.perf_counter()
             if len(item.faces):
-                item.crops, item.regions = crop_faces(item.frame.rgb, item.faces.boxes, mode=self.opt.crop_mode)
+                # square crops from the unclipped boxes (a face at the edge stays centred, black beyond it);
+                # upstream mode clips by design, as EmoNet's demo does
+                boxes = item.faces.boxes_to_crop if self.opt.crop_mode == "square" else item.faces.boxes
+                item.crops, item.regions = crop_faces(item.frame.rgb, boxes, mode=self.opt.crop_mode)
             clock.busy_s += time.perf_counter() - t0
             clock.items += 1
             self._put(self._q_cropped, item, clock)

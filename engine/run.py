@@ -18,6 +18,7 @@ from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, Pipel
 from emoengine.engine.results import FaceResult, FrameResult
 from emoengine.engine.sources import open_source
 from emoengine.engine.tracker import IouTracker, TemporalSmoother
+from emoengine.errors import UserInputError
 
 
 @dataclass
@@ -141,7 +142,6 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
                   "(ids are in predictions.csv)", file=sys.stderr)
         summary = make_summary(cfg, source, model, detector, stats, crop_mode)
         outputs.commit(summary)
-        return summary
     except BaseException:
         if outputs is not None:
             outputs.abort()
@@ -153,6 +153,17 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
                     part.close()
                 except Exception:  # noqa: BLE001 - e.g. a decoder still blocked in a stalled stream
                     pass
+    if summary.get("bad_frames"):
+        raise UserInputError(damaged_input_message(summary, cfg.out_dir))
+    return summary
+
+
+def damaged_input_message(summary: dict, out_dir: Path) -> str:
+    """A video with frames that would not decode: the good ones were processed and written (exit 2)."""
+    first = summary["decode_errors"][0] if summary.get("decode_errors") else {}
+    where = f" (first after frame {first['after_frame']}: {first['error']})" if first else ""
+    return (f"damaged video: {summary['input']}: {summary['bad_frames']} frame(s) could not be decoded{where}; "
+            f"the outputs in {out_dir} hold the {summary['frames']} frames that could (see summary.json)")
 
 
 def detector_providers(backend: str) -> list[str] | None:
@@ -182,6 +193,8 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "random_weights": model.is_random,
         "ended_by_user": stats.ended_by_user,
         "skipped_inputs": list(getattr(source, "skipped", [])),
+        "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)
+        "decode_errors": list(getattr(source, "decode_errors", [])),   # the first few of them
         "wall_s": round(stats.wall_s, 4),
         "stages": {name: round(c.busy_s, 4) for name, c in stats.stages.items()},
         "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}
