@@ -225,6 +225,11 @@ def fit_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _reason(e: Exception) -> str:
+    """An OS error's own words without the temporary file name FFmpeg attaches ("No space left on device")."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
 class VideoWriter(_CloseOrAbort):
     """H.264 (libx264, yuv420p, BT.709 tagged) video written under a temporary name, renamed on `close()`.
 
@@ -283,7 +288,7 @@ class VideoWriter(_CloseOrAbort):
                 self._container.mux(packet)
         except (av.FFmpegError, OSError) as e:
             self.abort()
-            raise RunFailure(f"video encoding failed for {self.final_path}: {e}") from None
+            raise RunFailure(f"video encoding failed for {self.final_path}: {_reason(e)}") from None
         self.frames_written += 1
 
     def finish(self) -> bool:
@@ -303,7 +308,7 @@ class VideoWriter(_CloseOrAbort):
             self._container.close()
         except (self._av.FFmpegError, OSError) as e:   # e.g. the disk filled up while writing the index
             self.abort()
-            raise RunFailure(f"video encoding failed for {self.final_path}: {e}") from None
+            raise RunFailure(f"video encoding failed for {self.final_path}: {_reason(e)}") from None
         self._container = None
         return True
 
