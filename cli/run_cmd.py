@@ -59,6 +59,8 @@ def run_command(
     save_activations: bool = typer.Option(False, help="Per-face channel-mean maps to activations.npz."),
     full_taps: bool = typer.Option(False, help="With --save-activations: the untouched activations."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
+    resume: bool = typer.Option(False, "--resume", help="Skip when --out already holds the complete outputs "
+                                                        "of this input with these settings."),
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     from emoengine.engine.run import RunConfig, run_pipeline
@@ -71,9 +73,22 @@ def run_command(
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_faces=max_faces, smooth=smooth,
                     face_id=face_id, write_video=not no_video, taps=taps, save_activations=save_activations,
                     full_taps=full_taps, quiet=quiet, warn_random=model is not None,
-                    backend=resolve_backend(backend, model))
+                    backend=resolve_backend(backend, model), model_id=model_identity(weights, model, classes),
+                    resume=resume)
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
     summary = run_pipeline(cfg, lambda: open_model(backend, weights, model, classes, full_taps, max_batch))
-    if not quiet:
+    if not quiet and not summary.get("resumed"):
         typer.echo(summary_line(summary, out), err=True)
+
+
+def model_identity(weights: Optional[str], model: Optional[str], classes: Optional[int]) -> str:
+    """What names the model for --resume: the file (path, size, mtime) or 'random'."""
+    import os
+
+    name = weights or model or ""
+    try:
+        st = os.stat(name)
+        return f"{os.path.abspath(name)}:{st.st_size}:{st.st_mtime_ns}:{classes}"
+    except OSError:
+        return f"{name}:{classes}"

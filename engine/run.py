@@ -16,6 +16,7 @@ from emoengine.engine.emonet_model import EmoNetModel
 from emoengine.engine.outputs import RunOutputs
 from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.results import FaceResult, FrameResult
+from emoengine.engine.resume import completed_summary, run_fingerprint
 from emoengine.engine.sources import open_source
 from emoengine.engine.tracker import IouTracker, TemporalSmoother
 from emoengine.errors import UserInputError
@@ -40,6 +41,8 @@ class RunConfig:
     quiet: bool = False
     backend: str = "ort"              # decides where the detector runs (GPU when EmoNet does)
     warn_random: bool = True          # False where loading the checkpoint already said it
+    model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
+    resume: bool = False              # skip when --out already holds this run's complete outputs
 
 
 class FrameAssembler:
@@ -107,8 +110,20 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
     """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
 
     The input and detector are opened before the model, so bad input fails fast, before any export.
+    A video with frames that would not decode is processed without them, its outputs are written, and
+    then a UserInputError (exit 2) says how many were lost (summary.json lists them too).
+    With `cfg.resume`, a complete earlier run of the same input and settings is returned as is.
     """
     source = open_source(cfg.input)
+    fingerprint = run_fingerprint(cfg, source)
+    if cfg.resume and (done := completed_summary(cfg.out_dir, fingerprint)) is not None:
+        source.close()
+        if done.get("bad_frames"):   # the same damaged input: the same answer
+            raise UserInputError(damaged_input_message(done, cfg.out_dir))
+        if not cfg.quiet:
+            print(f"emoengine: {cfg.out_dir} already holds the complete outputs of this run (--resume); "
+                  "skipped", file=sys.stderr)
+        return {**done, "resumed": True}
     detector = model = outputs = None
     try:
         detector = make_detector(cfg.detector, model_path=cfg.detector_model,
@@ -141,6 +156,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel]) -> dict:
             print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
                   "(ids are in predictions.csv)", file=sys.stderr)
         summary = make_summary(cfg, source, model, detector, stats, crop_mode)
+        summary["fingerprint"] = fingerprint
         outputs.commit(summary)
     except BaseException:
         if outputs is not None:

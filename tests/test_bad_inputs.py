@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ CLIP_FRAMES = 24
 
 def emoengine(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "emoengine", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env={**__import__("os").environ, "EMOENGINE_MODELS": str(cwd / "models")})
+                          timeout=300, env={**os.environ, "EMOENGINE_MODELS": str(cwd / "models")})
 
 
 def encode(path: Path, frames, codec: str = "libx264", options: dict | None = None) -> Path:
@@ -159,6 +160,47 @@ REFUSED = {
     "pickled_module_checkpoint": ("{face_png}", ["--weights", "{whole_module_pth}", "--backend", "torch"], 2,
                                   "refused as unsafe: it would import"),
 }
+
+
+class MakesMarker:
+    """Unpickling this with a normal unpickler creates the folder `marker`: code, not weights."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def hostile_mtcnn_folder(tmp_path_factory) -> tuple[Path, Path]:
+    """--detector-model folder whose pnet.lz4 (joblib = pickle) would create a marker folder when loaded."""
+    import shutil
+
+    import joblib
+
+    from emoengine.engine.detectors.mtcnn_graphs import default_weights_dir
+
+    d = tmp_path_factory.mktemp("hostile_mtcnn")
+    for name in ("rnet", "onet"):
+        shutil.copy(default_weights_dir() / f"{name}.lz4", d)
+    joblib.dump([np.zeros(3, np.float32), MakesMarker(d / "MARKER")], d / "pnet.lz4", compress="lz4")
+    return d, d / "MARKER"
+
+
+def test_hostile_detector_weights_run_nothing_and_exit_2(hostile_mtcnn_folder, media, tmp_path):
+    import joblib
+
+    folder, marker = hostile_mtcnn_folder
+    out = tmp_path / "out"
+    r = emoengine("run", str(media["face_png"]), "--weights", str(media["weights"]), "--backend", "torch",
+                  "--detector-model", str(folder), "--out", str(out), cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "refused as unsafe: it would import" in lines[0] and "mkdir" in lines[0], lines[0]
+    assert not marker.exists() and not out.exists()
+    joblib.load(folder / "pnet.lz4")            # the payload is real: a plain load does run it
+    assert marker.is_dir()
 
 
 def fill(value: str, media: dict[str, Path], tmp_path: Path) -> str:
