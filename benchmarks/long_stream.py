@@ -72,7 +72,7 @@ def run_and_sample(args: list[str], interval_s: float = 0.25, env: dict | None =
             break
         time.sleep(interval_s)
     stderr = proc.communicate()[1]
-    rss = [r for _, r in samples]
+    rss = [r for _, r in samples if r > 0]   # a process being reaped reads 0
     warm = max(1, len(rss) // 10)
     after = rss[warm:] or rss
     return {
@@ -84,7 +84,7 @@ def run_and_sample(args: list[str], interval_s: float = 0.25, env: dict | None =
                     "peak": round(max(after), 1) if after else None,
                     "end": round(rss[-1], 1) if rss else None,
                     "first": round(rss[0], 1) if rss else None},
-        "rss_trace_mib": [round(r, 1) for r in rss[:: max(1, len(rss) // 60)]],
+        "rss_trace_mib": [round(r, 1) for r in rss[:: max(1, len(rss) // 60)]] + ([round(rss[-1], 1)] if rss else []),
     }
 
 

@@ -252,7 +252,8 @@ class RunOutputs:
                 written.append(self.dir / "timeline.png")
             if self._still_dir.is_dir():
                 written.append(self._commit_stills())
-            written += [part.commit() for part in staged]
+            for part in staged:
+                written.append(part.commit())
             self._remove_stale(written)
             summary = {**summary, "files": sorted(p.name for p in written) + ["summary.json"]}
             written.append(write_json(self.dir / "summary.json", summary))

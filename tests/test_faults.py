@@ -83,8 +83,14 @@ class ZeroModelFake:
         return EmoNetBatch(z, z + 1 / 8, z[:, 0], z[:, 0], np.zeros((n, 68, 2), np.float32), None, None)
 
 
-def emoengine_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("emoengine-") and t.is_alive()]
+def emoengine_threads(settle_s: float = 2.0) -> list[str]:
+    """Stage threads still alive after `settle_s` (a finished stage's thread returns right after it says so)."""
+    deadline = time.perf_counter() + settle_s
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("emoengine-") and t.is_alive()]
+        if not alive or time.perf_counter() > deadline:
+            return alive
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("stage", ["decode", "detect", "crop", "infer", "render"])
