@@ -17,7 +17,7 @@ from emoengine.cli.main import app
 from emoengine.cli.run_cmd import run_command, run_config
 from emoengine.errors import UserInputError
 
-NOT_FROM_RUN = ("input", "out", "quiet")
+NOT_FROM_RUN = ("input", "out", "quiet", "resume")   # batch skips complete videos itself
 
 
 def batch_options(

@@ -68,29 +68,36 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
-def _exit_past_stuck_stages(code: int) -> None:
-    """Leave with `code` even if a pipeline stage thread is still inside native code (a stalled stream read, an
-    ONNX Runtime call that outlived the stop grace period on a loaded machine): a normal interpreter shutdown
-    would tear down ONNX Runtime / FFmpeg under that thread and abort with "terminate called without an active
-    exception". The run has already removed its temporaries when we get here."""
-    import os
-
-    from emoengine.engine.pipeline import ABANDONED_STAGE_THREADS
-
-    if any(t.is_alive() for t in ABANDONED_STAGE_THREADS):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit 0 done, 2 bad input, 1 failure while running (CONTRACT.md)."""
     try:
         _main(argv)
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        _exit_past_stuck_stages(code)
+        if argv is None:   # the real process, not a test calling main([...]) in-process
+            _exit_past_lingering_stages(e.code)
         raise
+
+
+def _exit_past_lingering_stages(code, settle_s: float = 2.0) -> None:
+    """Exit now, skipping interpreter shutdown, if a pipeline stage thread is still inside native code
+    (ONNX Runtime, FFmpeg) after an interrupted run stopped waiting for it: Python unwinds a daemon thread
+    that wakes during shutdown through C++ frames, which aborts the process ("terminate called without an
+    active exception", status -6) after the clean one-line exit was already printed."""
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        lingering = [t for t in threading.enumerate() if t.name.startswith("emoengine-") and t.is_alive()]
+        if not lingering:
+            return
+        if time.monotonic() > deadline:
+            break
+        lingering[0].join(timeout=0.05)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 def _main(argv: list[str] | None) -> None:

@@ -60,6 +60,8 @@ def run_command(
     save_activations: bool = typer.Option(False, help="Per-face channel-mean maps to activations.npz."),
     full_taps: bool = typer.Option(False, help="With --save-activations: the untouched activations."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
+    resume: bool = typer.Option(False, "--resume", help="Skip when --out already holds the complete outputs "
+                                                        "of this input with these settings."),
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
@@ -67,12 +69,12 @@ def run_command(
     from emoengine.engine.run import run_pipeline
 
     summary = run_pipeline(cfg, lambda: open_emonet(**model_args))
-    if not quiet:
+    if not quiet and not summary.get("resumed"):
         typer.echo(summary_line(summary, out), err=True)
 
 
 def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
-               max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet):
+               max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet, resume=False):
     """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it."""
     from emoengine.engine.run import RunConfig
 
@@ -84,8 +86,21 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_faces=max_faces, smooth=smooth,
                     face_id=face_id, write_video=not no_video, taps=taps, save_activations=save_activations,
                     full_taps=full_taps, quiet=quiet, warn_random=model is not None,
-                    backend=resolve_backend(backend, model))
+                    backend=resolve_backend(backend, model), model_id=model_identity(weights, model, classes),
+                    resume=resume)
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
     return cfg, dict(backend=cfg.backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
                      max_batch=max_batch)
+
+
+def model_identity(weights: Optional[str], model: Optional[str], classes: Optional[int]) -> str:
+    """What names the model for --resume: the file (path, size, mtime) or 'random'."""
+    import os
+
+    name = weights or model or ""
+    try:
+        st = os.stat(name)
+        return f"{os.path.abspath(name)}:{st.st_size}:{st.st_mtime_ns}:{classes}"
+    except OSError:
+        return f"{name}:{classes}"

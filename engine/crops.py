@@ -23,6 +23,7 @@ CROP_SIZE = 256
 # that context without making the face small in the crop.
 DEFAULT_MARGIN = 0.2
 CROP_MODES = ("square", "upstream")
+MAX_PADDED_BYTES = 16 << 20   # above this, a region mostly outside the frame is warped, not padded
 
 
 def square_regions(boxes: np.ndarray, margin: float = DEFAULT_MARGIN) -> np.ndarray:
@@ -55,6 +56,16 @@ def _padded_patch(frame: np.ndarray, region: np.ndarray) -> np.ndarray:
     return patch
 
 
+def _warped_crop(frame: np.ndarray, region: np.ndarray, size: int) -> np.ndarray:
+    """The same sampling as resizing the padded patch (pixel centres aligned, black outside), done as one affine
+    warp so that no (side x side) patch is ever allocated."""
+    x1, y1, x2, y2 = (float(v) for v in region)
+    sx, sy = (x2 - x1) / size, (y2 - y1) / size
+    m = np.array([[sx, 0, x1 + 0.5 * sx - 0.5], [0, sy, y1 + 0.5 * sy - 0.5]], np.float64)
+    return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 def crop_faces(frame: np.ndarray, boxes: np.ndarray, size: int = CROP_SIZE, margin: float = DEFAULT_MARGIN,
                mode: str = "square") -> tuple[np.ndarray, np.ndarray]:
     """Crops (K, size, size, 3) uint8 of an RGB frame and their frame regions (K, 4) float32 x1, y1, x2, y2.
@@ -67,11 +78,16 @@ def crop_faces(frame: np.ndarray, boxes: np.ndarray, size: int = CROP_SIZE, marg
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"crop_faces needs an RGB frame (H, W, 3); got {frame.shape}")
     h, w = frame.shape[:2]
+    # a detector never should, but a NaN/inf box must not become a crash: it crops like a box at the origin
+    boxes = np.nan_to_num(np.asarray(boxes, np.float64).reshape(-1, 4), nan=0.0, posinf=0.0, neginf=0.0)
     regions = square_regions(boxes, margin) if mode == "square" else upstream_regions(boxes, w, h)
     crops = np.empty((len(regions), size, size, 3), np.uint8)
     for i, region in enumerate(regions):
         x1, y1, x2, y2 = (int(v) for v in region)
         inside = x1 >= 0 and y1 >= 0 and x2 <= w and y2 <= h
+        if not inside and (x2 - x1) * (y2 - y1) * 3 > max(4 * frame.nbytes, MAX_PADDED_BYTES):
+            crops[i] = _warped_crop(frame, region, size)   # a region far larger than the frame: no huge patch
+            continue
         patch = frame[y1:y2, x1:x2] if inside else _padded_patch(frame, region)
         if patch.shape[:2] == (size, size):
             crops[i] = patch

@@ -230,6 +230,10 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         path = Path(model) if model else cached_onnx_for(weights, classes, full_taps)
         if path.suffix.lower() != ".onnx":
             raise UserInputError(f"backend {backend} runs an .onnx model, not {path}")
+        if model:
+            from emoengine.engine.model_check import check_onnx_contract
+
+            check_onnx_contract(path)  # the contract's tensors, before a session is built on a foreign file
         providers = ["CUDAExecutionProvider"] if spec.device == "cuda" else ["CPUExecutionProvider"]
         runner = OrtRunner(path, providers=providers, threads=threads)
     else:

@@ -18,7 +18,7 @@ from emoengine.engine.annotate import annotate_frame
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame
 from emoengine.engine.results import FaceResult, FrameResult
 from emoengine.engine.writers import AtomicOutput, CsvWriter, VideoWriter, write_json, write_png
-from emoengine.errors import UserInputError
+from emoengine.errors import RunFailure, UserInputError
 
 FEATURE_VIDEO_SIZE = (256, 256)
 # every name a run may write (CONTRACT.md plus our additions); files of an earlier run not rewritten are removed
@@ -113,13 +113,19 @@ class ActivationsArchive:
                 self._put(f"f{fr.index:06d}_id{face.face_id}_{tap}", maps[tap].astype(np.float16))
         self.index.append((fr.index, face.face_id, fr.time_s))
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """Write the index and close the temporary file (renamed by `commit`)."""
+        if self.zip.fp is None:
+            return
         idx = np.array(self.index, dtype=np.float64).reshape(-1, 3)
         self._put("frames", idx[:, 0].astype(np.int64))
         self._put("face_ids", idx[:, 1].astype(np.int64))
         self._put("time_s", idx[:, 2])
         self.zip.close()
-        self.out.commit()
+
+    def commit(self) -> Path:
+        self.finish()
+        return self.out.commit()
 
     def abort(self) -> None:
         try:
@@ -152,14 +158,19 @@ class RunOutputs:
         self.main = MainFace(face_id)
         self.timeline = TimelineStore(len(self.class_names))
         self._header = csv_header(self.class_names)
-        self._csv = CsvWriter(self.dir / "predictions.csv", self._header)
         self._videos: dict[str, VideoWriter] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
         self._means = {tap: MeanMapAccumulator() for tap, _ in TAPS} if taps else {}
         self._activations = None
-        if save_activations:
-            keys = tuple(t for t, _ in TAPS) if full_taps else tuple(m for _, m in TAPS)
-            self._activations = ActivationsArchive(self.dir / "activations.npz", keys)
+        try:   # the first files opened: a read-only or foreign folder is bad usage, found before any frame
+            self._csv = CsvWriter(self.dir / "predictions.csv", self._header)
+            if save_activations:
+                keys = tuple(t for t, _ in TAPS) if full_taps else tuple(m for _, m in TAPS)
+                self._activations = ActivationsArchive(self.dir / "activations.npz", keys)
+        except OSError as e:
+            if getattr(self, "_csv", None) is not None:
+                self._csv.abort()
+            raise UserInputError(f"cannot write into the output folder {self.dir}: {e.strerror or e}") from None
         self._frames_seen = 0
 
     # -- per frame ------------------------------------------------------------------------------------
@@ -170,6 +181,15 @@ class RunOutputs:
 
     def write(self, fr: FrameResult, full_maps: dict[int, dict[str, np.ndarray]] | None = None) -> None:
         """One frame, in order. `full_maps[face_id]` holds untouched activations when --full-taps."""
+        try:
+            self._write(fr, full_maps)
+        except OSError as e:   # a full disk, a quota, a folder removed under us: one line, exit 1
+            raise RunFailure(self._write_failed(e)) from None
+
+    def _write_failed(self, e: OSError) -> str:
+        return f"cannot write the outputs into {self.dir}: {e.strerror or e}"
+
+    def _write(self, fr: FrameResult, full_maps: dict[int, dict[str, np.ndarray]] | None) -> None:
         self._frames_seen += 1
         h, w = fr.rgb.shape[:2]
         for f in fr.faces:
@@ -200,33 +220,55 @@ class RunOutputs:
 
     # -- at the end -----------------------------------------------------------------------------------
     def commit(self, summary: dict) -> list[Path]:
-        """Finish every file; returns what was written."""
-        written = []
-        self._csv.close()
-        written.append(self.dir / "predictions.csv")
-        for name, video in self._videos.items():
-            video.close()
-            written.append(self.dir / name)
-        if self._still_dir.is_dir():
-            written.append(self._commit_stills())
-        for tap, acc in (self._means.items() if self.write_video else ()):   # --no-video: CSV + summary
-            # black where no frame had a face, so a run always yields the contract's files
-            written.append(acc.save_png(self.dir / f"{tap}_mean.png", FEATURE_VIDEO_SIZE))
-        if not self.still and self.write_video:
-            from emoengine.engine.timeline import plot_timeline
+        """Finish every file; returns what was written.
 
-            plot_timeline(self.timeline, self.class_names, self.dir / "timeline.png")
-            written.append(self.dir / "timeline.png")
-        if self._activations is not None:
-            self._activations.commit()
-            written.append(self.dir / "activations.npz")
-        if self.frame_files:
-            with CsvWriter(self.dir / "images.csv", ["frame", "file"]) as images:
+        All or nothing: the big streamed files are finished under their temporary names first (where a full
+        disk is most likely to show), then the small files are written and everything is renamed, and
+        summary.json comes last. If any step fails, every file this commit put in place is removed again,
+        so a failed run leaves no contract file of its own behind.
+        """
+        written: list[Path] = []
+        staged: list = [self._csv]   # finished under temporary names, renamed together
+        try:
+            self._csv.finish()
+            for video in self._videos.values():
+                if video.finish():
+                    staged.append(video)
+            if self._activations is not None:
+                self._activations.finish()
+                staged.append(self._activations)
+            if self.frame_files:
+                images = CsvWriter(self.dir / "images.csv", ["frame", "file"])
+                staged.append(images)
                 images.writerows({"frame": i, "file": name} for i, name in enumerate(self.frame_files))
-            written.append(images.final_path)
-        self._remove_stale(written)
-        summary = {**summary, "files": sorted(p.name for p in written) + ["summary.json"]}
-        written.append(write_json(self.dir / "summary.json", summary))
+                images.finish()
+            for tap, acc in (self._means.items() if self.write_video else ()):   # --no-video: CSV + summary
+                # black where no frame had a face, so a run always yields the contract's files
+                written.append(acc.save_png(self.dir / f"{tap}_mean.png", FEATURE_VIDEO_SIZE))
+            if not self.still and self.write_video:
+                from emoengine.engine.timeline import plot_timeline
+
+                plot_timeline(self.timeline, self.class_names, self.dir / "timeline.png")
+                written.append(self.dir / "timeline.png")
+            if self._still_dir.is_dir():
+                written.append(self._commit_stills())
+            for part in staged:
+                written.append(part.commit())
+            self._remove_stale(written)
+            summary = {**summary, "files": sorted(p.name for p in written) + ["summary.json"]}
+            written.append(write_json(self.dir / "summary.json", summary))
+        except BaseException as e:
+            for path in written:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            for part in staged:
+                part.abort()
+            self.abort()
+            if isinstance(e, OSError):
+                raise RunFailure(self._write_failed(e)) from None
+            raise
         return written
 
     def _remove_stale(self, written: list[Path]) -> None:

@@ -23,9 +23,6 @@ from emoengine.errors import EmoengineError, RunFailure
 
 _END = object()
 _POLL_S = 0.05
-# stage threads still running when a stopped run gave up waiting for them (see cli.main: the process then leaves
-# with os._exit rather than finalising native libraries under them)
-ABANDONED_STAGE_THREADS: list[threading.Thread] = []
 STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
 
 
@@ -165,7 +162,10 @@ class Pipeline:
         while (item := self._get(self._q_detected, clock)) is not _END:
             t0 = time.perf_counter()
             if len(item.faces):
-                item.crops, item.regions = crop_faces(item.frame.rgb, item.faces.boxes, mode=self.opt.crop_mode)
+                # square crops from the unclipped boxes (a face at the edge stays centred, black beyond it);
+                # upstream mode clips by design, as EmoNet's demo does
+                boxes = item.faces.boxes_to_crop if self.opt.crop_mode == "square" else item.faces.boxes
+                item.crops, item.regions = crop_faces(item.frame.rgb, boxes, mode=self.opt.crop_mode)
             clock.busy_s += time.perf_counter() - t0
             clock.items += 1
             self._put(self._q_cropped, item, clock)
@@ -262,7 +262,6 @@ class Pipeline:
         finally:
             self.stop.set()  # no-op after a clean end; after an interrupt, every stage leaves its loop
             self._wait(started, deadline_s=STOP_GRACE_S)
-            ABANDONED_STAGE_THREADS.extend(t for t, d in zip(threads, started) if not d.is_set())
             self.stats.wall_s = time.perf_counter() - t0
         if self._error is not None:
             stage, err = self._error

@@ -16,8 +16,10 @@ from emoengine.engine.emonet_model import EmoNetModel
 from emoengine.engine.outputs import RunOutputs
 from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.results import FaceResult, FrameResult
+from emoengine.engine.resume import completed_summary, run_fingerprint
 from emoengine.engine.sources import open_source
 from emoengine.engine.tracker import IouTracker, TemporalSmoother
+from emoengine.errors import UserInputError
 
 
 @dataclass
@@ -39,6 +41,8 @@ class RunConfig:
     quiet: bool = False
     backend: str = "ort"              # decides where the detector runs (GPU when EmoNet does)
     warn_random: bool = True          # False where loading the checkpoint already said it
+    model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
+    resume: bool = False              # skip when --out already holds this run's complete outputs
 
 
 class FrameAssembler:
@@ -114,8 +118,20 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     The input and detector are opened before the model, so bad input fails fast, before any export.
     `open_detector` (default: `open_run_detector(cfg)`) lets a caller that runs many inputs (batch workers)
     hand in a detector opened once; the parts it hands out are closed here, so it hands out non-closing views.
+    A video with frames that would not decode is processed without them, its outputs are written, and
+    then a UserInputError (exit 2) says how many were lost (summary.json lists them too).
+    With `cfg.resume`, a complete earlier run of the same input and settings is returned as is.
     """
     source = open_source(cfg.input)
+    fingerprint = run_fingerprint(cfg, source)
+    if cfg.resume and (done := completed_summary(cfg.out_dir, fingerprint)) is not None:
+        source.close()
+        if done.get("bad_frames"):   # the same damaged input: the same answer
+            raise UserInputError(damaged_input_message(done, cfg.out_dir))
+        if not cfg.quiet:
+            print(f"emoengine: {cfg.out_dir} already holds the complete outputs of this run (--resume); "
+                  "skipped", file=sys.stderr)
+        return {**done, "resumed": True}
     detector = model = outputs = None
     try:
         detector = open_detector() if open_detector is not None else open_run_detector(cfg)
@@ -147,8 +163,8 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
             print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
                   "(ids are in predictions.csv)", file=sys.stderr)
         summary = make_summary(cfg, source, model, detector, stats, crop_mode)
+        summary["fingerprint"] = fingerprint
         outputs.commit(summary)
-        return summary
     except BaseException:
         if outputs is not None:
             outputs.abort()
@@ -160,6 +176,17 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
                     part.close()
                 except Exception:  # noqa: BLE001 - e.g. a decoder still blocked in a stalled stream
                     pass
+    if summary.get("bad_frames"):
+        raise UserInputError(damaged_input_message(summary, cfg.out_dir))
+    return summary
+
+
+def damaged_input_message(summary: dict, out_dir: Path) -> str:
+    """A video with frames that would not decode: the good ones were processed and written (exit 2)."""
+    first = summary["decode_errors"][0] if summary.get("decode_errors") else {}
+    where = f" (first after frame {first['after_frame']}: {first['error']})" if first else ""
+    return (f"damaged video: {summary['input']}: {summary['bad_frames']} frame(s) could not be decoded{where}; "
+            f"the outputs in {out_dir} hold the {summary['frames']} frames that could (see summary.json)")
 
 
 def detector_providers(backend: str) -> list[str] | None:
@@ -189,6 +216,8 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "random_weights": model.is_random,
         "ended_by_user": stats.ended_by_user,
         "skipped_inputs": list(getattr(source, "skipped", [])),
+        "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)
+        "decode_errors": list(getattr(source, "decode_errors", [])),   # the first few of them
         "wall_s": round(stats.wall_s, 4),
         "stages": {name: round(c.busy_s, 4) for name, c in stats.stages.items()},
         "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}

@@ -31,6 +31,7 @@ DEFAULT_STREAM_FPS = 25.0
 # A live stream may drop a packet now and then; give up only when decoding keeps failing.
 MAX_CONSECUTIVE_STREAM_ERRORS = 100
 STREAM_TIMEOUT_S = 15.0
+MAX_REPORTED_ERRORS = 20
 
 
 class Frame(NamedTuple):
@@ -98,7 +99,7 @@ def open_video_file(path: Path) -> FrameSource:
     """PyAV first (frame threading, exact pts); OpenCV when PyAV cannot open the file at all."""
     if path.stat().st_size == 0:
         raise UserInputError(f"not a readable video: {path} (empty file)")
-    cut = mp4_truncation(path)
+    cut = container_truncation(path)
     if cut:
         raise UserInputError(f"truncated video: {path} ({cut}); it was probably cut off while being written")
     try:
@@ -138,9 +139,10 @@ def _owned(a: np.ndarray) -> np.ndarray:
 class PyAVSource(FrameSource):
     """Video file ("video") or URL ("stream") decoded by PyAV with frame threading.
 
-    Files: a decode error, or fewer frames than the container's index promises, is a `UserInputError`
-    naming the frame where the video breaks. Streams: broken packets are skipped (live streams lose some);
-    frame_count is None.
+    Files: a frame that fails to decode is skipped and counted (`bad_frames`, `decode_errors`), so the good
+    frames of a damaged video still get processed; the caller reports the loss (run: exit 2, outputs kept).
+    Fewer frames than the container's index promises, with no error to explain it, is a `UserInputError`.
+    Streams: broken packets are skipped (live streams lose some); frame_count is None.
     """
 
     def __init__(self, url: str, kind: str) -> None:
@@ -175,6 +177,8 @@ class PyAVSource(FrameSource):
             self.frame_count = (self._indexed_count or self._estimated_count()) if kind == "video" else None
             self._t0: float | None = None
             self._decoded = 0
+            self.bad_frames = 0                    # video files: frames lost to decode errors (skipped)
+            self.decode_errors: list[dict] = []    # the first MAX_REPORTED_ERRORS of them
             self._gen = self._decode()
             try:
                 first = next(self._gen, None)
@@ -220,9 +224,10 @@ class PyAVSource(FrameSource):
             except StopIteration:
                 break
             except av.FFmpegError as e:  # reading failed: a broken file, or a stream that stopped or stalled
-                if self.kind == "video":
-                    raise UserInputError(f"corrupt or truncated video: {self.name}: reading fails at frame "
-                                         f"{self._decoded} ({_ffmpeg_message(e)})") from None
+                if self.kind == "video":  # nothing after this point can be read: keep what came, report it
+                    self._record_error(f"reading fails ({_ffmpeg_message(e)})")
+                    yield from self._flush()
+                    return
                 why = (f"no data for {STREAM_TIMEOUT_S:g} s" if isinstance(e, av.ExitError)  # the read timeout
                        else _ffmpeg_message(e))
                 yield from self._flush()  # frames still inside the (frame-threaded) decoder came in whole
@@ -231,10 +236,9 @@ class PyAVSource(FrameSource):
                 decoded = packet.decode()
                 consecutive_errors = 0
             except av.FFmpegError as e:
-                if self.kind == "video":
-                    raise UserInputError(
-                        f"corrupt or truncated video: {self.name}: decoding fails at frame {self._decoded} "
-                        f"({_ffmpeg_message(e)})") from None
+                if self.kind == "video":  # a damaged frame: skip it, keep decoding, report it at the end
+                    self._record_error(_ffmpeg_message(e))
+                    continue
                 consecutive_errors += 1
                 if consecutive_errors >= MAX_CONSECUTIVE_STREAM_ERRORS:
                     raise RunFailure(f"stream {self.name} keeps failing to decode after frame "
@@ -243,6 +247,12 @@ class PyAVSource(FrameSource):
             for frame in decoded:
                 yield self._to_frame(frame)
         self._check_complete()
+
+    def _record_error(self, why: str) -> None:
+        """A frame that could not be decoded (files only): counted, the first few kept for the summary."""
+        self.bad_frames += 1
+        if len(self.decode_errors) < MAX_REPORTED_ERRORS:
+            self.decode_errors.append({"after_frame": self._decoded - 1, "error": why})
 
     def _flush(self) -> Iterator[Frame]:
         try:
@@ -270,7 +280,8 @@ class PyAVSource(FrameSource):
     def _check_complete(self) -> None:
         """An mp4/mov index says how many frames there are; a file cut short decodes fewer without an error."""
         expected = self._indexed_count
-        if self.kind == "video" and expected and self._decoded < expected - max(2, expected // 100):
+        seen = self._decoded + self.bad_frames
+        if self.kind == "video" and expected and seen < expected - max(2, expected // 100):
             raise UserInputError(f"corrupt or truncated video: {self.name}: it ends at frame {self._decoded} "
                                  f"of the {expected} its index lists")
 
@@ -282,6 +293,104 @@ class PyAVSource(FrameSource):
             if gen is not None:
                 gen.close()
             container.close()
+
+
+def container_truncation(path: Path) -> str | None:
+    """Why a video file is visibly cut short (its container's own sizes run past the end), or None.
+
+    MP4/MOV, Matroska/WebM and AVI say how long they are before their data; a copy or download that stopped
+    half way is refused at once instead of yielding a few frames as if that were the whole video.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        return mp4_truncation(path)
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return matroska_truncation(path)
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return riff_truncation(path)
+    return None
+
+
+def _ebml_vint(f, keep_marker: bool) -> tuple[int, bool] | None:
+    """One EBML variable-length integer: (value, all-ones "unknown size"), or None at EOF / invalid."""
+    first = f.read(1)
+    if not first or first[0] == 0:
+        return None
+    length = 9 - first[0].bit_length()          # leading zero bits + 1
+    rest = f.read(length - 1)
+    if len(rest) < length - 1:
+        return None
+    value = first[0] if keep_marker else first[0] & ((1 << (8 - length)) - 1)
+    for b in rest:
+        value = (value << 8) | b
+    unknown = not keep_marker and value == (1 << (7 * length)) - 1
+    return value, unknown
+
+
+_MKV_SEGMENT, _MKV_CLUSTER = 0x18538067, 0x1F43B675
+_MKV_NAMES = {_MKV_SEGMENT: "Segment", _MKV_CLUSTER: "Cluster", 0x1C53BB6B: "Cues", 0x114D9B74: "SeekHead",
+              0x1549A966: "Info", 0x1654AE6B: "Tracks"}
+
+
+def matroska_truncation(path: Path, max_elements: int = 1_000_000) -> str | None:
+    """Matroska/WebM: the Segment (or, where a live muxer left its size unknown, one of its top-level
+    elements) runs past the end of the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = _ebml_vint(f, True)
+            length = _ebml_vint(f, False)
+            if header is None or length is None or length[1]:
+                return None
+            f.seek(length[0], os.SEEK_CUR)     # skip the EBML header's content
+            seg_id, seg_size = _ebml_vint(f, True), _ebml_vint(f, False)
+            if seg_id is None or seg_id[0] != _MKV_SEGMENT or seg_size is None:
+                return None
+            start = f.tell()
+            if not seg_size[1]:
+                if start + seg_size[0] > size:
+                    return (f"the file ends inside its Matroska Segment: {size - start} of {seg_size[0]} bytes "
+                            "present")
+                return None
+            pos = start                             # unknown Segment size: walk its children
+            for _ in range(max_elements):
+                f.seek(pos)
+                child, child_size = _ebml_vint(f, True), _ebml_vint(f, False)
+                if child is None or child_size is None or child_size[1]:
+                    return None
+                data = f.tell()
+                if data + child_size[0] > size:
+                    name = _MKV_NAMES.get(child[0], f"0x{child[0]:X}")
+                    return f"the file ends inside a Matroska {name}: {size - data} of {child_size[0]} bytes present"
+                pos = data + child_size[0]
+                if pos >= size:
+                    return None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def riff_truncation(path: Path) -> str | None:
+    """AVI: a top-level RIFF chunk (the first, or an AVIX extension of a large file) runs past the end."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            pos = 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                tag, length = struct.unpack("<4sI", f.read(8))
+                if tag not in (b"RIFF", b"JUNK", b"LIST"):
+                    return None
+                if pos + 8 + length > size:
+                    return f"the file ends inside its RIFF chunk: {size - pos - 8} of {length} bytes present"
+                pos += 8 + length + (length & 1)
+    except (OSError, struct.error):
+        return None
+    return None
 
 
 def mp4_truncation(path: Path) -> str | None:

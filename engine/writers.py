@@ -136,12 +136,21 @@ class AtomicTextWriter(_CloseOrAbort):
     def write(self, text: str) -> None:
         self.file.write(text)
 
+    def finish(self) -> None:
+        """Flush and close the temporary file, not yet renamed (the first half of `close`)."""
+        if not self.file.closed:
+            self.file.close()
+
+    def commit(self) -> Path:
+        """Rename the finished file into place (the second half of `close`)."""
+        self.finish()
+        return self._out.commit()
+
     def close(self) -> Path:
         """Flush and rename into place."""
         if self._out.state != "open":
             return self.final_path
-        self.file.close()
-        return self._out.commit()
+        return self.commit()
 
     def abort(self) -> None:
         if not self.file.closed:
@@ -216,6 +225,11 @@ def fit_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _reason(e: Exception) -> str:
+    """An OS error's own words without the temporary file name FFmpeg attaches ("No space left on device")."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
 class VideoWriter(_CloseOrAbort):
     """H.264 (libx264, yuv420p, BT.709 tagged) video written under a temporary name, renamed on `close()`.
 
@@ -272,25 +286,44 @@ class VideoWriter(_CloseOrAbort):
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
-        except av.FFmpegError as e:
+        except (av.FFmpegError, OSError) as e:
             self.abort()
-            raise RunFailure(f"video encoding failed for {self.final_path}: {e}") from None
+            raise RunFailure(f"video encoding failed for {self.final_path}: {_reason(e)}") from None
         self.frames_written += 1
+
+    def finish(self) -> bool:
+        """Flush the encoder and close the temporary file, not yet renamed (the first half of `close`).
+
+        False, and nothing kept, when no frame was written."""
+        if self._out.state != "open":
+            return self._out.state == "committed"
+        if self._container is None:
+            return True   # finished already
+        if self.frames_written == 0:
+            self.abort()
+            return False
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+        except (self._av.FFmpegError, OSError) as e:   # e.g. the disk filled up while writing the index
+            self.abort()
+            raise RunFailure(f"video encoding failed for {self.final_path}: {_reason(e)}") from None
+        self._container = None
+        return True
+
+    def commit(self) -> Path:
+        """Rename the finished file into place (the second half of `close`)."""
+        if not self.finish():
+            raise RunFailure(f"nothing was written for {self.final_path}")
+        return self._out.commit()
 
     def close(self) -> Path | None:
         """Flush the encoder and rename into place; with no frames written nothing is created (None)."""
         if self._out.state != "open":
             return self.final_path if self._out.state == "committed" else None
-        if self.frames_written == 0:
-            self.abort()
+        if not self.finish():
             return None
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-            self._container.close()
-        except self._av.FFmpegError as e:
-            self.abort()
-            raise RunFailure(f"video encoding failed for {self.final_path}: {e}") from None
         return self._out.commit()
 
     def abort(self) -> None:

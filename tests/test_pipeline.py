@@ -284,5 +284,9 @@ def test_video_without_faces_still_yields_every_contract_file(tmp_path, random_o
     for video in ("annotated.mp4", "conv1.mp4", "emo_conv1.mp4"):
         assert count_frames(out / video) == 10, video
     assert read_rows(out / "predictions.csv") == []
+    assert (out / "predictions.csv").read_text().splitlines()[0].startswith("frame,time_s,face_id,x1,y1,x2,y2")
+    for video in ("conv1.mp4", "emo_conv1.mp4"):   # black where no face: every frame
+        with av.open(str(out / video)) as c:
+            assert max(int(f.to_ndarray(format="rgb24").max()) for f in c.decode(video=0)) <= 2, video
     s = json.loads((out / "summary.json").read_text())
     assert (s["frames"], s["frames_with_face"], s["faces"]) == (10, 0, 0)

@@ -19,6 +19,9 @@ class Faces:
     boxes: np.ndarray
     scores: np.ndarray
     landmarks: np.ndarray
+    # the boxes before clipping to the frame (None: same as `boxes`). A face cut by the frame edge is cropped
+    # from this, so its crop is centred on the whole face (black beyond the edge), not on its visible part.
+    crop_boxes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         k = len(self.boxes)
@@ -27,6 +30,8 @@ class Faces:
                 f"Faces needs boxes (K,4), scores (K,), landmarks (K,5,2); got "
                 f"{self.boxes.shape}, {self.scores.shape}, {self.landmarks.shape}"
             )
+        if self.crop_boxes is not None and self.crop_boxes.shape != (k, 4):
+            raise ValueError(f"Faces.crop_boxes must be (K,4) like boxes; got {self.crop_boxes.shape}")
 
     @classmethod
     def empty(cls) -> "Faces":
@@ -37,7 +42,13 @@ class Faces:
 
     def take(self, index) -> "Faces":
         """A subset (index array, mask or slice), e.g. the largest `--max-faces`."""
-        return Faces(self.boxes[index], self.scores[index], self.landmarks[index])
+        return Faces(self.boxes[index], self.scores[index], self.landmarks[index],
+                     None if self.crop_boxes is None else self.crop_boxes[index])
+
+    @property
+    def boxes_to_crop(self) -> np.ndarray:
+        """What the crop stage crops: the unclipped boxes where the detector kept them."""
+        return self.boxes if self.crop_boxes is None else self.crop_boxes
 
     @property
     def areas(self) -> np.ndarray:

@@ -122,8 +122,9 @@ class MTCNNDetector:
                 out.append(Faces.empty())
                 continue
             h, w = np.asarray(frame).shape[:2]
-            b = clip_boxes(b * np.tile(factor, 2), w, h)
-            out.append(Faces(b.astype(np.float32), s.astype(np.float32), (lm * factor).astype(np.float32)))
+            full = (b * np.tile(factor, 2)).astype(np.float32)
+            out.append(Faces(clip_boxes(full, w, h), s.astype(np.float32), (lm * factor).astype(np.float32),
+                             crop_boxes=full))
         return out
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +41,62 @@ def default_weights_dir() -> Path:
 
 def load_weights(weights_dir: str | Path | None = None) -> dict[str, list[np.ndarray]]:
     """The three nets' weight lists, as the wheel stores them (Keras get_weights() order)."""
-    import joblib
-
     folder = Path(weights_dir) if weights_dir else default_weights_dir()
     out = {}
     for name in NET_NAMES:
         path = folder / f"{name}.lz4"
         if not path.is_file():
             raise UserInputError(f"no MTCNN weights at {path} (expected pnet.lz4, rnet.lz4, onet.lz4 in {folder})")
-        out[name] = [np.asarray(w, np.float32) for w in joblib.load(path)]
+        out[name] = safe_joblib_arrays(path)
     return out
+
+
+# what a joblib file of plain numeric arrays needs; anything else in the pickle is refused before it is built
+_JOBLIB_ALLOWED = {("joblib.numpy_pickle", "NumpyArrayWrapper"), ("numpy", "dtype"), ("numpy", "ndarray")}
+
+
+def safe_joblib_arrays(path: Path) -> list[np.ndarray]:
+    """A joblib file (pickle) holding a list of numeric arrays, loaded without running anything in it.
+
+    `--detector-model` may name any folder, so its .lz4 files are user files: like `torch.load(weights_only=
+    True)` for checkpoints, only numpy's array and dtype and joblib's array wrapper may be imported, and
+    arrays of Python objects (which joblib would read with a plain pickle.load) are refused.
+    """
+    import joblib
+    import joblib.numpy_pickle as npk
+
+    refused: list[str] = []
+
+    class NumericArrayWrapper(npk.NumpyArrayWrapper):
+        def read(self, *args, **kwargs):
+            if np.dtype(self.dtype).hasobject:
+                refused.append("it holds an array of Python objects")
+                raise pickle.UnpicklingError("object array")
+            return super().read(*args, **kwargs)
+
+    class WeightsOnlyUnpickler(npk.NumpyUnpickler):
+        def find_class(self, module, name):
+            if (module, name) not in _JOBLIB_ALLOWED:
+                refused.append(f"it would import {module}.{name}")
+                raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+            if name == "NumpyArrayWrapper":
+                return NumericArrayWrapper
+            return super().find_class(module, name)
+
+    original = npk.NumpyUnpickler
+    npk.NumpyUnpickler = WeightsOnlyUnpickler   # joblib builds its unpickler from this module name
+    try:
+        obj = joblib.load(path)
+    except Exception as e:  # noqa: BLE001 - joblib/pickle/lz4 raise many types for a bad file
+        if refused:
+            raise UserInputError(f"MTCNN weights {path} refused as unsafe: {refused[0]} "
+                                 "(weights-only loading; nothing in it was run)") from None
+        raise UserInputError(f"not MTCNN weights: {path} ({type(e).__name__}: {str(e)[:100]})") from None
+    finally:
+        npk.NumpyUnpickler = original
+    if not isinstance(obj, list) or not all(isinstance(w, np.ndarray) and w.dtype.kind in "fiu" for w in obj):
+        raise UserInputError(f"not MTCNN weights: {path} holds {type(obj).__name__}, not a list of arrays")
+    return [np.asarray(w, np.float32) for w in obj]
 
 
 class _GraphBuilder:

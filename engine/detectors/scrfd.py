@@ -155,5 +155,6 @@ class SCRFDDetector:
         lm = np.concatenate(all_kps) if kps is not None else np.full((len(b), 5, 2), np.nan, np.float32)
         k = nms(b, sc, self.nms_threshold)
         h, w = frame_hw
-        return Faces(clip_boxes(b[k] / np.tile(factor, 2), w, h), sc[k].astype(np.float32),
-                     (lm[k] / factor).astype(np.float32))
+        full = (b[k] / np.tile(factor, 2)).astype(np.float32)
+        return Faces(clip_boxes(full, w, h), sc[k].astype(np.float32), (lm[k] / factor).astype(np.float32),
+                     crop_boxes=full)

@@ -1,0 +1,88 @@
+"""Check that an ONNX file is an emoengine EmoNet export (CONTRACT.md's tensors) before a session is built.
+
+A foreign or hand-edited model would otherwise load fine and fail at the first batch, minutes into a run,
+with an ONNX Runtime message about shapes; here it is refused up front with one line naming what differs.
+Only the graph's declared inputs and outputs are read (no external data, nothing executed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from emoengine.errors import UserInputError
+
+CROP = 256
+# name -> (rank, static dims after the batch dim that must match where the file declares them)
+CONTRACT_OUTPUTS = {
+    "expression": (2, (None,)),
+    "valence": (1, ()),
+    "arousal": (1, ()),
+    "heatmap": (4, (68, 64, 64)),
+}
+OPTIONAL_OUTPUTS = {
+    "conv1_mean": (3, (128, 128)),
+    "emo_conv1_mean": (3, (64, 64)),
+    "conv1": (4, (64, 128, 128)),
+    "emo_conv1": (4, (128, 64, 64)),
+}
+
+
+def _dims(value_info) -> list[int | None]:
+    """Declared dims: an int where static, None where symbolic or unknown."""
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def _fmt(dims: list[int | None]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
+
+
+def contract_problems(model) -> list[str]:
+    """What in an `onnx.ModelProto` differs from the contract (empty when it is ours)."""
+    from onnx import TensorProto
+
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    problems = []
+    if [i.name for i in inputs] != ["image"]:
+        problems.append(f"inputs {[i.name for i in inputs]}, expected ['image']")
+    else:
+        image = inputs[0]
+        dtype = image.type.tensor_type.elem_type
+        if dtype != TensorProto.UINT8:
+            problems.append(f"input image is {TensorProto.DataType.Name(dtype).lower()}, expected uint8")
+        dims = _dims(image)
+        if len(dims) != 4 or any(d is not None and d != want for d, want in zip(dims[1:], (CROP, CROP, 3))):
+            problems.append(f"input image is {_fmt(dims)}, expected (N, {CROP}, {CROP}, 3)")
+    outputs = {o.name: o for o in graph.output}
+    missing = [name for name in CONTRACT_OUTPUTS if name not in outputs]
+    if missing:
+        problems.append(f"outputs {sorted(outputs)} lack {', '.join(missing)}")
+    for name, (rank, tail) in {**CONTRACT_OUTPUTS, **OPTIONAL_OUTPUTS}.items():
+        if name not in outputs:
+            continue
+        o = outputs[name]
+        dims = _dims(o)
+        if o.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            problems.append(f"output {name} is not float")
+        elif len(dims) != rank or any(d is not None and w is not None and d != w for d, w in zip(dims[1:], tail)):
+            problems.append(f"output {name} is {_fmt(dims)}")
+    return problems
+
+
+def check_onnx_contract(path: str | os.PathLike) -> None:
+    """One UserInputError line when `path` is not an ONNX file with the contract's tensors."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError, onnx its own types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"not an ONNX model: {path} ({first})") from None
+    problems = contract_problems(model)
+    if problems:
+        raise UserInputError(f"not an emoengine EmoNet export: {path}: {'; '.join(problems)}; "
+                             "make one with `emoengine export`")

@@ -1,0 +1,57 @@
+"""`run --resume`: skip a run whose complete outputs already sit in --out.
+
+A run is complete when summary.json (written last, after every other file is in place) exists, names every
+file it lists, and was made from the same input (path, size, modification time; for a folder, every image's)
+with the same settings and model. Live inputs (streams, cameras) are never skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+# RunConfig fields that change what a run writes (quiet, resume and the like do not)
+SETTINGS = ("detector", "detector_model", "crop_mode", "max_faces", "smooth", "face_id", "write_video", "taps",
+            "save_activations", "full_taps", "backend", "model_id")
+
+
+def input_fingerprint(source) -> str | None:
+    """A digest of what the input is on disk now; None for live inputs, which cannot be resumed."""
+    if source.kind in ("stream",):
+        return None
+    paths = list(getattr(source, "paths", None) or [Path(source.name)])
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        digest.update(f"{Path(path).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def run_fingerprint(cfg, source) -> str | None:
+    """Input and settings of this run as one digest (stored in summary.json as `fingerprint`)."""
+    data = input_fingerprint(source)
+    if data is None:
+        return None
+    settings = {k: v for k, v in asdict(cfg).items() if k in SETTINGS}
+    return hashlib.sha256((data + json.dumps(settings, sort_keys=True, default=str)).encode()).hexdigest()
+
+
+def completed_summary(out_dir: Path, fingerprint: str | None) -> dict | None:
+    """The summary of a complete earlier run with this fingerprint in `out_dir`, else None."""
+    if fingerprint is None:
+        return None
+    try:
+        summary = json.loads((Path(out_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("fingerprint") != fingerprint:
+        return None
+    if not all((Path(out_dir) / name).exists() for name in summary.get("files", [])):
+        return None
+    return summary
