@@ -1,7 +1,7 @@
 """`emoengine batch`: many videos through `run`'s code path on Ray Data (a local Ray unless --ray-address).
 
 Every `run` option is a `batch` option too: the command's signature is its own options plus `run_command`'s
-(minus INPUT, --out and --quiet), so an option added to `run` reaches `batch` without a second definition.
+(minus INPUT, --out, --quiet and --resume), so an option added to `run` reaches `batch` without a second definition.
 """
 
 from __future__ import annotations
