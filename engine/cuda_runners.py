@@ -41,6 +41,12 @@ def padded_batch(n: int, max_batch: int) -> int:
     return min(p, max_batch)
 
 
+def in_chunks(infer, crops: np.ndarray, max_batch: int, output_names) -> dict[str, np.ndarray]:
+    """A batch larger than the buffers allocated once for `max_batch`: run it in slices, concatenated."""
+    parts = [infer({"image": crops[i:i + max_batch]}) for i in range(0, len(crops), max_batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in output_names}
+
+
 class TorchCudaRunner(Runner):
     """EmoNetGraph on a CUDA device with the chosen precision, layout, compilation and graph replay."""
 
@@ -85,8 +91,7 @@ class TorchCudaRunner(Runner):
         crops = np.ascontiguousarray(feeds["image"])
         n = len(crops)
         if n > self.max_batch:
-            parts = [self._infer({"image": crops[i:i + self.max_batch]}) for i in range(0, n, self.max_batch)]
-            return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
+            return in_chunks(self._infer, crops, self.max_batch, self.output_names)
         size = padded_batch(n, self.max_batch) if self.pad else n
         torch = self.torch
         self.staging.upload(crops)                      # H2D on the copy stream
@@ -188,8 +193,7 @@ class OrtCudaRunner(Runner):
         crops = np.ascontiguousarray(feeds["image"])
         n = len(crops)
         if n > self.max_batch:
-            parts = [self._infer({"image": crops[i:i + self.max_batch]}) for i in range(0, n, self.max_batch)]
-            return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
+            return in_chunks(self._infer, crops, self.max_batch, self.output_names)
         image = self.staging.upload(crops)
         self.stream.synchronize()  # the upload is complete before ORT's stream reads it
         if self.bound != n:
