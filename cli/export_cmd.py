@@ -20,6 +20,13 @@ def export_command(
     full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or int8: static QDQ int8 calibrated on face "
+                                                             "crops (for the ort-int8 backend)."),
+    calibration_crops: int = typer.Option(64, "--calibration-crops", help="int8: face crops to calibrate on."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="int8: minmax, percentile "
+                                                                                 "or entropy."),
+    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="int8: layer groups left in float, "
+                                             "comma-separated (stem, hourglass0, hourglass1, emotion, fc; 'none')."),
 ) -> None:
     """Export EmoNet to ONNX: uint8 NHWC RGB crops in, expression/valence/arousal/heatmap/taps out."""
     # heavy imports here so `emoengine --help` and other commands stay fast
@@ -30,6 +37,16 @@ def export_command(
         raise UserInputError(f"export needs PyTorch ({e.name} is missing): pip install torch, then "
                              "pip install 'emoengine[export]'") from e
 
+    if precision == "fp16":
+        raise UserInputError("--precision fp16 is not in this build (fp32 and int8 are)")
+    if precision not in ("fp32", "int8"):
+        raise UserInputError(f"--precision must be fp32, fp16 or int8, not {precision!r}")
+    if precision == "int8":
+        from emoengine.cli.export_int8 import export_int8
+
+        export_int8(weights, classes, output, full_taps, opset, verify, calibration_crops, calibration_method,
+                    keep_float)
+        return
     if output is None and weights == "random":  # never overwrite a real export with random weights
         output = models_dir() / f"emonet{classes or 8}-random.onnx"
     loaded = load_emonet(weights, classes)
