@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ LAYER_GROUPS: dict[str, tuple[str, ...]] = {
     "emotion": ("conv1x1_input_emo_2", "emo_net_2", "emo_fc_2"),
     "fc": ("emo_fc_2",),
 }
-DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("fc",)
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("emotion",)
 # which op types get QDQ pairs: "conv" = Conv and Gemm only; "all" = every op onnxruntime can quantise
 # (also BatchNormalization, Add, Concat, MaxPool, Resize, ...): fewer float round trips, more rounding
 OP_SETS = {"conv": ["Conv", "Gemm"], "all": None}
@@ -151,11 +152,16 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
                 cache.unlink()  # ranges of an older export: recalibrate
         reader = None if cache.is_file() and kwargs else _CropReader(face_crops(calibration_crops,
                                                                                 seed=CALIBRATION_SEED))
-        quantize_static(
-            str(pre), str(temp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_SETS[ops],
-            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded, calibrate_method=method_enum,
-            extra_options={"CalibMaxIntermediateOutputs": 8}, **kwargs)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger once per BatchNorm
+        try:
+            quantize_static(
+                str(pre), str(temp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_SETS[ops],
+                per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method_enum, **kwargs)
+        finally:
+            root.setLevel(level)
         quantized = onnx.load(str(temp))
         recipe = {"format": "QDQ U8S8 per-channel", "method": method, "calibration_crops": calibration_crops,
                   "keep_float": list(keep_float), "quantized_ops": ops}
