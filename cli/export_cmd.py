@@ -24,7 +24,7 @@ def export_command(
                                                              "crops (for the ort-int8 backend)."),
     calibration_crops: int = typer.Option(64, "--calibration-crops", help="int8: face crops to calibrate on."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="int8: minmax, percentile "
-                                                                                 "or entropy."),
+                                             "or entropy (these two hold ~0.5 GB per calibration crop in memory)."),
     keep_float: Optional[str] = typer.Option(None, "--keep-float", help="int8: layer groups left in float, "
                                              "comma-separated (stem, hourglass0, hourglass1, emotion, fc; 'none')."),
 ) -> None:
