@@ -1,4 +1,4 @@
-"""`emoengine bench`: throughput and parity per backend, written as JSON under benchmarks/results/."""
+"""`emoengine bench`: throughput and parity per backend x batch, written as JSON (and optionally a Markdown table)."""
 
 from __future__ import annotations
 
@@ -11,41 +11,59 @@ from emoengine.cli.main import app
 from emoengine.errors import RunFailure, UserInputError
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise UserInputError(f"{option} takes comma-separated positive integers, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserInputError(f"{option} takes comma-separated positive integers, not {text!r}")
+    return values
+
+
 @app.command("bench")
 def bench_command(
     weights: str = typer.Option("random", help="EmoNet checkpoint (.pth) or 'random'."),
-    backends: str = typer.Option("torch,ort", help="Comma-separated: torch, torch-cuda, ort, ort-cuda, trt."),
-    batch: str = typer.Option("1,8", help="Comma-separated batch sizes."),
-    iters: int = typer.Option(5, min=1),
-    out: Optional[Path] = typer.Option(
-        None, help="Results JSON (default benchmarks/results/<cpu|gpu>-<device>-<date>.json)."),
+    backends: str = typer.Option("torch,ort,ort-int8",
+                                 help="Comma-separated: torch, torch-cuda, ort, ort-int8, ort-cuda, trt."),
+    batch: str = typer.Option("1,8,32", help="Comma-separated batch sizes."),
+    runs: int = typer.Option(7, help="Timed runs per backend x batch (faces/s from their median)."),
+    warmup: int = typer.Option(2, help="Untimed runs first."),
+    parity_inputs: int = typer.Option(128, help="Face crops compared with the fp32 PyTorch reference."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads (default: its own choice)."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Results JSON (default benchmarks/results/<cpu|gpu>-<device>-<date>.json)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
 ) -> None:
-    """Time EmoNet per backend and compare every output with the PyTorch reference."""
-    from emoengine.benchmarks.bench import results_path, run_bench, write_results
+    """Time EmoNet per backend and batch, and compare every output with the fp32 PyTorch reference."""
+    from emoengine.benchmarks.bench import FP32_TOLERANCE, results_path, run_bench, write_markdown, write_results
 
-    try:
-        batches = [int(b) for b in batch.split(",") if b.strip()]
-    except ValueError:
-        raise UserInputError(f"--batch takes comma-separated positive integers, not {batch!r}") from None
-    report = run_bench(weights, [b.strip() for b in backends.split(",") if b.strip()], batches, iters=iters)
-    out = results_path(report) if out is None else out
+    batches = _int_list(batch, "--batch")
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    report = run_bench(weights, names, batches, runs=runs, warmup=warmup, parity_inputs=parity_inputs,
+                       threads=threads, progress=lambda msg: typer.echo(f"  {msg}", err=True))
+    out = results_path(report) if json_out is None else json_out
     write_results(report, out)
+    if markdown is not None:
+        write_markdown(report, markdown)
     failed = []
+    reported = set()
     for r in report["results"]:
-        if not r["ok"]:
-            failing = r["error"].startswith("failed while running")
-            typer.echo(f"{r['backend']:>10}: {'' if failing else 'unavailable: '}{r['error']}")
+        if r["status"] != "ok":
+            if r["backend"] not in reported:
+                typer.echo(f"{r['backend']:>9}: {r['status']}: {r['reason']}")
+            reported.add(r["backend"])
             continue
-        t = ", ".join(f"b{b} {v['images_per_s']:.1f} img/s ({v['ms']:.0f} ms)"
-                      for b, v in r["batch_timings"].items())
-        par = "" if r["parity_pass"] is None else (
-            f"; parity {'PASS' if r['parity_pass'] else 'FAIL'} (worst {max(r['parity'].values()):.2e})")
-        if r.get("parity_error"):
-            par = f"; parity unknown ({r['parity_error']})"
-        if r["parity_pass"] is False:
+        par = r.get("parity", {})
+        verdict = "parity unknown" if "pass" not in par else (
+            f"parity {'PASS' if par['pass'] else 'FAIL'} (worst rel {par['worst_rel']:.1e}, "
+            f"top-1 {par['top1_agreement']:.1%})")
+        if par.get("pass") is False and r["precision"] == "fp32" and r["backend"] not in failed:
             failed.append(r["backend"])
-        typer.echo(f"{r['backend']:>10}: {t}{par}")
-    typer.echo(f"wrote {out} ({report['device']})")
-    if failed:
+        speed = "" if r.get("speedup_vs_torch_b1") is None else f" = {r['speedup_vs_torch_b1']:.2f}x torch b1"
+        typer.echo(f"{r['backend']:>9} b{r['batch']:<3} {r['faces_per_s']:7.2f} faces/s{speed}, "
+                   f"p50 {r['latency_ms']['p50']:.0f} ms, p95 {r['latency_ms']['p95']:.0f} ms; {verdict}")
+    typer.echo(f"wrote {out} ({report['machine']['cpu']}{', ' + report['machine']['gpu'] if report['machine']['gpu'] else ''})")
+    if failed:  # an fp32 backend that disagrees with PyTorch is a bug; int8's verdict is reported, not fatal
         raise RunFailure(f"parity FAIL for {', '.join(failed)}: outputs differ from PyTorch by more than "
-                         f"{report['tolerance']:g} of their magnitude (see {out})")
+                         f"{FP32_TOLERANCE:g} of their magnitude (see {out})")

@@ -21,12 +21,18 @@ def export_command(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (fp32 kept where measured necessary) | "
-                                  "int8 (with --trt: from the QDQ model given by --onnx)."),
+                                  "int8 (static QDQ calibrated on face crops, for ort-int8; with --trt: an engine "
+                                  "from the QDQ model given by --onnx)."),
     trt: bool = typer.Option(False, "--trt", help="Also build the TensorRT engine (cached in models/, keyed by GPU, "
                              "TensorRT version and ONNX sha256)."),
     max_batch: int = typer.Option(64, "--max-batch", help="With --trt: the engine takes batches 1..N."),
     onnx_source: Optional[Path] = typer.Option(None, "--onnx", help="With --trt: build from this ONNX instead of "
                                                "exporting --weights."),
+    calibration_crops: int = typer.Option(64, "--calibration-crops", help="int8: face crops to calibrate on."),
+    calibration_method: str = typer.Option("minmax", "--calibration-method", help="int8: minmax, percentile "
+                                             "or entropy (these two hold ~0.5 GB per calibration crop in memory)."),
+    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="int8: layer groups left in float, "
+                                             "comma-separated (stem, hourglass0, hourglass1, emotion, fc; 'none')."),
 ) -> None:
     """Export EmoNet to ONNX: uint8 NHWC RGB crops in, expression/valence/arousal/heatmap/taps out."""
     # heavy imports here so `emoengine --help` and other commands stay fast
@@ -37,6 +43,16 @@ def export_command(
         raise UserInputError(f"export needs PyTorch ({e.name} is missing): pip install torch, then "
                              "pip install 'emoengine[export]'") from e
 
+    if precision not in ("fp32", "fp16", "int8"):
+        raise UserInputError(f"--precision must be fp32, fp16 or int8, not {precision!r}")
+    if precision == "int8" and not trt and onnx_source is None:  # QDQ model for ort-int8: cli/export_int8.py
+        from emoengine.cli.export_int8 import export_int8
+
+        if weights is None:
+            raise UserInputError("--precision int8 needs --weights (a .pth checkpoint or 'random')")
+        export_int8(weights, classes, output, full_taps, opset, verify, calibration_crops, calibration_method,
+                    keep_float)
+        return
     if trt or precision != "fp32" or onnx_source is not None:  # fp16 ONNX / TensorRT engine: cli/export_gpu.py
         from emoengine.cli.export_gpu import export_gpu
 

@@ -67,22 +67,63 @@ def check_torch_device(device: str) -> None:
         raise UserInputError("backend torch-cuda needs a CUDA build of PyTorch and a GPU; none found here")
 
 
-def _session_options(threads: int | None):
+def _session_options(threads: int | None, optimized_out: str | None = None, optimize: bool = True,
+                     spinning: bool | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ENABLE_ALL: constant folding, Conv+BN/ReLU fusion, QDQ -> QLinearConv, and the NCHWc blocked layout
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if optimized_out:
+        so.optimized_model_filepath = optimized_out
     if threads:
         so.intra_op_num_threads = threads
+    if spinning is not None:  # idle worker threads spin for work by default; off frees the core for others
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3
     return so
+
+
+def optimized_model_path(model: Path) -> Path:
+    """Where ONNX Runtime's fully optimised graph of `model` is cached: specific to this ORT version and CPU."""
+    import hashlib
+    import platform
+
+    import onnxruntime as ort
+
+    st = model.stat()
+    key = hashlib.sha256(f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}|"
+                         f"{platform.machine()}|{_cpu_flags()}".encode()).hexdigest()[:12]
+    return model.parent / ".ort-optimized" / f"{model.stem}-{key}.onnx"
+
+
+def _writable_folder(folder: Path) -> bool:
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
 
 
 class OrtRunner(Runner):
     """ONNX Runtime session from a file path or serialized model bytes (CPU or CUDA)."""
 
     def __init__(self, model: str | os.PathLike | bytes, providers: list[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, cache_optimized: bool = False, spinning: bool | None = None) -> None:
+        """cache_optimized: on CPU, keep ONNX Runtime's optimised graph next to the model (in `.ort-optimized/`,
+        keyed by file, ORT version and CPU) and load that next time with the optimisers off: the same graph,
+        without re-running the fusions and layout passes at every start."""
         import onnxruntime as ort
 
         providers = providers or ["CPUExecutionProvider"]
@@ -90,9 +131,20 @@ class OrtRunner(Runner):
         source = model if isinstance(model, bytes) else str(model)
         if not isinstance(model, bytes) and not Path(source).is_file():
             raise UserInputError(f"no such model file: {source}")
+        self.optimized_from_cache = False
         try:
-            self.session = ort.InferenceSession(source, sess_options=_session_options(threads),
-                                                providers=providers)
+            so = _session_options(threads, spinning=spinning)
+            if cache_optimized and isinstance(source, str) and providers == ["CPUExecutionProvider"]:
+                cached = optimized_model_path(Path(source))
+                if cached.is_file():
+                    source, self.optimized_from_cache = str(cached), True
+                    so = _session_options(threads, optimize=False, spinning=spinning)
+                elif _writable_folder(cached.parent):
+                    written = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")  # renamed once complete
+                    so = _session_options(threads, optimized_out=str(written), spinning=spinning)
+            self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
+            if so.optimized_model_filepath:
+                os.replace(so.optimized_model_filepath, cached)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise UserInputError(f"ONNX Runtime cannot load {source if isinstance(source, str) else 'model'}: "
                                  f"{str(e).splitlines()[0]}") from e

@@ -35,6 +35,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch", ".pth", "cpu", True),
     "torch-cuda": BackendSpec("torch-cuda", ".pth", "cuda", True),
     "ort": BackendSpec("ort", ".onnx", "cpu", False),
+    "ort-int8": BackendSpec("ort-int8", ".onnx", "cpu", False),   # static int8 QDQ (export --precision int8)
     "ort-cuda": BackendSpec("ort-cuda", ".onnx", "cuda", False),
     "trt": BackendSpec("trt", ".engine", "cuda", False),
 }
@@ -193,10 +194,11 @@ def cached_onnx_for(weights: str, classes: int | None, full_taps: bool) -> Path:
 
 def open_emonet(backend: str, weights: str | None = None, model: str | None = None,
                 classes: int | None = None, full_taps: bool = False, max_batch: int = 32,
-                threads: int | None = None) -> EmoNetModel:
+                threads: int | None = None, cache_optimized: bool = False) -> EmoNetModel:
     """Pick and open the runner for `backend` from a checkpoint (`weights`) or an exported artifact (`model`).
 
-    CUDA backends take options after a colon (`torch-cuda:fp16+compile`, `trt:fp16`; see engine.cuda_io)."""
+    CUDA backends take options after a colon (`torch-cuda:fp16+compile`, `trt:fp16`; see engine.cuda_io).
+    cache_optimized: ONNX Runtime CPU keeps its optimised graph on disk and reuses it (OrtRunner)."""
     from emoengine.engine.cuda_io import parse_backend
 
     options = parse_backend(backend)
@@ -226,20 +228,24 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         if model is not None and not model.endswith(".pth"):
             raise UserInputError(f"backend {backend} runs a .pth checkpoint (--weights), not {model}")
         runner = _torch_runner(weights or model, classes, spec.device, full_taps)
-    elif spec.name in ("ort", "ort-cuda"):
-        path = Path(model) if model else cached_onnx_for(weights, classes, full_taps)
+    else:  # ort, ort-int8 (CPU)
+        if model:
+            path = Path(model)
+        elif spec.name == "ort-int8":
+            from emoengine.export.quantize import cached_int8_onnx_for
+
+            path = cached_int8_onnx_for(weights, classes, full_taps)
+        else:
+            path = cached_onnx_for(weights, classes, full_taps)
         if path.suffix.lower() != ".onnx":
             raise UserInputError(f"backend {backend} runs an .onnx model, not {path}")
         if model:
             from emoengine.engine.model_check import check_onnx_contract
 
             check_onnx_contract(path)  # the contract's tensors, before a session is built on a foreign file
-        providers = ["CUDAExecutionProvider"] if spec.device == "cuda" else ["CPUExecutionProvider"]
-        runner = OrtRunner(path, providers=providers, threads=threads)
-    else:
-        from emoengine.engine.trt_runner import open_trt_runner
-
-        runner = open_trt_runner(model=model, weights=weights, classes=classes, full_taps=full_taps)
+        runner = OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads, cache_optimized=cache_optimized)
+        if spec.name == "ort-int8":
+            runner.backend = "ort-int8"
     emonet = EmoNetModel(runner, max_batch=max_batch)
     if full_taps and not emonet.has_full_taps:
         emonet.close()

@@ -1,0 +1,141 @@
+"""The int8 speed/accuracy frontier: which EmoNet layer groups stay float, and what each choice costs.
+
+    python -m emoengine.benchmarks.int8_frontier --weights emonet_8.pth [--json FILE]
+
+For each recipe (layer groups kept float x quantised op set x calibration method) it makes the int8 model (cached
+in models/, calibration shared), measures expression top-1 agreement and the other parity numbers against the
+fp32 PyTorch reference on the bench's face crops, and times it at batch 1 and 8 (faces/s, plus CPU-ms per face,
+which stays meaningful when other processes share the cores). The fp32 ORT model and torch batch 1 are timed in
+the same run for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from emoengine.benchmarks.bench import (
+    DEFAULT_PARITY_INPUTS,
+    INT8_TOP1_TARGET,
+    _infer_all,
+    bench_inputs,
+    logit_margins,
+    machine_facts,
+    margin_summary,
+    parity,
+    short_device_slug,
+    time_batch,
+    write_results,
+)
+
+# (keep float, op set, calibration method): from everything int8 to only the cheapest-to-keep groups float
+RECIPES: list[tuple[tuple[str, ...], str, str]] = [
+    ((), "conv", "minmax"),
+    (("fc",), "conv", "minmax"),
+    (("emotion",), "conv", "minmax"),
+    (("emotion", "hourglass1"), "conv", "minmax"),
+    (("emotion", "hourglass0"), "conv", "minmax"),
+    (("emotion", "stem"), "conv", "minmax"),
+    (("emotion", "hourglass0", "hourglass1"), "conv", "minmax"),
+    ((), "all", "minmax"),
+    (("emotion",), "all", "minmax"),
+]
+# (Percentile and Entropy calibration are left out: onnxruntime's histogram calibrators keep every calibrated
+# activation of every crop in memory, about 0.5 GB per face crop for EmoNet.)
+
+
+def cpu_ms_per_face(runner, crops: np.ndarray, runs: int = 3) -> float:
+    """Process CPU time per face (all threads): the work done, whoever else is using the cores."""
+    runner.infer({"image": crops})
+    t0 = time.process_time()
+    for _ in range(runs):
+        runner.infer({"image": crops})
+    return round((time.process_time() - t0) / runs / len(crops) * 1000, 1)
+
+
+def measure(runner, crops, reference, parity_inputs, runs, batches) -> dict:
+    row = {"parity": parity(_infer_all(runner, crops[:parity_inputs], 8), reference)}
+    for b in batches:
+        row[f"b{b}"] = time_batch(lambda x: runner.infer({"image": x}), crops[:b], runs, warmup=1)
+    row["cpu_ms_per_face_b1"] = cpu_ms_per_face(runner, crops[:1])
+    return row
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--parity-inputs", type=int, default=DEFAULT_PARITY_INPUTS)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--calibration-crops", type=int, default=64)
+    ap.add_argument("--only", type=int, nargs="*", help="indices into RECIPES (default: all)")
+    ap.add_argument("--reference-cache", type=Path, help="npz of the torch reference outputs (reused if present)")
+    ap.add_argument("--no-torch-timing", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    from emoengine.engine.backends import OrtRunner
+    from emoengine.engine.emonet_model import cached_onnx_for, open_emonet
+    from emoengine.export.quantize import cached_int8_onnx_for, recipe_tag
+
+    batches = [int(b) for b in args.batches.split(",")]
+    crops = bench_inputs(max(args.parity_inputs, max(batches)))
+    machine, started = machine_facts(), datetime.now(timezone.utc)
+    torch_model = open_emonet("torch", weights=args.weights)
+    cache = args.reference_cache
+    if cache and cache.is_file():
+        reference = dict(np.load(cache))
+    else:
+        reference = _infer_all(torch_model.runner, crops[:args.parity_inputs], 16)
+        if cache:
+            np.savez(cache, **reference)
+    torch_b1 = None if args.no_torch_timing else \
+        time_batch(lambda x: torch_model.runner.infer({"image": x}), crops[:1], args.runs, warmup=1)
+    torch_model.close()
+    if torch_b1:
+        print(f"torch b1 {torch_b1['faces_per_s']:.2f} faces/s", flush=True)
+    fp32_path = cached_onnx_for(args.weights, None, False)
+    with OrtRunner(fp32_path) as runner:
+        fp32 = measure(runner, crops, reference, args.parity_inputs, args.runs, batches)
+    print(f"ort fp32 b1 {fp32['b1']['faces_per_s']:.2f} faces/s, {fp32['cpu_ms_per_face_b1']} CPU-ms/face", flush=True)
+
+    rows = []
+    for i, (keep, ops, method) in enumerate(RECIPES):
+        if args.only and i not in args.only:
+            continue
+        t0 = time.perf_counter()
+        path = cached_int8_onnx_for(args.weights, None, keep_float=keep, ops=ops, method=method,
+                                    calibration_crops=args.calibration_crops)
+        made_s = time.perf_counter() - t0
+        with OrtRunner(path) as runner:
+            row = measure(runner, crops, reference, args.parity_inputs, args.runs, batches)
+        best = max(row[f"b{b}"]["faces_per_s"] for b in batches)
+        row.update(recipe=recipe_tag(args.calibration_crops, method, keep, ops), keep_float=list(keep), ops=ops,
+                   method=method, make_s=round(made_s, 1), best_faces_per_s=best,
+                   speedup_vs_torch_b1=round(best / torch_b1["faces_per_s"], 3) if torch_b1 else None,
+                   speedup_vs_ort_fp32_cpu=round(fp32["cpu_ms_per_face_b1"] / row["cpu_ms_per_face_b1"], 3),
+                   meets_top1=row["parity"]["top1_agreement"] >= INT8_TOP1_TARGET)
+        rows.append(row)
+        print(f"{row['recipe']:>48}: top-1 {row['parity']['top1_agreement']:.1%}, best {best:.2f} faces/s "
+              f"({row['speedup_vs_torch_b1']}x torch b1), {row['cpu_ms_per_face_b1']} CPU-ms/face "
+              f"({row['speedup_vs_ort_fp32_cpu']:.2f}x ort fp32 work)", flush=True)
+    machine["load_average_1m_after"] = machine_facts()["load_average_1m"]
+    report = {
+        "machine": machine, "date": started.isoformat(timespec="seconds"),
+        "config": {"weights": Path(args.weights).name if args.weights != "random" else "random",
+                   "parity_inputs": args.parity_inputs, "runs": args.runs, "batches": batches,
+                   "calibration_crops": args.calibration_crops, "int8_top1_target": INT8_TOP1_TARGET,
+                   "reference_logit_margin": margin_summary(logit_margins(reference["expression"]))},
+        "torch_b1": torch_b1, "ort_fp32": fp32, "recipes": rows,
+    }
+    out = args.json or Path("benchmarks/results") / f"int8-frontier-{short_device_slug(machine)}-{report['date'][:10]}.json"
+    write_results(report, out)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

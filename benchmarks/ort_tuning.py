@@ -1,0 +1,86 @@
+"""ONNX Runtime CPU session options for EmoNet, measured: threads, graph optimisation level, spinning, batch,
+and the session start with and without the cached optimised graph.
+
+    python -m emoengine.benchmarks.ort_tuning --weights emonet_8.pth [--json FILE]
+
+What OrtRunner uses by default (ORT_ENABLE_ALL, ORT's own thread count = physical cores, spinning on) should be
+the fastest row here; if a quiet machine says otherwise, change `engine.backends._session_options`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from itertools import product
+from pathlib import Path
+
+from emoengine.benchmarks.bench import bench_inputs, machine_facts, short_device_slug, time_batch, write_results
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", default="random")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    import onnxruntime as ort
+
+    from emoengine.engine.backends import OrtRunner
+    from emoengine.engine.emonet_model import cached_onnx_for
+
+    batches = [int(b) for b in args.batches.split(",")]
+    crops = bench_inputs(max(batches))
+    model = cached_onnx_for(args.weights, None, False)
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    cores = os.cpu_count() or 1
+    machine, started = machine_facts(), datetime.now(timezone.utc)
+    rows = []
+    for (level, threads, spinning) in product(levels, sorted({1, cores}), (True, False)):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = levels[level]
+        so.intra_op_num_threads = threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        so.log_severity_level = 3
+        t0 = time.perf_counter()
+        session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        open_s = time.perf_counter() - t0
+        names = [o.name for o in session.get_outputs()]
+        row = {"graph_optimization": level, "threads": threads, "spinning": spinning, "open_s": round(open_s, 2)}
+        for b in batches:
+            row[f"b{b}"] = time_batch(lambda x: session.run(names, {"image": x}), crops[:b], args.runs, warmup=1)
+        rows.append(row)
+        print(f"{level:>8} threads {threads} spinning {spinning!s:>5}: open {open_s:.2f} s, " +
+              ", ".join(f"b{b} {row[f'b{b}']['faces_per_s']:.2f} faces/s" for b in batches), flush=True)
+
+    # the cached optimised graph: how long a session takes to start without and with it
+    starts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / model.name
+        shutil.copy2(model, copy)
+        for label in ("optimise and save", "load cached"):
+            t0 = time.perf_counter()
+            runner = OrtRunner(copy, cache_optimized=True)
+            starts[label] = {"open_s": round(time.perf_counter() - t0, 2), "from_cache": runner.optimized_from_cache,
+                             "b1": time_batch(lambda x: runner.infer({"image": x}), crops[:1], args.runs, warmup=1)}
+            runner.close()
+    print("session start: " + ", ".join(f"{k} {v['open_s']} s" for k, v in starts.items()))
+    machine["load_average_1m_after"] = machine_facts()["load_average_1m"]
+    report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
+              "config": {"weights": "random" if args.weights == "random" else Path(args.weights).name,
+                         "runs": args.runs, "batches": batches},
+              "sessions": rows, "optimized_graph_cache": starts}
+    out = args.json or Path("benchmarks/results") / f"ort-tuning-{short_device_slug(machine)}-{report['date'][:10]}.json"
+    write_results(report, out)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

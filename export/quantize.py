@@ -1,0 +1,203 @@
+"""Static int8 quantisation of an exported EmoNet: `emoengine export --precision int8` and the `ort-int8` backend.
+
+ONNX Runtime's QDQ format (QuantizeLinear/DequantizeLinear pairs that its CPU provider fuses into QLinearConv):
+uint8 activations, int8 weights quantised per output channel, `reduce_range` off (VNNI does not overflow), only
+Conv and Gemm quantised (quantising the pre-activation BatchNorms, adds and concats as well was both slower and
+less accurate here: every float BatchNorm between two quantised tensors costs a DequantizeLinear/QuantizeLinear
+pair and a layout change), activation ranges calibrated on varied face crops (export.face_crops) and cached as
+JSON next to the model so that a re-export is repeatable. Layer groups that lose too much accuracy stay in float
+(`keep_float`); benchmarks/int8_frontier.py measures the speed/agreement trade-off per group.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emoengine.errors import RunFailure, UserInputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION_CROPS = 64
+DEFAULT_METHOD = "minmax"
+
+# Layer groups, as EmoNet module paths. A node belongs to a group when its name is under the module's scope in
+# the exported graph (`/net/m0/...`) or one of its weights is the module's (`net.m0....`): emo_net_2.0 runs
+# outside its Sequential (it gives the emo_conv1 tap), so the exporter names its convs `/net/conv1_1/Conv`.
+LAYER_GROUPS: dict[str, tuple[str, ...]] = {
+    "stem": ("conv1", "bn1", "conv2", "conv3", "conv4"),
+    "hourglass0": ("m0", "top_m_0", "conv_last0", "bn_end0", "l0", "bl0", "al0"),
+    "hourglass1": ("m1", "top_m_1", "conv_last1", "bn_end1", "l1"),
+    "emotion": ("conv1x1_input_emo_2", "emo_net_2", "emo_fc_2"),
+    "fc": ("emo_fc_2",),
+}
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("emotion",)
+# which op types get QDQ pairs: "conv" = Conv and Gemm only; "all" = every op onnxruntime can quantise
+# (also BatchNormalization, Add, Concat, MaxPool, Resize, ...): fewer float round trips, more rounding
+OP_SETS = {"conv": ["Conv", "Gemm"], "all": None}
+DEFAULT_OPS = "conv"
+
+
+@dataclass
+class Int8Report:
+    path: Path
+    calibration_cache: Path
+    calibration_crops: int
+    method: str
+    keep_float: tuple[str, ...]
+    quantized_nodes: int
+    float_nodes: int
+    quantize_s: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def recipe_tag(calibration_crops: int, method: str, keep_float: tuple[str, ...], ops: str = DEFAULT_OPS) -> str:
+    """Short file-name tag of a recipe: `int8conv-minmax64-float-fc` (`-float-none` when nothing stays float)."""
+    kept = "+".join(sorted(keep_float)) or "none"
+    return f"int8{ops}-{method}{calibration_crops}-float-{kept}"
+
+
+def check_recipe(calibration_crops: int, method: str, keep_float: tuple[str, ...], ops: str = DEFAULT_OPS) -> None:
+    if ops not in OP_SETS:
+        raise UserInputError(f"quantised op set must be one of {', '.join(OP_SETS)}, not {ops!r}")
+    if method not in CALIBRATION_METHODS:
+        raise UserInputError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, not {method!r}")
+    if calibration_crops < 1:
+        raise UserInputError("--calibration-crops must be a positive integer")
+    unknown = [g for g in keep_float if g not in LAYER_GROUPS]
+    if unknown:
+        raise UserInputError(f"unknown layer group(s) {', '.join(unknown)} (choose from {', '.join(LAYER_GROUPS)})")
+
+
+def parse_keep_float(text: str | None) -> tuple[str, ...]:
+    """`--keep-float fc,emotion` → ('emotion', 'fc'); 'none' or '' → ()."""
+    if text is None:
+        return DEFAULT_KEEP_FLOAT
+    groups = tuple(sorted({g.strip() for g in text.split(",") if g.strip() and g.strip() != "none"}))
+    check_recipe(1, DEFAULT_METHOD, groups)
+    return groups
+
+
+def nodes_of_groups(model, groups: tuple[str, ...]) -> list[str]:
+    """Names of the graph's nodes that belong to the layer groups (see LAYER_GROUPS)."""
+    modules = [m for g in groups for m in LAYER_GROUPS[g]]
+    if not modules:
+        return []
+    scopes = tuple(f"/net/{m}/" for m in modules) + tuple(f"/net/{m}." for m in modules)
+    weights = tuple(f"net.{m}." for m in modules)
+    initializers = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node
+            if n.name.startswith(scopes) or any(i in initializers and i.startswith(weights) for i in n.input)]
+
+
+class _CropReader:
+    """onnxruntime.quantization CalibrationDataReader over uint8 crops, 8 at a time."""
+
+    def __init__(self, crops: np.ndarray, batch: int = 8) -> None:
+        self._batches = iter([{"image": crops[i:i + batch]} for i in range(0, len(crops), batch)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+    def rewind(self):  # the Entropy/Percentile calibrators may ask
+        raise NotImplementedError
+
+
+def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
+                  calibration_crops: int = DEFAULT_CALIBRATION_CROPS, method: str = DEFAULT_METHOD,
+                  keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT,
+                  calibration_cache: str | os.PathLike | None = None, ops: str = DEFAULT_OPS) -> Int8Report:
+    """Quantise an exported fp32 EmoNet to a QDQ int8 model at `output` (written under a temporary name first).
+
+    `calibration_cache` (default: `<output stem>.calib-<ops>-<method><crops>.json`) holds the activation ranges: when
+    it exists it is reused, so the same recipe gives the same model without recalibrating.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from emoengine.export.face_crops import CALIBRATION_SEED, face_crops
+
+    keep_float = tuple(sorted(keep_float))
+    check_recipe(calibration_crops, method, keep_float, ops)
+    fp32_path, output = Path(fp32_path), Path(output)
+    if not fp32_path.is_file():
+        raise UserInputError(f"no such model file: {fp32_path}")
+    cache = Path(calibration_cache) if calibration_cache else \
+        output.with_name(f"{output.stem}.calib-{ops}-{method}{calibration_crops}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    pre = output.with_name(f".{output.stem}.{os.getpid()}.pre.onnx")
+    started = time.perf_counter()
+    try:
+        # shape inference + basic fusions first, as onnxruntime recommends for static quantisation
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        model = onnx.load(str(pre))
+        metadata = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+        weighted = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+        excluded = nodes_of_groups(model, keep_float)
+        kwargs = {}
+        method_enum = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                       "entropy": CalibrationMethod.Entropy}[method]
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.2x
+            kwargs["calibration_cache_path"] = str(cache)
+            if cache.is_file() and cache.stat().st_mtime < fp32_path.stat().st_mtime:
+                cache.unlink()  # ranges of an older export: recalibrate
+        reader = None if cache.is_file() and kwargs else _CropReader(face_crops(calibration_crops,
+                                                                                seed=CALIBRATION_SEED))
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger once per BatchNorm
+        try:
+            quantize_static(
+                str(pre), str(temp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_SETS[ops],
+                per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method_enum, **kwargs)
+        finally:
+            root.setLevel(level)
+        quantized = onnx.load(str(temp))
+        recipe = {"format": "QDQ U8S8 per-channel", "method": method, "calibration_crops": calibration_crops,
+                  "keep_float": list(keep_float), "quantized_ops": ops}
+        metadata.update(precision="int8", int8_recipe=json.dumps(recipe))
+        del quantized.metadata_props[:]
+        for key, value in metadata.items():
+            quantized.metadata_props.add(key=key, value=value)
+        onnx.save_model(quantized, str(temp), save_as_external_data=False)
+        os.replace(temp, output)
+    except UserInputError:
+        raise
+    except OSError as e:
+        raise UserInputError(f"cannot write {output}: {e.strerror or e}") from e
+    except Exception as e:  # onnxruntime.quantization internals: not the user's fault
+        raise RunFailure(f"int8 quantisation failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
+    finally:
+        temp.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
+    kept = sum(1 for n in excluded if n in set(weighted))
+    return Int8Report(output, cache, calibration_crops, method, keep_float, len(weighted) - kept, kept,
+                      time.perf_counter() - started, metadata)
+
+
+def cached_int8_onnx_for(weights: str, classes: int | None, full_taps: bool = False,
+                         calibration_crops: int = DEFAULT_CALIBRATION_CROPS, method: str = DEFAULT_METHOD,
+                         keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT, ops: str = DEFAULT_OPS) -> Path:
+    """The int8 model of `weights` for a recipe, made once: models/emonet<C>-<sha12>-<recipe>.onnx."""
+    from emoengine.engine.emonet_model import cached_onnx_for
+    from emoengine.export.onnx_export import read_metadata
+
+    fp32 = cached_onnx_for(weights, classes, full_taps)
+    path = fp32.with_name(f"{fp32.stem}-{recipe_tag(calibration_crops, method, tuple(sorted(keep_float)), ops)}.onnx")
+    if path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime and \
+            read_metadata(path).get("precision") == "int8":
+        return path
+    # ranges depend on the fp32 model, the method and the crops, not on which layers stay float: shared
+    cache = fp32.with_name(f"{fp32.stem}.calib-{ops}-{method}{calibration_crops}.json")
+    quantize_int8(fp32, path, calibration_crops, method, keep_float, calibration_cache=cache, ops=ops)
+    return path
