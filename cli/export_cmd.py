@@ -45,6 +45,8 @@ def export_command(
 
     if precision not in ("fp32", "fp16", "int8"):
         raise UserInputError(f"--precision must be fp32, fp16 or int8, not {precision!r}")
+    if keep_float is not None and precision != "int8":
+        raise UserInputError("--keep-float chooses the layers an int8 export leaves in float: add --precision int8")
     if precision == "int8" and not trt and onnx_source is None:  # QDQ model for ort-int8: cli/export_int8.py
         from emoengine.cli.export_int8 import export_int8
 

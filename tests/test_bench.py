@@ -178,7 +178,7 @@ def test_int8_model_runs_as_ort_int8_with_reported_parity(int8_export):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--precision", "fp16"], "not in this build"),
+    (["--precision", "fp16", "--keep-float", "stem"], "int8"),
     (["--precision", "int4"], "--precision must be"),
     (["--precision", "int8", "--keep-float", "head"], "unknown layer group"),
     (["--precision", "int8", "--calibration-method", "mse"], "calibration method"),
