@@ -66,16 +66,17 @@ def _expand(spec: str) -> list[Path]:
 def list_inputs(specs: list[str]) -> list[BatchItem]:
     """Videos named by INPUTS (folders, globs, text files of paths, video files), each once, in order.
 
-    Each video's folder is its file stem; stems that collide get a short hash of the full path appended.
+    Each video's folder is its file stem (a symlink's own name, not its target's); stems that collide get a
+    short hash of the full path appended. A file reached twice (e.g. through a link) is one video.
     """
     paths: list[Path] = []
     seen = set()
     for spec in specs:
         for p in _expand(spec):
-            full = p.resolve()
-            if full not in seen:
-                seen.add(full)
-                paths.append(full)
+            real = p.resolve()
+            if real not in seen:
+                seen.add(real)
+                paths.append(p.absolute())
     if not paths:
         raise UserInputError(f"no videos found in {' '.join(specs)}")
     stems: dict[str, int] = {}
