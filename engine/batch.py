@@ -86,15 +86,6 @@ def list_inputs(specs: list[str]) -> list[BatchItem]:
                       else f"{p.stem}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}") for p in paths]
 
 
-def is_complete(video_dir: Path) -> bool:
-    """`run` writes summary.json last and lists every file it wrote in it: all of them present = complete."""
-    try:
-        summary = json.loads((video_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return all((video_dir / name).exists() for name in summary.get("files", []))
-
-
 def remove_partials(video_dir: Path) -> None:
     """Temporaries of a worker that died mid-video (`.<name>.partial-…`): a retry writes its own."""
     if not video_dir.is_dir():
@@ -215,20 +206,9 @@ def write_predictions_parquet(out_dir: Path, videos: list[str]) -> Path:
     tables = [read_predictions(out_dir / v / "predictions.csv", v) for v in videos]
     table = (pa.concat_tables(tables, promote_options="permissive") if tables
              else pa.table({"video": pa.array([], pa.string())}))
-    out = AtomicOutput(out_dir / PREDICTIONS_PARQUET)
-    try:
+    with AtomicOutput(out_dir / PREDICTIONS_PARQUET) as out:
         pq.write_table(table, out.path)
-    except BaseException:
-        out.abort()
-        raise
-    return out.commit()
-
-
-def read_video_summary(video_dir: Path) -> dict:
-    try:
-        return json.loads((video_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return out.final_path
 
 
 def previous_failures(out_dir: Path) -> dict[str, dict]:

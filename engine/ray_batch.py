@@ -20,11 +20,10 @@ from emoengine.engine.batch import (
     BatchItem,
     VideoWorker,
     batch_summary,
-    is_complete,
     previous_failures,
-    read_video_summary,
     write_predictions_parquet,
 )
+from emoengine.engine.resume import complete_summary
 from emoengine.errors import RunFailure, UserInputError
 
 CLUSTER_HINT = 'emoengine batch needs Ray Data and pyarrow: pip install "emoengine[cluster]"'
@@ -82,8 +81,7 @@ def plan(items: list[BatchItem], out_dir: Path, retry_failed: bool) -> tuple[lis
     failures = {} if retry_failed else previous_failures(out_dir)
     for item in items:
         video_dir = out_dir / item.name
-        if is_complete(video_dir):
-            s = read_video_summary(video_dir)
+        if (s := complete_summary(video_dir)) is not None:
             settled.append({"video": item.name, "input": item.path, "status": "skipped",
                             "reason": "outputs complete from an earlier run", "kind": "", "exit_code": 0,
                             "wall_s": float(s.get("wall_s", 0.0)), "frames": int(s.get("frames", 0)),

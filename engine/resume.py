@@ -42,16 +42,25 @@ def run_fingerprint(cfg, source) -> str | None:
     return hashlib.sha256((data + json.dumps(settings, sort_keys=True, default=str)).encode()).hexdigest()
 
 
-def completed_summary(out_dir: Path, fingerprint: str | None) -> dict | None:
-    """The summary of a complete earlier run with this fingerprint in `out_dir`, else None."""
-    if fingerprint is None:
-        return None
+def complete_summary(out_dir: Path) -> dict | None:
+    """The summary of a complete earlier run in `out_dir` (summary.json, written last, and every file it lists
+    present), else None. `batch` skips such a video; `run --resume` also compares the fingerprint."""
     try:
         summary = json.loads((Path(out_dir) / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict) or summary.get("fingerprint") != fingerprint:
+    if not isinstance(summary, dict):
         return None
     if not all((Path(out_dir) / name).exists() for name in summary.get("files", [])):
+        return None
+    return summary
+
+
+def completed_summary(out_dir: Path, fingerprint: str | None) -> dict | None:
+    """The summary of a complete earlier run with this fingerprint in `out_dir`, else None."""
+    if fingerprint is None:
+        return None
+    summary = complete_summary(out_dir)
+    if summary is None or summary.get("fingerprint") != fingerprint:
         return None
     return summary

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from emoengine.engine.batch import is_complete, list_inputs
+from emoengine.engine.batch import list_inputs
+from emoengine.engine.resume import complete_summary
 from emoengine.errors import UserInputError
 
 
@@ -47,12 +48,12 @@ def test_nothing_to_do_is_a_one_line_input_error(tmp_path, spec, monkeypatch):
 
 def test_complete_means_summary_and_every_file_it_lists(tmp_path):
     d = tmp_path / "v"
-    assert not is_complete(d)
+    assert complete_summary(d) is None
     touch(d / "predictions.csv")
     (d / "summary.json").write_text(json.dumps({"files": ["predictions.csv", "summary.json", "timeline.png"]}))
-    assert not is_complete(d)                                   # timeline.png missing: run it again
+    assert complete_summary(d) is None                                   # timeline.png missing: run it again
     touch(d / "timeline.png")
-    assert is_complete(d)
+    assert complete_summary(d) is not None
 
 
 def test_batch_without_ray_says_how_to_get_it(tmp_path):
