@@ -59,12 +59,10 @@ def check_ort_providers(providers: list[str]) -> None:
 
 def check_torch_device(device: str) -> None:
     """One UserInputError line when `device` is CUDA and this PyTorch has no usable GPU."""
-    if not device.startswith("cuda"):
-        return
-    import torch
+    if device.startswith("cuda"):
+        from emoengine.engine.cuda_io import require_cuda_backend
 
-    if not torch.cuda.is_available():
-        raise UserInputError("backend torch-cuda needs a CUDA build of PyTorch and a GPU; none found here")
+        require_cuda_backend("torch-cuda")
 
 
 def _session_options(threads: int | None, optimized_out: str | None = None, optimize: bool = True,

@@ -92,7 +92,7 @@ def torch_cuda_missing() -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU visible"
+        build = "a CPU-only build (no CUDA)" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU visible"
         return f"PyTorch {torch.__version__} is {build}"
     return None
 
@@ -123,16 +123,33 @@ def tensorrt_missing() -> str | None:
     return f"TensorRT {trt.__version__} needs a CUDA GPU through PyTorch: {missing}" if missing else None
 
 
+def in_chunks(infer, feeds: dict[str, np.ndarray], max_batch: int, output_names) -> dict[str, np.ndarray]:
+    """A batch larger than the GPU buffers allocated once for `max_batch`: run it in slices, concatenated."""
+    n = len(next(iter(feeds.values())))
+    parts = [infer({k: v[i:i + max_batch] for k, v in feeds.items()}) for i in range(0, n, max_batch)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in output_names}
+
+
+# what each GPU backend needs, checked the same way by `info` (backend_availability) and by opening it
+CUDA_BACKEND_CHECKS = {"torch-cuda": torch_cuda_missing, "ort-cuda": ort_cuda_missing, "trt": tensorrt_missing}
+
+
+def require_cuda_backend(name: str) -> None:
+    """One UserInputError line (exit 2) where GPU backend `name` cannot run here: the reason `info` gives."""
+    why = CUDA_BACKEND_CHECKS[name]()
+    if why is not None:
+        raise UserInputError(f"backend {name}: {why}")
+
+
 def backend_availability() -> dict[str, str | None]:
     """Every backend of the BACKENDS table -> None (available) or why not."""
     from emoengine.engine.emonet_model import BACKENDS
 
     torch_missing = None if importlib.util.find_spec("torch") else "PyTorch is not installed (pip install torch)"
-    checks = {"torch-cuda": torch_cuda_missing, "ort-cuda": ort_cuda_missing, "trt": tensorrt_missing}
     result = {}
     for name, spec in BACKENDS.items():
-        if name in checks:
-            result[name] = checks[name]()
+        if name in CUDA_BACKEND_CHECKS:
+            result[name] = CUDA_BACKEND_CHECKS[name]()
         elif spec.device == "cuda":
             result[name] = torch_cuda_missing()
         else:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.engine.backends import Runner, check_ort_providers, check_torch_device
-from emoengine.engine.cuda_io import BackendOptions, PinnedStaging
+from emoengine.engine.backends import Runner
+from emoengine.engine.cuda_io import BackendOptions, PinnedStaging, in_chunks, require_cuda_backend
 from emoengine.errors import RunFailure, UserInputError
 
 CROP_SHAPE = (256, 256, 3)
@@ -41,19 +41,13 @@ def padded_batch(n: int, max_batch: int) -> int:
     return min(p, max_batch)
 
 
-def in_chunks(infer, crops: np.ndarray, max_batch: int, output_names) -> dict[str, np.ndarray]:
-    """A batch larger than the buffers allocated once for `max_batch`: run it in slices, concatenated."""
-    parts = [infer({"image": crops[i:i + max_batch]}) for i in range(0, len(crops), max_batch)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in output_names}
-
-
 class TorchCudaRunner(Runner):
     """EmoNetGraph on a CUDA device with the chosen precision, layout, compilation and graph replay."""
 
     def __init__(self, graph, metadata: dict[str, str], options: BackendOptions, max_batch: int = 32) -> None:
         import torch
 
-        check_torch_device("cuda")
+        require_cuda_backend("torch-cuda")
         self.torch = torch
         self.options = options
         self.max_batch = max(1, int(max_batch))
@@ -91,7 +85,7 @@ class TorchCudaRunner(Runner):
         crops = np.ascontiguousarray(feeds["image"])
         n = len(crops)
         if n > self.max_batch:
-            return in_chunks(self._infer, crops, self.max_batch, self.output_names)
+            return in_chunks(self._infer, {"image": crops}, self.max_batch, self.output_names)
         size = padded_batch(n, self.max_batch) if self.pad else n
         torch = self.torch
         self.staging.upload(crops)                      # H2D on the copy stream
@@ -146,10 +140,7 @@ class OrtCudaRunner(Runner):
 
         from emoengine.engine.backends import _session_options
 
-        check_ort_providers(["CUDAExecutionProvider"])
-        if not torch.cuda.is_available():  # IO binding uses PyTorch's CUDA allocator for the buffers
-            raise UserInputError("backend ort-cuda binds its buffers as PyTorch CUDA tensors, and this PyTorch "
-                                 "sees no GPU (install a CUDA build of torch)")
+        require_cuda_backend("ort-cuda")   # the CUDA provider, and PyTorch's GPU for the IO-bound buffers
         self.torch, self.options = torch, options
         self.max_batch = max(1, int(max_batch))
         conv_search = options.extra.get("conv_search", "EXHAUSTIVE").upper()
@@ -193,7 +184,7 @@ class OrtCudaRunner(Runner):
         crops = np.ascontiguousarray(feeds["image"])
         n = len(crops)
         if n > self.max_batch:
-            return in_chunks(self._infer, crops, self.max_batch, self.output_names)
+            return in_chunks(self._infer, {"image": crops}, self.max_batch, self.output_names)
         image = self.staging.upload(crops)
         self.stream.synchronize()  # the upload is complete before ORT's stream reads it
         if self.bound != n:

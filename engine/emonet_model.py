@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from emoengine import class_names as default_class_names
-from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_ort_providers, check_torch_device
+from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_torch_device
 from emoengine.errors import UserInputError
 from emoengine.paths import models_dir
 
@@ -209,12 +209,10 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         raise UserInputError("give exactly one of --weights (a .pth checkpoint or 'random') and --model "
                              "(an exported artifact)")
     spec = BACKENDS[backend]
-    if spec.name == "trt":
-        from emoengine.engine.trt_runner import require_tensorrt
+    if spec.device == "cuda":
+        from emoengine.engine.cuda_io import require_cuda_backend
 
-        require_tensorrt()  # first: without TensorRT (or a GPU) nothing else about the request matters
-    elif spec.name == "ort-cuda":
-        check_ort_providers(["CUDAExecutionProvider"])  # before any export
+        require_cuda_backend(spec.name)  # first: without the GPU stack nothing else about the request matters
     if model is not None and not Path(model).is_file():
         raise UserInputError(f"no such model file: {model}")
     if spec.device == "cuda":  # torch-cuda, ort-cuda, trt: engine.cuda_runners / engine.trt_runner

@@ -28,13 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.engine.backends import Runner
+from emoengine.engine.cuda_io import ALLOWED, in_chunks, require_cuda_backend
 from emoengine.engine.writers import write_bytes_atomic
 from emoengine.errors import RunFailure, UserInputError
 from emoengine.paths import models_dir, sha256_file
-
-TRT_MISSING = ("backend trt needs NVIDIA TensorRT 10+ and a CUDA GPU: pip install tensorrt "
-               "(from NVIDIA's index), or use --backend ort-cuda")
-TRT_NO_GPU = "backend trt (TensorRT) needs a CUDA GPU and a CUDA build of PyTorch; no CUDA device is visible here"
 
 # TensorRT DataType member names -> torch dtype names. Not trt.nptype(): numpy has no bfloat16 or fp8, so
 # nptype raises for BF16/FP8 I/O tensors; torch has them all and allocates the buffers anyway.
@@ -44,33 +41,17 @@ TRT_TO_TORCH = {
 }
 
 SIDECAR_FORMAT = "emoengine-trt-1"
-# What a cached engine must match to be reused (sidecar keys; values are strings like all metadata).
-BUILD_KEYS = ("engine_format", "engine_tensorrt", "engine_device", "engine_source_sha256", "engine_max_batch",
-              "engine_precision", "engine_tf32")
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def _import_trt():
-    try:
-        import tensorrt as trt  # noqa: F401
-    except ImportError as e:
-        raise UserInputError(TRT_MISSING) from e
-    except Exception as e:  # noqa: BLE001 - e.g. OSError: the wheel is there but libnvinfer/CUDA libraries are not
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserInputError(f"TensorRT is installed but cannot load here: {detail}") from e
-    try:
-        import torch
-    except ImportError as e:
-        raise UserInputError("backend trt (TensorRT) allocates its buffers with PyTorch (CUDA build); "
-                             "install torch") from e
-    if not torch.cuda.is_available():
-        raise UserInputError(TRT_NO_GPU)
-    return trt, torch
+TRT_PRECISIONS = ALLOWED["trt"]["precision"]
 
 
 def require_tensorrt():
-    """(tensorrt, torch) where TensorRT and a CUDA GPU are usable; else one UserInputError line."""
-    return _import_trt()
+    """(tensorrt, torch) where TensorRT 10+ and a CUDA GPU are usable (the check `info` reports); else one
+    UserInputError line."""
+    require_cuda_backend("trt")
+    import tensorrt as trt
+    import torch
+
+    return trt, torch
 
 
 def torch_dtype(trt_dtype, torch):
@@ -189,7 +170,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
     One optimization profile over the batch dimension: 1 .. `max_batch`, tuned for `opt_batch`. With
     `timing_cache`, tactic timings are loaded from / saved to that file (per GPU and TensorRT version).
     """
-    trt, _ = _import_trt()
+    trt, _ = require_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if max_batch < 1:
         raise UserInputError(f"TensorRT max batch must be at least 1, not {max_batch}")
@@ -247,7 +228,7 @@ class TrtRunner(Runner):
 
     def __init__(self, engine_path: str | os.PathLike, metadata: dict[str, str] | None = None,
                  cuda_graph: bool = False) -> None:
-        trt, torch = _import_trt()
+        trt, torch = require_tensorrt()
         from emoengine.engine.cuda_io import PinnedStaging
 
         self.trt, self.torch = trt, torch
@@ -307,9 +288,7 @@ class TrtRunner(Runner):
         n = len(feeds[self.input_names[0]])
         if n <= self.max_batch:
             return self._infer_batch(feeds)
-        parts = [self._infer_batch({k: v[i:i + self.max_batch] for k, v in feeds.items()})
-                 for i in range(0, n, self.max_batch)]
-        return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
+        return in_chunks(self._infer_batch, feeds, self.max_batch, self.output_names)
 
     def _bind(self, n: int) -> None:
         """Shapes and addresses for a batch of n: views of the max-batch buffers (stable addresses)."""
@@ -366,7 +345,7 @@ def open_trt_runner(model: str | None, weights: str | None, classes: int | None,
                     announce=None) -> TrtRunner:
     """`--model x.engine` runs it (after its sidecar check); `--model x.onnx` or `--weights` builds (and caches)
     the engine first. `precision` fp16 converts the fp32 ONNX first (export.fp16); int8 takes a QDQ `--model`."""
-    trt, torch = _import_trt()
+    trt, torch = require_tensorrt()
     if precision not in TRT_PRECISIONS:
         raise UserInputError(f"TensorRT precision {precision} is not one of {', '.join(TRT_PRECISIONS)}")
     device = torch.cuda.get_device_name()
@@ -430,19 +409,19 @@ def open_engine_for_onnx(onnx_path: Path, precision: str, max_batch: int, cuda_g
 def ensure_engine(onnx_path: Path, precision: str, max_batch: int, announce=None,
                   folder: Path | None = None) -> Path:
     """Path of a current engine for `onnx_path` (sidecar-checked), building it when needed."""
-    trt, torch = _import_trt()
-    import onnx
-
-    try:
-        meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
-        raise UserInputError(f"not an ONNX model: {onnx_path} ({type(e).__name__})") from e
+    trt, torch = require_tensorrt()
     device = torch.cuda.get_device_name()
     keys = engine_build_keys(sha256_file(onnx_path), str(trt.__version__), device, precision, max_batch)
     engine_path = engine_cache_path(onnx_path, keys, folder)
     why = check_cached_engine(engine_path, keys)
     if why is None:
         return engine_path
+    import onnx
+
+    try:  # the ONNX's metadata goes into the sidecar; parsed only when building, not on every cache hit
+        meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise UserInputError(f"not an ONNX model: {onnx_path} ({type(e).__name__})") from e
     say = announce or _stderr
     if engine_path.is_file():
         say(f"rebuilding the TensorRT engine: {why}")

@@ -199,7 +199,7 @@ def fake_tensorrt(monkeypatch, tmp_path):
             events.append(("deserialize", Path(path).name))
             self.metadata = metadata
 
-    monkeypatch.setattr(trt_runner, "_import_trt", lambda: (fake_trt, fake_torch))
+    monkeypatch.setattr(trt_runner, "require_tensorrt", lambda: (fake_trt, fake_torch))
     monkeypatch.setattr(trt_runner, "build_engine", fake_build)
     monkeypatch.setattr(trt_runner, "TrtRunner", FakeRunner)
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
