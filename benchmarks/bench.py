@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.engine.emonet_model import open_emonet
-from emoengine.errors import UserInputError
+from emoengine.errors import UserInputError, first_line
 
 DEFAULT_BACKENDS = ("torch", "ort", "ort-int8")
 DEFAULT_BATCHES = (1, 8, 32)
@@ -216,28 +216,26 @@ def run_bench(weights: str, backends: list[str], batches: list[int], runs: int =
     started = datetime.now(timezone.utc)
 
     reference, reference_error = None, None
-    if backends:
-        say(f"torch fp32 reference on {parity_inputs} crops")
+    say(f"torch fp32 reference on {parity_inputs} crops")
+    try:
+        model = open_emonet("torch", weights=weights, max_batch=max(batches))
         try:
-            model = open_emonet("torch", weights=weights, max_batch=max(batches))
-            try:
-                reference = _infer_all(model.runner, parity_crops, 16)
-            finally:
-                model.close()
-        except Exception as e:  # noqa: BLE001 - no torch here: parity is unknown, timings still come
-            reference_error = _one_line(e)
+            reference = _infer_all(model.runner, parity_crops, 16)
+        finally:
+            model.close()
+    except Exception as e:  # noqa: BLE001 - no torch here: parity is unknown, timings still come
+        reference_error = first_line(e)
 
     rows: list[dict] = []
     for name in backends:
         base = {"backend": name, "precision": backend_precision(name)}
-        _reset_peak_rss()
         t0 = time.perf_counter()
         say(f"{name}: opening")
         try:
             model = open_emonet(name, weights=weights, max_batch=max(batches), threads=threads,
                                 **({"cache_optimized": True} if name.startswith("ort") else {}))
         except Exception as e:  # noqa: BLE001 - a backend this machine lacks is a result, not a crash
-            rows += [{**base, "batch": b, "status": "skipped", "reason": _one_line(e)} for b in batches]
+            rows += [{**base, "batch": b, "status": "skipped", "reason": first_line(e)} for b in batches]
             continue
         open_s = time.perf_counter() - t0
         try:
@@ -253,6 +251,7 @@ def run_bench(weights: str, backends: list[str], batches: list[int], runs: int =
             meta = {"session_open_s": round(open_s, 2), "threads": threads,
                     "optimized_graph_from_cache": getattr(runner, "optimized_from_cache", None),
                     "int8_recipe": runner.metadata.get("int8_recipe")}
+            _reset_peak_rss()  # the backend's own peak: its model plus the timed batches, not the parity scratch
             for b in batches:
                 say(f"{name}: batch {b}")
                 timing = time_batch(lambda x: runner.infer({"image": x}), crops[:b], runs, warmup)
@@ -260,7 +259,7 @@ def run_bench(weights: str, backends: list[str], batches: list[int], runs: int =
                              "parity": par, **meta})
         except Exception as e:  # noqa: BLE001 - failing while running is reported too
             done = {r["batch"] for r in rows if r["backend"] == name}
-            rows += [{**base, "batch": b, "status": "failed", "reason": f"failed while running: {_one_line(e)}"}
+            rows += [{**base, "batch": b, "status": "failed", "reason": f"failed while running: {first_line(e)}"}
                      for b in batches if b not in done]
         finally:
             model.close()
@@ -329,9 +328,6 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _load_average() -> float | None:

@@ -8,7 +8,7 @@ up, float32 outputs down), and compared with the CPU PyTorch fp32 reference on t
 |a-b|/max|ref| per output against fp32 1e-3, fp16 export.fp16.FP16_TOLERANCE, bf16 BF16_TOLERANCE).
 
 Rows: {backend, precision, batch, faces_per_s, latency_ms, parity, parity_pass}, written after every row to
-benchmarks/results/gpu-<device>-<date>.json, so a run cut short still leaves its numbers.
+benchmarks/results/gpu-bench-<device>-<date>.json, so a run cut short still leaves its numbers.
 Nothing here has run yet: it was written on a machine without a GPU.
 """
 
@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from emoengine.errors import first_line
 
 BATCHES = (1, 8, 32, 64, 128, 256)
 
@@ -89,7 +91,8 @@ def device_slug(name: str) -> str:
 
 
 def results_file(device: str, folder: Path = Path("benchmarks/results")) -> Path:
-    return folder / f"gpu-{device_slug(device)}-{datetime.now(timezone.utc):%Y-%m-%d}.json"
+    """gpu-bench-<device>-<date>.json: not `emoengine bench`'s gpu-<device>-<date>.json on the same GPU and day."""
+    return folder / f"gpu-bench-{device_slug(device)}-{datetime.now(timezone.utc):%Y-%m-%d}.json"
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             model = open_emonet(spec, weights=str(weights), max_batch=max(batches))
         except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
-            report["rows"].append({"backend": spec, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"})
+            report["rows"].append({"backend": spec, "error": f"{type(e).__name__}: {first_line(e)}"})
             write(report, out)
             continue
         try:
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['latency_ms']:>9.2f} ms  parity {'ok' if ok else 'FAIL'}", flush=True)
                 write(report, out)
         except Exception as e:  # noqa: BLE001
-            report["rows"].append({"backend": spec, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"})
+            report["rows"].append({"backend": spec, "error": f"{type(e).__name__}: {first_line(e)}"})
         finally:
             model.close()
             torch.cuda.empty_cache()

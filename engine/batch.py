@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.errors import EmoengineError, UserInputError
+from emoengine.errors import EmoengineError, UserInputError, first_line
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
                             ".wmv", ".flv", ".3gp"})
@@ -108,11 +108,6 @@ class _Kept:
         pass
 
 
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 class VideoWorker:
     """One batch worker (a Ray actor): opens the detector and EmoNet once, then runs `run`'s pipeline on each
     video it is handed, writing `out_dir/<name>/` exactly as `emoengine run` would.
@@ -137,7 +132,7 @@ class VideoWorker:
             if self.model.is_random and template.warn_random:
                 print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", flush=True)
         except EmoengineError as e:   # every item reports it: one line per video, not a dead actor pool
-            self.setup_error = (_one_line(e), e.exit_code)
+            self.setup_error = (first_line(e), e.exit_code)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [self.process(BatchItem(str(path), str(name))) for path, name in zip(batch["path"], batch["name"])]
@@ -161,9 +156,9 @@ class VideoWorker:
         try:
             summary = run_pipeline(cfg, lambda: _Kept(self.model), lambda: _Kept(self.detector))
         except EmoengineError as e:
-            row.update(reason=_one_line(e), kind="input" if e.exit_code == 2 else "run", exit_code=e.exit_code)
+            row.update(reason=first_line(e), kind="input" if e.exit_code == 2 else "run", exit_code=e.exit_code)
         except Exception as e:  # noqa: BLE001 - one video's bug must not stop the batch; the reason is kept
-            row.update(reason=f"{type(e).__name__}: {_one_line(e)}", kind="run", exit_code=1)
+            row.update(reason=f"{type(e).__name__}: {first_line(e)}", kind="run", exit_code=1)
         else:
             row.update(status="done", frames=int(summary["frames"]), faces=int(summary["faces"]))
         row["wall_s"] = round(time.perf_counter() - t0, 4)

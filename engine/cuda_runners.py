@@ -27,7 +27,7 @@ import numpy as np
 
 from emoengine.engine.backends import Runner
 from emoengine.engine.cuda_io import BackendOptions, PinnedStaging, in_chunks, require_cuda_backend
-from emoengine.errors import RunFailure, UserInputError
+from emoengine.errors import RunFailure, UserInputError, first_line
 
 CROP_SHAPE = (256, 256, 3)
 CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
@@ -160,7 +160,7 @@ class OrtCudaRunner(Runner):
                                                 providers=[("CUDAExecutionProvider", cuda_options),
                                                            "CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise UserInputError(f"ONNX Runtime (CUDA) cannot load {path}: {str(e).splitlines()[0]}") from e
+            raise UserInputError(f"ONNX Runtime (CUDA) cannot load {path}: {first_line(e)}") from e
         if self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise UserInputError(f"ONNX Runtime did not place {path} on CUDA (providers: "
                                  f"{self.session.get_providers()})")
@@ -206,7 +206,7 @@ class OrtCudaRunner(Runner):
         try:
             self.session.run_with_iobinding(self.binding, run_options)
         except Exception as e:  # noqa: BLE001 - ORT's own error types
-            raise RunFailure(f"ONNX Runtime (CUDA) failed: {str(e).splitlines()[0]}") from e
+            raise RunFailure(f"ONNX Runtime (CUDA) failed: {first_line(e)}") from e
         return self.staging.download({name: t[:n] for name, t in self.outputs.items()})
 
     def close(self) -> None:

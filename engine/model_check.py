@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emoengine.errors import UserInputError
+from emoengine.errors import UserInputError, first_line
 
 CROP = 256
 # name -> (rank, static dims after the batch dim that must match where the file declares them)
@@ -80,8 +80,7 @@ def check_onnx_contract(path: str | os.PathLike) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError, onnx its own types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserInputError(f"not an ONNX model: {path} ({first})") from None
+        raise UserInputError(f"not an ONNX model: {path} ({first_line(e)})") from None
     problems = contract_problems(model)
     if problems:
         raise UserInputError(f"not an emoengine EmoNet export: {path}: {'; '.join(problems)}; "

@@ -24,7 +24,7 @@ from emoengine.engine.batch import (
     write_predictions_parquet,
 )
 from emoengine.engine.resume import complete_summary
-from emoengine.errors import RunFailure, UserInputError
+from emoengine.errors import RunFailure, UserInputError, first_line
 
 CLUSTER_HINT = 'emoengine batch needs Ray Data and pyarrow: pip install "emoengine[cluster]"'
 
@@ -53,7 +53,7 @@ def start_ray(address: str | None, quiet: bool) -> tuple[bool, dict]:
         except Exception as e:  # noqa: BLE001 - ConnectionError and Ray's own kinds: one line, the real cause
             cause = e.__cause__ or e
             raise UserInputError(f"cannot join the Ray cluster at {address}: {type(cause).__name__}: "
-                                 f"{(str(cause).strip().splitlines() or [''])[0]}") from None
+                                 f"{first_line(cause)}") from None
         return True, {"address": address}
     cpus = os.cpu_count() or 1
     # the local Ray is told its CPUs outright (a container's cgroup limit can differ from what Ray guesses)
@@ -148,7 +148,7 @@ def run_on_ray(todo: list[BatchItem], out_dir: Path, template, model_args: dict,
             rows[row["video"]] = row
             on_row(row)
     except Exception as e:  # noqa: BLE001 - whatever Ray raises, the videos it finished are kept
-        reason = f"Ray: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        reason = f"Ray: {type(e).__name__}: {first_line(e)}"
     else:
         reason = f"lost: the worker process running it died {retries + 1} time(s)"
     for item in todo:

@@ -188,7 +188,7 @@ def test_gpu_bench_parity_and_summary():
             {"backend": "ort-cuda", "error": "x"}]
     s = summarize(rows)
     assert s["fp16_compiled_speedup"] == 25.0 and s["fp16_compiled_meets_20x"] is True
-    assert results_file("NVIDIA H100 80GB HBM3").name.startswith("gpu-nvidia-h100-80gb-hbm3-")
+    assert results_file("NVIDIA H100 80GB HBM3").name.startswith("gpu-bench-nvidia-h100-80gb-hbm3-")
 
 
 def test_gpu_bench_without_a_gpu_exits_2_and_dry_run_lists_the_reasons(capsys):

@@ -17,3 +17,9 @@ class RunFailure(EmoengineError):
     """Something broke while running on good input (exit 1)."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, else its type name: what a one-line error report shows."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
