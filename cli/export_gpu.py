@@ -16,8 +16,6 @@ def export_gpu(weights: str | None, classes: int | None, output: Path | None, fu
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
-    if precision not in ("fp32", "fp16", "int8"):
-        raise UserInputError(f"--precision {precision} is not one of fp32, fp16, int8")
     if max_batch < 1:
         raise UserInputError(f"--max-batch must be at least 1, not {max_batch}")
     if trt:  # first: without TensorRT or a GPU nothing else about the request matters (and nothing is written)
@@ -78,9 +76,9 @@ def export_gpu(weights: str | None, classes: int | None, output: Path | None, fu
         if temp is not None:
             Path(temp).unlink(missing_ok=True)
     if trt:
-        from emoengine.engine.trt_runner import ensure_engine, onnx_precision, sidecar_path
+        from emoengine.engine.trt_runner import engine_precision, ensure_engine, onnx_precision, sidecar_path
 
-        built_precision = onnx_precision(source)
+        built_precision = engine_precision(onnx_precision(source), precision, source)
         engine = ensure_engine(source, built_precision, max_batch, announce=lambda m: console.print(m))
         console.print(f"TensorRT engine [bold]{engine}[/bold] ({built_precision}, batch 1..{max_batch}); "
                       f"sidecar {sidecar_path(engine).name}")

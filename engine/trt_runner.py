@@ -365,16 +365,20 @@ def open_trt_runner(model: str | None, weights: str | None, classes: int | None,
     if not onnx_path.is_file():
         raise UserInputError(f"no such model file: {onnx_path}")
     source = onnx_precision(onnx_path)
-    if precision == "int8" and source != "int8":
-        raise UserInputError(f"TensorRT int8 builds from a QDQ model (made by `emoengine export --precision "
-                             f"int8`); {onnx_path} has no Q/DQ nodes")
-    if precision != "int8" and source == "int8":
-        precision = "int8"  # a QDQ model is int8 whatever was asked: strong typing follows the graph
+    precision = engine_precision(source, precision, onnx_path)
     if precision == "fp16" and source == "fp32":
         onnx_path = cached_fp16_onnx(onnx_path, announce)
-    elif precision == "fp32" and source == "fp16":
-        precision = "fp16"
     return open_engine_for_onnx(onnx_path, precision, max_batch, cuda_graph=cuda_graph, announce=announce)
+
+
+def engine_precision(source: str, asked: str, onnx_path: Path) -> str:
+    """The precision of the engine built from an ONNX whose graph is `source` (onnx_precision) when `asked` was
+    requested. Strong typing follows the graph: a QDQ model is int8 and an fp16 model fp16 whatever was asked;
+    an fp32 model asked for fp16 is converted first (the caller's job); int8 needs a QDQ model."""
+    if asked == "int8" and source != "int8":
+        raise UserInputError(f"TensorRT int8 builds from a QDQ model (made by `emoengine export --precision "
+                             f"int8`); {onnx_path} has no Q/DQ nodes")
+    return asked if source == "fp32" else source
 
 
 def cached_fp16_onnx(fp32_path: Path, announce=None) -> Path:
