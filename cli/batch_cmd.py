@@ -60,11 +60,20 @@ def batch(**kwargs) -> None:
     template, model_args = run_config(input=items[0].path, out=out, quiet=True, **_run_options(kwargs))
     if not kwargs["ray_address"] and model_args["model"] and not Path(model_args["model"]).is_file():
         raise UserInputError(f"no such model file: {model_args['model']}")   # before a local Ray starts for it
-    if not kwargs["ray_address"] and model_args["weights"] and model_args["backend"] in ("ort", "ort-cuda"):
+    if not kwargs["ray_address"] and model_args["weights"]:
+        # export (and for ort-int8 quantise) once here, so the local workers all find it cached instead of each
+        # making it; backend specs with options (`ort-cuda:fp16`, `trt:fp16`) export the same fp32 ONNX
+        from emoengine.engine.cuda_io import parse_backend
         from emoengine.engine.emonet_model import cached_onnx_for
 
-        # export once here, so the local workers all find it cached instead of each exporting it
-        cached_onnx_for(model_args["weights"], model_args["classes"], model_args["full_taps"])
+        backend = parse_backend(model_args["backend"]).name
+        weights, classes, full_taps = model_args["weights"], model_args["classes"], model_args["full_taps"]
+        if backend == "ort-int8":
+            from emoengine.export.quantize import cached_int8_onnx_for
+
+            cached_int8_onnx_for(weights, classes, full_taps)
+        elif backend in ("ort", "ort-cuda", "trt"):
+            cached_onnx_for(weights, classes, full_taps)
     summary = run_batch(items, out, template, model_args, address=kwargs["ray_address"],
                         workers=kwargs["workers"], cpus_per_worker=kwargs["cpus_per_worker"],
                         gpus_per_worker=kwargs["gpus_per_worker"], retries=kwargs["retries"],

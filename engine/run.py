@@ -12,7 +12,7 @@ import numpy as np
 
 from emoengine.engine.crops import regions_to_frame
 from emoengine.engine.detectors import make_detector
-from emoengine.engine.emonet_model import EmoNetModel
+from emoengine.engine.emonet_model import BACKENDS, EmoNetModel
 from emoengine.engine.outputs import RunOutputs
 from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.results import FaceResult, FrameResult
@@ -191,7 +191,10 @@ def damaged_input_message(summary: dict, out_dir: Path) -> str:
 
 def detector_providers(backend: str) -> list[str] | None:
     """Detect on the GPU when EmoNet runs there and ONNX Runtime here has CUDA; CPU otherwise."""
-    if not backend.partition(":")[0].endswith("cuda") and backend.partition(":")[0] != "trt":  # `torch-cuda:fp16`
+    from emoengine.engine.cuda_io import parse_backend
+
+    spec = BACKENDS.get(parse_backend(backend).name)   # `torch-cuda:fp16` -> torch-cuda
+    if spec is None or spec.device != "cuda":
         return None
     import onnxruntime as ort
 
