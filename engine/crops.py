@@ -17,6 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from emoengine.engine.detectors.nms import finite_boxes
+
 CROP_SIZE = 256
 # Detector boxes are tight (MTCNN's end at the eyebrows and chin, SCRFD's close to that); EmoNet was trained on
 # face-alignment style crops that also hold the forehead, jaw line and a little background. 20% more side gives
@@ -78,8 +80,7 @@ def crop_faces(frame: np.ndarray, boxes: np.ndarray, size: int = CROP_SIZE, marg
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"crop_faces needs an RGB frame (H, W, 3); got {frame.shape}")
     h, w = frame.shape[:2]
-    # a detector never should, but a NaN/inf box must not become a crash: it crops like a box at the origin
-    boxes = np.nan_to_num(np.asarray(boxes, np.float64).reshape(-1, 4), nan=0.0, posinf=0.0, neginf=0.0)
+    boxes = finite_boxes(boxes)   # a detector never should, but a NaN/inf box must not become a crash
     regions = square_regions(boxes, margin) if mode == "square" else upstream_regions(boxes, w, h)
     crops = np.empty((len(regions), size, size, 3), np.uint8)
     for i, region in enumerate(regions):

@@ -14,6 +14,7 @@ import numpy as np
 
 from emoengine import class_names as default_class_names
 from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_torch_device
+from emoengine.engine.model_check import CONTRACT_OUTPUTS, check_onnx_contract
 from emoengine.errors import UserInputError
 from emoengine.paths import models_dir
 
@@ -101,7 +102,7 @@ def heatmap_landmarks(heatmap: np.ndarray, crop_size: int = CROP_SIZE) -> np.nda
 class EmoNetModel:
     """Runs EmoNet on uint8 RGB crops (N, 256, 256, 3) in chunks of at most `max_batch`."""
 
-    REQUIRED_OUTPUTS = ("expression", "valence", "arousal", "heatmap")
+    REQUIRED_OUTPUTS = tuple(CONTRACT_OUTPUTS)   # the outputs model_check requires of a file, here of a runner
 
     def __init__(self, runner: Runner, max_batch: int = 32) -> None:
         missing = [n for n in self.REQUIRED_OUTPUTS if n not in runner.output_names]
@@ -238,8 +239,6 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
         if path.suffix.lower() != ".onnx":
             raise UserInputError(f"backend {backend} runs an .onnx model, not {path}")
         if model:
-            from emoengine.engine.model_check import check_onnx_contract
-
             check_onnx_contract(path)  # the contract's tensors, before a session is built on a foreign file
         runner = OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads, cache_optimized=cache_optimized)
         if spec.name == "ort-int8":

@@ -10,15 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def _finite_boxes(boxes) -> np.ndarray:
-    """(K, 4) float64 with NaN/inf coordinates (never from a sane detector) set to 0, so they match nothing."""
-    return np.nan_to_num(np.asarray(boxes, np.float64).reshape(-1, 4), nan=0.0, posinf=0.0, neginf=0.0)
+from emoengine.engine.detectors.nms import finite_boxes
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in `a` (N,4) with every box in `b` (M,4), x1 y1 x2 y2 -> (N, M); 0 for empty boxes."""
-    a, b = _finite_boxes(a), _finite_boxes(b)
+    a, b = finite_boxes(a), finite_boxes(b)
     ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
     iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
     ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
@@ -58,7 +55,7 @@ class IouTracker:
 
     def update(self, boxes: np.ndarray) -> np.ndarray:
         """Ids (K,) int64 for this frame's boxes (K,4), in their order."""
-        boxes = _finite_boxes(boxes)
+        boxes = finite_boxes(boxes)
         k, t = len(boxes), len(self._ids)
         ids = np.full(k, -1, np.int64)
         matched_track = np.zeros(t, bool)

@@ -47,6 +47,12 @@ def square_boxes(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([x1y1, x1y1 + side], axis=1)
 
 
+def finite_boxes(boxes) -> np.ndarray:
+    """(K, 4) float64 with NaN/inf coordinates (never from a sane detector) set to 0: a box at the origin that
+    crops like any other and matches no track, instead of a crash."""
+    return np.nan_to_num(np.asarray(boxes, np.float64).reshape(-1, 4), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """Clip boxes to the frame [0, width] x [0, height]."""
     out = np.asarray(boxes, np.float32).copy()
