@@ -39,19 +39,6 @@ def emoengine(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, "EMOENGINE_MODELS": str(cwd / "models")})
 
 
-def encode(path: Path, frames, codec: str = "libx264", options: dict | None = None) -> Path:
-    with av.open(str(path), "w", container_options=options or {}) as c:
-        s = c.add_stream(codec, rate=24)
-        s.height, s.width = frames[0].shape[:2]
-        s.pix_fmt = "yuv420p"
-        for img in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
 def cut_in_half(src: Path, dst: Path) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2])
@@ -94,8 +81,8 @@ def media(tmp_path_factory, golden_pth_8) -> dict[str, Path]:
     cv2.imwrite(str(m["face_png"]), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
     (d / "empty.mp4").write_bytes(b"")
     m["empty_mp4"] = d / "empty.mp4"
-    m["truncated_mkv"] = cut_in_half(encode(d / "clip.mkv", frames), d / "cut.mkv")
-    m["truncated_avi"] = cut_in_half(encode(d / "clip.avi", frames), d / "cut.avi")
+    m["truncated_mkv"] = cut_in_half(write_clip(d / "clip.mkv", iter(frames), fps=24), d / "cut.mkv")
+    m["truncated_avi"] = cut_in_half(write_clip(d / "clip.avi", iter(frames), fps=24), d / "cut.avi")
     (d / "noise.mkv").write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, np.uint8).tobytes())
     m["noise_mkv"] = d / "noise.mkv"
     (d / "notes.png").write_text("not an image\n")
