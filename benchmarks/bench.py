@@ -96,9 +96,24 @@ def short_device_slug(machine: dict) -> str:
     return f"{'gpu' if gpu else 'cpu'}-{slug}"
 
 
-def results_path(report: dict, folder: Path = Path("benchmarks/results")) -> Path:
-    """benchmarks/results/<machine>-<date>.json"""
-    return folder / f"{short_device_slug(report['machine'])}-{report['date'][:10]}.json"
+def results_path(report: dict, folder: Path = Path("benchmarks/results"), prefix: str = "") -> Path:
+    """benchmarks/results/<prefix><machine>-<date>.json"""
+    return folder / f"{prefix}{short_device_slug(report['machine'])}-{report['date'][:10]}.json"
+
+
+def weights_label(weights: str) -> str:
+    """What a results file says of the weights: 'random' or the checkpoint's file name (not the user's path)."""
+    return "random" if weights == "random" else Path(weights).name
+
+
+def save_report(report: dict, json_path: Path | None, prefix: str) -> Path:
+    """The benchmark scripts' ending: the load average after the run, then the JSON (default
+    benchmarks/results/<prefix><machine>-<date>.json)."""
+    report["machine"]["load_average_1m_after"] = _load_average()  # were others busy on this machine meanwhile?
+    out = json_path or results_path(report, prefix=prefix)
+    write_results(report, out)
+    print(f"wrote {out}")
+    return out
 
 
 # -- inputs and measurements -------------------------------------------------------------------------------------

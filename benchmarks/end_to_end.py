@@ -19,7 +19,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from emoengine.benchmarks.bench import machine_facts, short_device_slug, write_results
+from emoengine.benchmarks.bench import machine_facts, save_report, weights_label
 
 SIZE_720P = (1280, 720)
 
@@ -70,16 +70,12 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"{backend}: {row['frames_per_s']:.2f} frames/s ({row['faces']} faces in {row['frames']} "
                   f"frames, {row['wall_s']:.1f} s), overlap {row['overlap_ratio']:.2f}, busy "
                   + ", ".join(f"{k} {v:.1f}s" for k, v in row["stage_busy_s"].items()), flush=True)
-    machine["load_average_1m_after"] = machine_facts()["load_average_1m"]
     report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
-              "config": {"weights": "random" if args.weights == "random" else Path(args.weights).name,
+              "config": {"weights": weights_label(args.weights),
                          "clip": f"engine.demo frames at {SIZE_720P[0]}x{SIZE_720P[1]}, {args.frames} frames, 24 fps",
                          "write_video": not args.no_video},
               "results": rows}
-    out = args.json or Path("benchmarks/results") / f"e2e-{short_device_slug(machine)}-{report['date'][:10]}.json"
-    write_results(report, out)
-    print(f"wrote {out}")
-    return out
+    return save_report(report, args.json, prefix="e2e-")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ from emoengine.benchmarks.bench import (
     machine_facts,
     margin_summary,
     parity,
-    short_device_slug,
+    save_report,
     time_batch,
-    write_results,
+    weights_label,
 )
 
 # (keep float, op set, calibration method): from everything int8 to only the cheapest-to-keep groups float
@@ -122,19 +122,15 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"{row['recipe']:>48}: top-1 {row['parity']['top1_agreement']:.1%}, best {best:.2f} faces/s "
               f"({row['speedup_vs_torch_b1']}x torch b1), {row['cpu_ms_per_face_b1']} CPU-ms/face "
               f"({row['speedup_vs_ort_fp32_cpu']:.2f}x ort fp32 work)", flush=True)
-    machine["load_average_1m_after"] = machine_facts()["load_average_1m"]
     report = {
         "machine": machine, "date": started.isoformat(timespec="seconds"),
-        "config": {"weights": Path(args.weights).name if args.weights != "random" else "random",
+        "config": {"weights": weights_label(args.weights),
                    "parity_inputs": args.parity_inputs, "runs": args.runs, "batches": batches,
                    "calibration_crops": args.calibration_crops, "int8_top1_target": INT8_TOP1_TARGET,
                    "reference_logit_margin": margin_summary(logit_margins(reference["expression"]))},
         "torch_b1": torch_b1, "ort_fp32": fp32, "recipes": rows,
     }
-    out = args.json or Path("benchmarks/results") / f"int8-frontier-{short_device_slug(machine)}-{report['date'][:10]}.json"
-    write_results(report, out)
-    print(f"wrote {out}")
-    return out
+    return save_report(report, args.json, prefix="int8-frontier-")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from itertools import product
 from pathlib import Path
 
-from emoengine.benchmarks.bench import bench_inputs, machine_facts, short_device_slug, time_batch, write_results
+from emoengine.benchmarks.bench import bench_inputs, machine_facts, save_report, time_batch, weights_label
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
-    from emoengine.engine.backends import OrtRunner
+    from emoengine.engine.backends import OrtRunner, _session_options
     from emoengine.engine.emonet_model import cached_onnx_for
 
     batches = [int(b) for b in args.batches.split(",")]
@@ -43,11 +43,8 @@ def main(argv: list[str] | None = None) -> Path:
     machine, started = machine_facts(), datetime.now(timezone.utc)
     rows = []
     for (level, threads, spinning) in product(levels, sorted({1, cores}), (True, False)):
-        so = ort.SessionOptions()
+        so = _session_options(threads, spinning=spinning)   # OrtRunner's options, only the level varied
         so.graph_optimization_level = levels[level]
-        so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        so.log_severity_level = 3
         t0 = time.perf_counter()
         session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
         open_s = time.perf_counter() - t0
@@ -71,15 +68,11 @@ def main(argv: list[str] | None = None) -> Path:
                              "b1": time_batch(lambda x: runner.infer({"image": x}), crops[:1], args.runs, warmup=1)}
             runner.close()
     print("session start: " + ", ".join(f"{k} {v['open_s']} s" for k, v in starts.items()))
-    machine["load_average_1m_after"] = machine_facts()["load_average_1m"]
     report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
-              "config": {"weights": "random" if args.weights == "random" else Path(args.weights).name,
+              "config": {"weights": weights_label(args.weights),
                          "runs": args.runs, "batches": batches},
               "sessions": rows, "optimized_graph_cache": starts}
-    out = args.json or Path("benchmarks/results") / f"ort-tuning-{short_device_slug(machine)}-{report['date'][:10]}.json"
-    write_results(report, out)
-    print(f"wrote {out}")
-    return out
+    return save_report(report, args.json, prefix="ort-tuning-")
 
 
 if __name__ == "__main__":
