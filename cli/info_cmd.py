@@ -31,11 +31,12 @@ def info_command(artifact: Optional[str] = typer.Argument(None, help="An exporte
         typer.echo("torch: not installed (backends torch/torch-cuda and export unavailable)")
     typer.echo(f"tensorrt: {'installed' if importlib.util.find_spec('tensorrt') else 'not installed'}")
     typer.echo("backends:")
-    for name, missing in backend_availability().items():
+    availability = backend_availability()
+    for name, missing in availability.items():
         typer.echo(f"  {name:<11}{'available' if missing is None else 'unavailable: ' + missing}")
     typer.echo("  (GPU options: torch-cuda:fp16|bf16+channels_last+compile+cudagraph  ort-cuda:fp16+cudagraph+"
                "conv_search=EXHAUSTIVE|HEURISTIC|DEFAULT  trt:fp16|int8+cudagraph+max_batch=N)")
-    _list_engines(backend_availability().get("trt"))
+    _list_engines(availability.get("trt"))
     if artifact:
         from emoengine.engine.backends import OrtRunner
 

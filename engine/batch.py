@@ -108,6 +108,12 @@ class _Kept:
         pass
 
 
+def video_row(item: BatchItem, status: str, **fields) -> dict:
+    """One video's line in batch_summary.json, with every key batch_summary and previous_failures read."""
+    return {"video": item.name, "input": item.path, "status": status, "reason": "", "kind": "", "exit_code": 0,
+            "wall_s": 0.0, "frames": 0, "faces": 0, **fields}
+
+
 class VideoWorker:
     """One batch worker (a Ray actor): opens the detector and EmoNet once, then runs `run`'s pipeline on each
     video it is handed, writing `out_dir/<name>/` exactly as `emoengine run` would.
@@ -144,8 +150,7 @@ class VideoWorker:
         if self.die_marker and not os.path.exists(self.die_marker):
             Path(self.die_marker).write_text(f"{item.name}\n")
             os._exit(17)
-        row = {"video": item.name, "input": item.path, "status": "failed", "reason": "", "kind": "",
-               "exit_code": 0, "wall_s": 0.0, "frames": 0, "faces": 0}
+        row = video_row(item, "failed")
         if self.setup_error is not None:
             row.update(reason=self.setup_error[0], kind="setup", exit_code=self.setup_error[1])
             return row

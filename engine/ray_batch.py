@@ -21,6 +21,7 @@ from emoengine.engine.batch import (
     VideoWorker,
     batch_summary,
     previous_failures,
+    video_row,
     write_predictions_parquet,
 )
 from emoengine.engine.resume import complete_summary
@@ -82,10 +83,9 @@ def plan(items: list[BatchItem], out_dir: Path, retry_failed: bool) -> tuple[lis
     for item in items:
         video_dir = out_dir / item.name
         if (s := complete_summary(video_dir)) is not None:
-            settled.append({"video": item.name, "input": item.path, "status": "skipped",
-                            "reason": "outputs complete from an earlier run", "kind": "", "exit_code": 0,
-                            "wall_s": float(s.get("wall_s", 0.0)), "frames": int(s.get("frames", 0)),
-                            "faces": int(s.get("faces", 0))})
+            settled.append(video_row(item, "skipped", reason="outputs complete from an earlier run",
+                                     wall_s=float(s.get("wall_s", 0.0)), frames=int(s.get("frames", 0)),
+                                     faces=int(s.get("faces", 0))))
             continue
         old = failures.get(item.name)
         try:
@@ -153,8 +153,7 @@ def run_on_ray(todo: list[BatchItem], out_dir: Path, template, model_args: dict,
         reason = f"lost: the worker process running it died {retries + 1} time(s)"
     for item in todo:
         if item.name not in rows:
-            rows[item.name] = {"video": item.name, "input": item.path, "status": "failed", "reason": reason,
-                               "kind": "run", "exit_code": 1, "wall_s": 0.0, "frames": 0, "faces": 0}
+            rows[item.name] = video_row(item, "failed", reason=reason, kind="run", exit_code=1)
             on_row(rows[item.name])
     return [rows[i.name] for i in todo]
 
