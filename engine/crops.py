@@ -17,9 +17,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from emoengine.contract import CROP_SIZE
 from emoengine.engine.detectors.nms import finite_boxes
 
-CROP_SIZE = 256
 # Detector boxes are tight (MTCNN's end at the eyebrows and chin, SCRFD's close to that); EmoNet was trained on
 # face-alignment style crops that also hold the forehead, jaw line and a little background. 20% more side gives
 # that context without making the face small in the crop.

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from emoengine.contract import INPUT_SHAPE
 from emoengine.engine.backends import Runner
 from emoengine.engine.cuda_io import BackendOptions, PinnedStaging, in_chunks, require_cuda_backend
 from emoengine.errors import RunFailure, UserInputError, first_line
 
-CROP_SHAPE = (256, 256, 3)
 CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 
@@ -75,7 +75,7 @@ class TorchCudaRunner(Runner):
         self.manual_graphs = options.cudagraph and not options.compile
         self.graphs: dict[int, tuple[object, tuple]] = {}
         self.stream = torch.cuda.Stream()
-        self.staging = PinnedStaging(torch, self.stream, self.max_batch, CROP_SHAPE, torch.uint8)
+        self.staging = PinnedStaging(torch, self.stream, self.max_batch, INPUT_SHAPE, torch.uint8)
         self.backend = options.label
         self.input_names = ["image"]
         self.output_names = list(graph.output_names)
@@ -168,7 +168,7 @@ class OrtCudaRunner(Runner):
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.staging = PinnedStaging(torch, self.stream, self.max_batch, CROP_SHAPE, torch.uint8)
+        self.staging = PinnedStaging(torch, self.stream, self.max_batch, INPUT_SHAPE, torch.uint8)
         types = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
         self.outputs = {}
         for o in self.session.get_outputs():
@@ -191,7 +191,7 @@ class OrtCudaRunner(Runner):
             b = self.binding
             b.clear_binding_inputs()
             b.clear_binding_outputs()
-            b.bind_input("image", "cuda", self.torch.cuda.current_device(), np.uint8, (n, *CROP_SHAPE),
+            b.bind_input("image", "cuda", self.torch.cuda.current_device(), np.uint8, (n, *INPUT_SHAPE),
                          image.data_ptr())
             for name, t in self.outputs.items():
                 view = t[:n]

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine import class_names as default_class_names
+from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE
+from emoengine.contract import class_names as default_class_names
 from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_torch_device
 from emoengine.engine.model_check import CONTRACT_OUTPUTS, check_onnx_contract
 from emoengine.errors import UserInputError
 from emoengine.paths import models_dir
-
-CROP_SIZE = 256
-HEATMAP_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ class EmoNetModel:
 
     def __init__(self, runner: Runner, max_batch: int = 32) -> None:
         missing = [n for n in self.REQUIRED_OUTPUTS if n not in runner.output_names]
-        if runner.input_names != ["image"] or missing:
+        if runner.input_names != [INPUT_NAME] or missing:
             runner.close()
             raise UserInputError(
                 f"not an emoengine EmoNet export (inputs {runner.input_names}, outputs {runner.output_names}); "
@@ -128,9 +126,9 @@ class EmoNetModel:
         return self.runner.backend
 
     def predict(self, crops: np.ndarray) -> EmoNetBatch:
-        if crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3) or crops.dtype != np.uint8:
+        if crops.ndim != 4 or crops.shape[1:] != INPUT_SHAPE or crops.dtype != np.uint8:
             raise ValueError(f"EmoNet takes uint8 (N,256,256,3) crops, got {crops.dtype} {crops.shape}")
-        parts = [self.runner.infer({"image": crops[i:i + self.max_batch]})
+        parts = [self.runner.infer({INPUT_NAME: crops[i:i + self.max_batch]})
                  for i in range(0, len(crops), self.max_batch)]
         out = {k: np.concatenate([p[k] for p in parts]) if parts else None for k in self.runner.output_names}
         if not parts:

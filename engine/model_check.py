@@ -10,22 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from emoengine.contract import FULL_TAP_OUTPUTS, INPUT_NAME, INPUT_SHAPE, MEAN_TAP_OUTPUTS, REQUIRED_OUTPUTS
 from emoengine.errors import UserInputError, first_line
 
-CROP = 256
-# name -> (rank, static dims after the batch dim that must match where the file declares them)
-CONTRACT_OUTPUTS = {
-    "expression": (2, (None,)),
-    "valence": (1, ()),
-    "arousal": (1, ()),
-    "heatmap": (4, (68, 64, 64)),
-}
-OPTIONAL_OUTPUTS = {
-    "conv1_mean": (3, (128, 128)),
-    "emo_conv1_mean": (3, (64, 64)),
-    "conv1": (4, (64, 128, 128)),
-    "emo_conv1": (4, (128, 64, 64)),
-}
+# name -> per-face dims that must match where the file declares them (rank = 1 + their count)
+CONTRACT_OUTPUTS = REQUIRED_OUTPUTS
+OPTIONAL_OUTPUTS = {**MEAN_TAP_OUTPUTS, **FULL_TAP_OUTPUTS}
 
 
 def _dims(value_info) -> list[int | None]:
@@ -46,21 +36,22 @@ def contract_problems(model) -> list[str]:
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     problems = []
-    if [i.name for i in inputs] != ["image"]:
-        problems.append(f"inputs {[i.name for i in inputs]}, expected ['image']")
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        problems.append(f"inputs {[i.name for i in inputs]}, expected ['{INPUT_NAME}']")
     else:
         image = inputs[0]
         dtype = image.type.tensor_type.elem_type
         if dtype != TensorProto.UINT8:
             problems.append(f"input image is {TensorProto.DataType.Name(dtype).lower()}, expected uint8")
         dims = _dims(image)
-        if len(dims) != 4 or any(d is not None and d != want for d, want in zip(dims[1:], (CROP, CROP, 3))):
-            problems.append(f"input image is {_fmt(dims)}, expected (N, {CROP}, {CROP}, 3)")
+        if len(dims) != 4 or any(d is not None and d != want for d, want in zip(dims[1:], INPUT_SHAPE)):
+            problems.append(f"input image is {_fmt(dims)}, expected {_fmt([None, *INPUT_SHAPE])}")
     outputs = {o.name: o for o in graph.output}
     missing = [name for name in CONTRACT_OUTPUTS if name not in outputs]
     if missing:
         problems.append(f"outputs {sorted(outputs)} lack {', '.join(missing)}")
-    for name, (rank, tail) in {**CONTRACT_OUTPUTS, **OPTIONAL_OUTPUTS}.items():
+    for name, tail in {**CONTRACT_OUTPUTS, **OPTIONAL_OUTPUTS}.items():
+        rank = 1 + len(tail)
         if name not in outputs:
             continue
         o = outputs[name]

@@ -12,16 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NUM_LANDMARKS = 68
-INPUT_SIZE = 256
-
-BASE_OUTPUTS = ("expression", "valence", "arousal", "heatmap", "conv1_mean", "emo_conv1_mean")
-FULL_TAP_OUTPUTS = ("conv1", "emo_conv1")
-
-
-def output_names(full_taps: bool = False) -> tuple[str, ...]:
-    """Output order of `EmoNetGraph` and of the exported ONNX model (CONTRACT.md)."""
-    return BASE_OUTPUTS + (FULL_TAP_OUTPUTS if full_taps else ())
+from emoengine.contract import CROP_SIZE as INPUT_SIZE
+from emoengine.contract import NUM_LANDMARKS, output_names
 
 
 class ConvBlock(nn.Module):

@@ -13,7 +13,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-CROP_SIZE = 256
+from emoengine.contract import CROP_SIZE
+
 CALIBRATION_SEED = 1   # `export --precision int8` calibrates on these
 EVALUATION_SEED = 2    # `bench` measures parity on these
 
