@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
+from emoengine.compare import relative_diff, tolerance, within
+from emoengine.contract import INPUT_NAME
 from emoengine.errors import RunFailure, UserInputError
 
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16 (no onnx import at module load)
@@ -37,22 +39,6 @@ RANGE_HEADROOM = 8.0
 # features. Cheap (no convolution) and the place where a trained model's ranges can grow (68 summed peaks).
 PRECAUTION_FP32 = ("/net/ReduceSum", "/net/Mul")
 
-# fp16 parity tolerances, worst |fp16 - fp32| / max|fp32| per output. Measured with emulate_fp16 on the golden
-# 8-class weights and crops: expression 3.5e-3, valence 2.9e-3, arousal 3.2e-3 (4.9e-3 with the mask fp32),
-# heatmap 3.7e-3, conv1_mean 1.1e-3, emo_conv1_mean 7.6e-3; the tolerances give 2-3x headroom.
-# The same on the whole PyTorch model in half precision (torch 2.13 CPU half arithmetic, golden crops; what
-# torch-cuda:fp16 computes): expression 3.6e-3, valence 5.4e-3, arousal 3.8e-3, heatmap 4.0e-3, conv1_mean
-# 1.1e-3, emo_conv1_mean 6.7e-3: within the same tolerances.
-FP16_TOLERANCE = {"expression": 1e-2, "valence": 1e-2, "arousal": 1.5e-2, "heatmap": 1e-2,
-                  "conv1_mean": 5e-3, "emo_conv1_mean": 2e-2, "conv1": 5e-3, "emo_conv1": 2e-2}
-# bfloat16 keeps 8 mantissa bits to fp16's 11, and it shows: torch 2.13 CPU bf16 on the golden crops gave
-# expression 6.6e-2, valence 4.9e-2, arousal 1.2e-1, heatmap 5.1e-2, conv1_mean 8.2e-3, emo_conv1_mean 6.7e-2,
-# 10-30x fp16's error (and up to 1.5e-1 on the first 2 crops alone: the relative error depends on the crops).
-# Tolerances ~2x the 4-crop numbers; prefer fp16 (same tensor-core speed, no overflow in this network).
-BF16_TOLERANCE = {"expression": 0.15, "valence": 0.1, "arousal": 0.25, "heatmap": 0.1,
-                  "conv1_mean": 2e-2, "emo_conv1_mean": 0.15, "conv1": 2e-2, "emo_conv1": 0.15}
-
-
 @dataclass
 class Fp16Report:
     path: Path
@@ -64,117 +50,157 @@ class Fp16Report:
     size_bytes: int = 0
 
 
-def convert_to_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] = ()):
-    """A copy of `model` (onnx.ModelProto, fp32) computing in fp16 except nodes where `keep_fp32(node)` is true
-    (or whose names are listed). Graph inputs/outputs keep their types; Casts go where precision changes."""
-    import onnx
-    from onnx import helper, numpy_helper
+def _keep_predicate(keep_fp32: Callable[[object], bool] | Iterable[str]) -> Callable[[object], bool]:
+    """`keep_fp32` as a predicate on nodes: a callable as it is, else the set of node names it lists."""
+    if callable(keep_fp32):
+        return keep_fp32
+    names = set(keep_fp32)
+    return lambda node: node.name in names
 
-    if not callable(keep_fp32):
-        names = set(keep_fp32)
-        keep_fp32 = lambda node: node.name in names  # noqa: E731
+
+def _copy_and_types(model):
+    """(a copy of `model`, {tensor name: element type} from shape inference over inputs, values and outputs)."""
+    import onnx
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     inferred = onnx.shape_inference.infer_shapes(model)
-    elem_type = {}
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        elem_type[vi.name] = vi.type.tensor_type.elem_type
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    for name, t in inits.items():
-        elem_type[name] = t.data_type
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    return model, types
 
-    new_inits: dict[str, object] = {}          # name -> TensorProto actually used
-    dtype_now: dict[str, int] = {}             # float tensor -> FLOAT / FLOAT16 in the new graph
-    casts: dict[tuple[str, int], str] = {}     # (tensor, to) -> name of its cast
-    new_nodes = []
-    kept = []
 
-    def typed_initializer(name: str, to: int) -> str:
-        t = inits[name]
+def _rename_tensor(nodes, old: str, new: str) -> None:
+    """Every node that reads or writes tensor `old` reads or writes `new` instead."""
+    for node in nodes:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+
+
+class _Fp16Conversion:
+    """One fp32 -> fp16 conversion (convert_to_fp16): the new nodes and initializers, and each float tensor's
+    type in the new graph, so that one Cast per tensor per precision change is placed."""
+
+    def __init__(self, model, keep: Callable[[object], bool]) -> None:
+        self.model, self.elem_type = _copy_and_types(model)
+        self.keep = keep
+        self.graph = self.model.graph
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self.elem_type.update({name: t.data_type for name, t in self.inits.items()})
+        self.new_inits: dict[str, object] = {}          # name -> TensorProto actually used
+        self.dtype_now: dict[str, int] = {}             # float tensor -> FLOAT / FLOAT16 in the new graph
+        self.casts: dict[tuple[str, int], str] = {}     # (tensor, to) -> name of its cast
+        self.new_nodes: list = []
+        self.kept: list[str] = []
+
+    def typed_initializer(self, name: str, to: int) -> str:
+        from onnx import numpy_helper
+
+        t = self.inits[name]
         if t.data_type == to:
-            new_inits[name] = t
+            self.new_inits[name] = t
             return name
         alias = f"{name}__fp16" if to == FLOAT16 else f"{name}__fp32"
-        if alias not in new_inits:
+        if alias not in self.new_inits:
             arr = numpy_helper.to_array(t).astype(np.float16 if to == FLOAT16 else np.float32)
-            new_inits[alias] = numpy_helper.from_array(arr, alias)
+            self.new_inits[alias] = numpy_helper.from_array(arr, alias)
         return alias
 
-    def as_type(name: str, to: int) -> str:
-        if name in inits:
-            return typed_initializer(name, to)
-        if dtype_now.get(name, FLOAT) == to:
+    def as_type(self, name: str, to: int) -> str:
+        from onnx import helper
+
+        if name in self.inits:
+            return self.typed_initializer(name, to)
+        if self.dtype_now.get(name, FLOAT) == to:
             return name
         key = (name, to)
-        if key not in casts:
+        if key not in self.casts:
             out = f"{name}__to_{'fp16' if to == FLOAT16 else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"cast_{out}"))
-            casts[key] = out
-        return casts[key]
+            self.new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"cast_{out}"))
+            self.casts[key] = out
+        return self.casts[key]
 
-    # tensors read only where ONNX wants float32 (Resize scales): their Constant producers stay fp32, so the
-    # scales remain plain constants (TensorRT's parser wants static Resize scales, not a Cast of them)
-    slots: dict[str, set[bool]] = {}
-    for node in graph.node:
-        fixed = FP32_ONLY_INPUTS.get(node.op_type, set())
-        for i, name in enumerate(node.input):
-            slots.setdefault(name, set()).add(i in fixed)
-    fp32_only = {name for name, kinds in slots.items() if kinds == {True}}
+    def fp32_only_tensors(self) -> set[str]:
+        """Tensors read only where ONNX wants float32 (Resize scales): their Constant producers stay fp32, so the
+        scales remain plain constants (TensorRT's parser wants static Resize scales, not a Cast of them)."""
+        slots: dict[str, set[bool]] = {}
+        for node in self.graph.node:
+            fixed = FP32_ONLY_INPUTS.get(node.op_type, set())
+            for i, name in enumerate(node.input):
+                slots.setdefault(name, set()).add(i in fixed)
+        return {name for name, kinds in slots.items() if kinds == {True}}
 
-    for node in graph.node:
+    def convert(self, node, fp32_only: set[str]) -> None:
         scales_only = node.op_type == "Constant" and all(o in fp32_only for o in node.output)
-        fp32 = scales_only or bool(keep_fp32(node))
+        fp32 = scales_only or bool(self.keep(node))
         target = FLOAT if fp32 else FLOAT16
         if fp32 and not scales_only:
-            kept.append(node.name)
+            self.kept.append(node.name)
         fixed = FP32_ONLY_INPUTS.get(node.op_type, set())
         for i, name in enumerate(node.input):
-            if not name or elem_type.get(name) != FLOAT:
-                continue
-            node.input[i] = as_type(name, FLOAT if i in fixed else target)
-        if node.op_type == "Cast":
-            attr = next(a for a in node.attribute if a.name == "to")
-            if attr.i == FLOAT:
-                attr.i = target
-        elif node.op_type in ("Constant", "ConstantOfShape") and target == FLOAT16:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type == FLOAT:
-                    arr = numpy_helper.to_array(attr.t).astype(np.float16)
-                    attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+            if name and self.elem_type.get(name) == FLOAT:
+                node.input[i] = self.as_type(name, FLOAT if i in fixed else target)
+        _retype_constant(node, target)
         for out in node.output:
-            if elem_type.get(out) == FLOAT:
-                dtype_now[out] = target
-        new_nodes.append(node)
+            if self.elem_type.get(out) == FLOAT:
+                self.dtype_now[out] = target
+        self.new_nodes.append(node)
 
-    # graph outputs keep float32: the last producer writes `<name>__fp16`, a Cast restores the contract name
-    for out in graph.output:
-        if out.type.tensor_type.elem_type != FLOAT or dtype_now.get(out.name, FLOAT) == FLOAT:
-            continue
-        inner = f"{out.name}__fp16"
-        for node in new_nodes:
-            for i, n in enumerate(node.input):
-                if n == out.name:
-                    node.input[i] = inner
-            for i, n in enumerate(node.output):
-                if n == out.name:
-                    node.output[i] = inner
-        new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT, name=f"cast_{out.name}_out"))
+    def restore_outputs(self) -> None:
+        """Graph outputs keep float32: the last producer writes `<name>__fp16`, a Cast restores the contract name."""
+        from onnx import helper
 
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    used = {n for node in new_nodes for n in node.input}
-    del graph.initializer[:]
-    graph.initializer.extend(t for name, t in new_inits.items() if name in used)
-    del graph.value_info[:]
-    props = {p.key: p.value for p in model.metadata_props}
-    props["precision"] = "fp16"
-    props["fp32_nodes"] = str(len(kept))
-    del model.metadata_props[:]
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    return model, kept
+        for out in self.graph.output:
+            if out.type.tensor_type.elem_type != FLOAT or self.dtype_now.get(out.name, FLOAT) == FLOAT:
+                continue
+            inner = f"{out.name}__fp16"
+            _rename_tensor(self.new_nodes, out.name, inner)
+            self.new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT,
+                                                   name=f"cast_{out.name}_out"))
+
+    def finish(self):
+        import onnx
+
+        graph, model = self.graph, self.model
+        del graph.node[:]
+        graph.node.extend(self.new_nodes)
+        used = {n for node in self.new_nodes for n in node.input}
+        del graph.initializer[:]
+        graph.initializer.extend(t for name, t in self.new_inits.items() if name in used)
+        del graph.value_info[:]
+        props = {p.key: p.value for p in model.metadata_props}
+        props.update(precision="fp16", fp32_nodes=str(len(self.kept)))
+        del model.metadata_props[:]
+        for k, v in props.items():
+            model.metadata_props.add(key=k, value=v)
+        onnx.checker.check_model(model)
+        return model
+
+
+def _retype_constant(node, target: int) -> None:
+    """A Cast to float32 casts to `target` instead; an fp16 Constant's float32 value becomes fp16."""
+    from onnx import numpy_helper
+
+    if node.op_type == "Cast":
+        attr = next(a for a in node.attribute if a.name == "to")
+        if attr.i == FLOAT:
+            attr.i = target
+    elif node.op_type in ("Constant", "ConstantOfShape") and target == FLOAT16:
+        for attr in node.attribute:
+            if attr.name == "value" and attr.t.data_type == FLOAT:
+                arr = numpy_helper.to_array(attr.t).astype(np.float16)
+                attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
+
+
+def convert_to_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] = ()):
+    """A copy of `model` (onnx.ModelProto, fp32) computing in fp16 except nodes where `keep_fp32(node)` is true
+    (or whose names are listed). Graph inputs/outputs keep their types; Casts go where precision changes.
+    Returns (model, names of the nodes kept fp32)."""
+    conversion = _Fp16Conversion(model, _keep_predicate(keep_fp32))
+    fp32_only = conversion.fp32_only_tensors()
+    for node in conversion.graph.node:
+        conversion.convert(node, fp32_only)
+    conversion.restore_outputs()
+    return conversion.finish(), conversion.kept
 
 
 def activation_ranges(model, images: np.ndarray, chunk: int = 96) -> dict[str, tuple[str, str, float]]:
@@ -197,9 +223,79 @@ def activation_ranges(model, images: np.ndarray, chunk: int = 96) -> dict[str, t
         del probe.graph.output[:]
         probe.graph.output.extend(float_vi[n] for n in part)
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        for name, value in zip(part, sess.run(part, {"image": images})):
+        for name, value in zip(part, sess.run(part, {INPUT_NAME: images}), strict=True):
             ranges[name] = (*producer[name], float(np.abs(value).max()))
     return ranges
+
+
+class _Fp16Emulation:
+    """One emulate_fp16 rewrite: the round trips placed so far and the fp16-rounded copies of weights."""
+
+    def __init__(self, model, keep: Callable[[object], bool]) -> None:
+        self.model, self.elem_type = _copy_and_types(model)
+        self.keep = keep
+        self.graph = self.model.graph
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self.rounded: dict[str, str] = {}
+        self.trips: dict[str, str] = {}
+        self.nodes: list = []
+
+    def round_trip(self, name: str) -> str:
+        from onnx import helper
+
+        if name not in self.trips:
+            h, back = f"{name}__emu16", f"{name}__emu32"
+            self.nodes.append(helper.make_node("Cast", [name], [h], to=FLOAT16, name=f"emu_{h}"))
+            self.nodes.append(helper.make_node("Cast", [h], [back], to=FLOAT, name=f"emu_{back}"))
+            self.trips[name] = back
+        return self.trips[name]
+
+    def rounded_weight(self, name: str) -> str:
+        from onnx import numpy_helper
+
+        if name not in self.rounded:
+            arr = numpy_helper.to_array(self.inits[name]).astype(np.float16).astype(np.float32)
+            alias = f"{name}__rounded16"
+            self.graph.initializer.append(numpy_helper.from_array(arr, alias))
+            self.rounded[name] = alias
+        return self.rounded[name]
+
+    def visit(self, node) -> None:
+        low = not self.keep(node)
+        if low:
+            fixed = FP32_ONLY_INPUTS.get(node.op_type, set())
+            for i, name in enumerate(node.input):
+                if i in fixed or not name:
+                    continue
+                if name in self.inits and self.inits[name].data_type == FLOAT:
+                    node.input[i] = self.rounded_weight(name)
+                elif self.elem_type.get(name) == FLOAT:
+                    node.input[i] = self.round_trip(name)
+        self.nodes.append(node)
+        if low:
+            for out in node.output:
+                if self.elem_type.get(out) == FLOAT:
+                    self.trips[out] = self.round_trip(out)  # later readers see the rounded value
+
+    def finish(self):
+        """Readers of a rounded tensor, in kept nodes too, read the round trip (as in the converted graph); graph
+        outputs carry the rounded value under the contract name."""
+        from onnx import helper
+
+        for node in self.nodes:
+            if node.name.startswith("emu_"):
+                continue
+            for i, name in enumerate(node.input):
+                if name in self.trips and not name.endswith("__emu32"):
+                    node.input[i] = self.trips[name]
+        graph = self.graph
+        del graph.node[:]
+        graph.node.extend(self.nodes)
+        for out in (o.name for o in graph.output):
+            if out in self.trips:
+                _rename_tensor(graph.node, out, f"{out}__raw")
+                graph.node.append(helper.make_node("Identity", [self.trips[out]], [out], name=f"emu_out_{out}"))
+        return self.model
 
 
 def emulate_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] = ()):
@@ -212,70 +308,10 @@ def emulate_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] = ()
     between fp32 ops survive, so this graph shows on a CPU what fp16 storage with fp32 accumulation (cuDNN,
     TensorRT tensor-core kernels) does to the outputs, for the same `keep_fp32` plan as `convert_to_fp16`.
     """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    if not callable(keep_fp32):
-        names = set(keep_fp32)
-        keep_fp32 = lambda node: node.name in names  # noqa: E731
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    inferred = onnx.shape_inference.infer_shapes(model)
-    elem_type = {vi.name: vi.type.tensor_type.elem_type
-                 for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    rounded: dict[str, str] = {}
-    trips: dict[str, str] = {}
-    nodes = []
-
-    def round_trip(name: str) -> str:
-        if name not in trips:
-            h, back = f"{name}__emu16", f"{name}__emu32"
-            nodes.append(helper.make_node("Cast", [name], [h], to=FLOAT16, name=f"emu_{h}"))
-            nodes.append(helper.make_node("Cast", [h], [back], to=FLOAT, name=f"emu_{back}"))
-            trips[name] = back
-        return trips[name]
-
-    for node in graph.node:
-        low = not keep_fp32(node)
-        if low:
-            fixed = FP32_ONLY_INPUTS.get(node.op_type, set())
-            for i, name in enumerate(node.input):
-                if i in fixed or not name:
-                    continue
-                if name in inits and inits[name].data_type == FLOAT:
-                    if name not in rounded:
-                        arr = numpy_helper.to_array(inits[name]).astype(np.float16).astype(np.float32)
-                        alias = f"{name}__rounded16"
-                        graph.initializer.append(numpy_helper.from_array(arr, alias))
-                        rounded[name] = alias
-                    node.input[i] = rounded[name]
-                elif elem_type.get(name) == FLOAT:
-                    node.input[i] = round_trip(name)
-        nodes.append(node)
-        if low:
-            for out in node.output:
-                if elem_type.get(out) == FLOAT:
-                    trip = round_trip(out)
-                    trips[out] = trip  # later readers see the rounded value
-    # readers of a rounded tensor, in kept nodes too, must read the round trip (as in the converted graph)
-    for node in nodes:
-        if node.name.startswith("emu_"):
-            continue
-        for i, name in enumerate(node.input):
-            if name in trips and not name.endswith("__emu32"):
-                node.input[i] = trips[name]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    for out in (o.name for o in graph.output):  # graph outputs: the rounded value under the contract name
-        if out not in trips:
-            continue
-        raw = f"{out}__raw"
-        for node in graph.node:
-            node.input[:] = [raw if n == out else n for n in node.input]
-            node.output[:] = [raw if n == out else n for n in node.output]
-        graph.node.append(helper.make_node("Identity", [trips[out]], [out], name=f"emu_out_{out}"))
-    return model
+    emulation = _Fp16Emulation(model, _keep_predicate(keep_fp32))
+    for node in emulation.graph.node:
+        emulation.visit(node)
+    return emulation.finish()
 
 
 def fp32_plan(ranges: dict[str, tuple[str, str, float]]) -> list[str]:
@@ -293,13 +329,11 @@ def run_cpu(model, images: np.ndarray) -> dict[str, np.ndarray]:
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {"image": images})))
+    return dict(zip(names, sess.run(names, {INPUT_NAME: images}), strict=True))
 
 
 def fp16_parity(model, keep: Iterable[str], images: np.ndarray) -> dict[str, float]:
     """Worst relative difference per output of emulated fp16 storage (`emulate_fp16`) vs the fp32 graph."""
-    from emoengine.export.onnx_export import relative_diff
-
     reference = run_cpu(model, images)
     got = run_cpu(emulate_fp16(model, list(keep)), images)
     return {name: relative_diff(got[name], reference[name]) for name in reference}
@@ -308,17 +342,13 @@ def fp16_parity(model, keep: Iterable[str], images: np.ndarray) -> dict[str, flo
 def export_fp16(fp32_path: str | os.PathLike, output: str | os.PathLike, images: np.ndarray | None = None,
                 check: bool = True) -> Fp16Report:
     """fp16 ONNX from an fp32 export: measure ranges on `images` (default: 4 synthetic face crops), keep the
-    fp32 plan, convert, check emulated parity against FP16_TOLERANCE, write atomically."""
-    import onnx
-
+    fp32 plan, convert, check emulated parity against emoengine.compare's fp16 tolerances, write atomically."""
+    from emoengine.export.artifacts import load_onnx
     from emoengine.export.emonet import synthetic_crops
 
     started = time.perf_counter()
     fp32_path, output = Path(fp32_path), Path(output)
-    try:
-        model = onnx.load(str(fp32_path))
-    except Exception as e:  # noqa: BLE001 - protobuf DecodeError, missing file
-        raise UserInputError(f"not an ONNX model: {fp32_path} ({type(e).__name__})") from e
+    model = load_onnx(fp32_path, external_data=True)
     if any(p.key == "precision" and p.value != "fp32" for p in model.metadata_props):
         raise UserInputError(f"{fp32_path} is not an fp32 model; convert the fp32 export")
     images = synthetic_crops(4, seed=3) if images is None else np.ascontiguousarray(images, dtype=np.uint8)
@@ -328,8 +358,8 @@ def export_fp16(fp32_path: str | os.PathLike, output: str | os.PathLike, images:
     report = Fp16Report(output, kept, max(r[2] for r in ranges.values()))
     if check:
         report.worst_rel_diff = fp16_parity(model, keep, images)
-        report.tolerance = {k: FP16_TOLERANCE.get(k, 1e-2) for k in report.worst_rel_diff}
-        bad = {k: v for k, v in report.worst_rel_diff.items() if not v <= report.tolerance[k]}
+        report.tolerance = {k: tolerance("fp16").limit(k) for k in report.worst_rel_diff}
+        bad = within(report.worst_rel_diff, "fp16")
         if bad:
             worst = max(bad, key=bad.get)
             raise RunFailure(f"fp16 model disagrees with fp32: {worst} off by {bad[worst]:.2e} of its magnitude "

@@ -9,27 +9,29 @@ checked and (by default) verified against PyTorch under ONNX Runtime.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
 
 import emoengine
+from emoengine.compare import FP32_TOLERANCE as VERIFY_TOLERANCE  # worst |ort - torch| / max |torch|, per output
+from emoengine.compare import relative_diff, within
+from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE
 from emoengine.errors import RunFailure, UserInputError
 from emoengine.export.checkpoint import LoadedEmoNet
 from emoengine.export.emonet import EmoNetGraph, synthetic_crops
 from emoengine.paths import models_dir
 
-INPUT_NAME = "image"
-INPUT_LAYOUT = "NHWC uint8 RGB 256x256"
+INPUT_LAYOUT = f"NHWC uint8 RGB {CROP_SIZE}x{CROP_SIZE}"
 SUPPORTED_OPSETS = range(13, 21)  # the TorchScript exporter stops at 20
-VERIFY_TOLERANCE = 1e-3  # worst |ort - torch| relative to max |torch|, per output
 JSON_FIELDS = ("class_names", "num_classes", "taps", "full_taps")
 
 
@@ -141,10 +143,11 @@ def _verify(graph: EmoNetGraph, path: Path, images: np.ndarray | None, report: E
 
     started = time.perf_counter()
     images = synthetic_crops(3, seed=1) if images is None else np.ascontiguousarray(images, dtype=np.uint8)
-    if images.ndim != 4 or images.shape[1:] != (256, 256, 3):
-        raise UserInputError(f"verification crops must be (N, 256, 256, 3) uint8 RGB, not {images.shape}")
+    if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE:
+        raise UserInputError(f"verification crops must be (N, {', '.join(map(str, INPUT_SHAPE))}) uint8 RGB, "
+                             f"not {images.shape}")
     with torch.no_grad():
-        reference = dict(zip(graph.output_names, (t.numpy() for t in graph(torch.from_numpy(images)))))
+        reference = dict(zip(graph.output_names, (t.numpy() for t in graph(torch.from_numpy(images))), strict=True))
     with OrtRunner(path) as runner:
         if runner.output_names != list(graph.output_names):
             raise RunFailure(f"exported outputs {runner.output_names} != expected {list(graph.output_names)}")
@@ -153,20 +156,11 @@ def _verify(graph: EmoNetGraph, path: Path, images: np.ndarray | None, report: E
     report.output_shapes = {name: ("N",) + tuple(got[name].shape[1:]) for name in graph.output_names}
     report.verify_s = time.perf_counter() - started
     report.verify_batch = len(images)
-    bad = {n: d for n, d in report.worst_rel_diff.items() if not d <= VERIFY_TOLERANCE}
+    bad = within(report.worst_rel_diff, "fp32")
     if bad:
         worst = max(bad, key=lambda n: bad[n])
         raise RunFailure(f"exported model disagrees with PyTorch under ONNX Runtime: {worst} off by "
                          f"{bad[worst]:.2e} of its magnitude (tolerance {VERIFY_TOLERANCE:g}); not written")
-
-
-def relative_diff(got: np.ndarray, reference: np.ndarray) -> float:
-    """max|got - ref| / max|ref|: one number per output that ignores its scale (inf on a shape mismatch)."""
-    got, reference = np.asarray(got, np.float64), np.asarray(reference, np.float64)
-    if got.shape != reference.shape:
-        return float("inf")
-    scale = float(np.abs(reference).max()) if reference.size else 0.0
-    return float(np.abs(got - reference).max() / (scale or 1.0)) if reference.size else 0.0
 
 
 def decode_metadata(props: Mapping[str, str]) -> dict[str, object]:
@@ -174,10 +168,8 @@ def decode_metadata(props: Mapping[str, str]) -> dict[str, object]:
     decoded: dict[str, object] = dict(props)
     for key in JSON_FIELDS:
         if key in decoded:
-            try:
+            with contextlib.suppress(TypeError, json.JSONDecodeError):  # not ours: leave the raw string
                 decoded[key] = json.loads(decoded[key])
-            except (TypeError, json.JSONDecodeError):
-                pass  # not ours: leave the raw string
     return decoded
 
 

@@ -2,14 +2,15 @@
 
 Accuracy is judged on emulated fp16 storage (`emulate_fp16`): ONNX Runtime's CPU provider runs most fp16 ops by
 casting back to fp32 and drops the rounding, so its result on the converted file is only a lower bound on the
-error a GPU shows. Tolerances: export.fp16.FP16_TOLERANCE (measured worst on the golden weights, x2-3)."""
+error a GPU shows. Tolerances: emoengine.compare.FP16_TOLERANCE (measured worst on the golden weights, x2-3)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from emoengine.export.fp16 import FP16_MAX, FP16_TOLERANCE, PRECAUTION_FP32
+from emoengine.compare import FP16_TOLERANCE, relative_diff
+from emoengine.export.fp16 import FP16_MAX, PRECAUTION_FP32
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,6 @@ def test_fp16_file_keeps_the_contract_types_and_runs_under_ort_cpu(fp16_full_8, 
     import onnx
 
     from emoengine.engine.backends import OrtRunner
-    from emoengine.export.onnx_export import relative_diff
 
     report, crops = fp16_full_8
     model = onnx.load(str(report.path))
@@ -108,17 +108,15 @@ def test_pytorch_half_arithmetic_within_the_fp16_tolerances(golden_pth_8, golden
     (bf16 is not held to a CPU test: its error, 5e-2..1.5e-1 of the magnitude, depends on the crops chosen.)"""
     import torch
 
-    from emoengine.export import fp16
     from emoengine.export.checkpoint import load_emonet
     from emoengine.export.emonet import EmoNetGraph
-    from emoengine.export.onnx_export import relative_diff
 
     golden = golden_outputs(8)
     crops = golden["images_rgb"][:2]
     graph = EmoNetGraph(load_emonet(golden_pth_8).model).eval().to(torch.float16)
     with torch.inference_mode():
-        out = dict(zip(graph.output_names, graph(torch.from_numpy(crops))))
-    tolerance = fp16.FP16_TOLERANCE
+        out = dict(zip(graph.output_names, graph(torch.from_numpy(crops)), strict=True))
+    tolerance = FP16_TOLERANCE
     for name in ("expression", "valence", "arousal", "heatmap", "conv1_mean", "emo_conv1_mean"):
         diff = relative_diff(out[name].float().numpy(), golden[name][:2])
         assert 0 < diff <= tolerance[name], f"{name}: {diff:.2e}"
