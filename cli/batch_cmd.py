@@ -9,30 +9,28 @@ from __future__ import annotations
 import inspect
 import typing
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from emoengine.cli.main import app
 from emoengine.cli.run_cmd import run_command, run_config
-from emoengine.errors import UserInputError
 
 NOT_FROM_RUN = ("input", "out", "quiet", "resume")   # batch skips complete videos itself
 
 
 def batch_options(
-    inputs: List[str] = typer.Argument(..., help="Video files, folders of videos, globs ('clips/**/*.mp4') or "
+    inputs: list[str] = typer.Argument(..., help="Video files, folders of videos, globs ('clips/**/*.mp4') or "
                                                  "text files with one video path a line."),
     out: Path = typer.Option(Path("emoengine-batch"), help="Output folder: <video-name>/ per video, "
                                                            "predictions.parquet, batch_summary.json."),
-    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster (HEAD:6379, or 'auto' on "
+    ray_address: str | None = typer.Option(None, help="Join this Ray cluster (HEAD:6379, or 'auto' on "
                                                          "one of its nodes); default: a local Ray."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Actors, each with its own detector and model "
+    workers: int | None = typer.Option(None, min=1, help="Actors, each with its own detector and model "
                                                             "(default: GPUs / --gpus-per-worker, else CPUs/2 "
                                                             "locally, CPUs/4 on a cluster)."),
     gpus_per_worker: float = typer.Option(0.0, min=0.0, help="GPUs each actor reserves (e.g. 1, or 0.5 to "
                                                              "share one); use with --backend ort-cuda|trt."),
-    cpus_per_worker: Optional[float] = typer.Option(None, min=0.01, help="CPUs each actor reserves (default: "
+    cpus_per_worker: float | None = typer.Option(None, min=0.01, help="CPUs each actor reserves (default: "
                                                                          "1 on a cluster; locally a share "
                                                                          "that leaves one CPU to Ray Data)."),
     retries: int = typer.Option(3, min=0, help="Times a video is retried when its worker process dies."),
@@ -50,7 +48,7 @@ def _run_options(kwargs: dict) -> dict:
 def batch(**kwargs) -> None:
     """Run many videos through `run`'s pipeline on Ray Data; per-video outputs, predictions.parquet,
     batch_summary.json. A re-run skips videos whose outputs are complete."""
-    from emoengine.engine.batch import list_inputs
+    from emoengine.engine.batch import list_inputs, prepare_model
     from emoengine.engine.ray_batch import require_ray, run_batch
 
     require_ray()
@@ -58,22 +56,8 @@ def batch(**kwargs) -> None:
     out = kwargs["out"]
     # the options are checked once here (one line, exit 2) before any Ray starts
     template, model_args = run_config(input=items[0].path, out=out, quiet=True, **_run_options(kwargs))
-    if not kwargs["ray_address"] and model_args["model"] and not Path(model_args["model"]).is_file():
-        raise UserInputError(f"no such model file: {model_args['model']}")   # before a local Ray starts for it
-    if not kwargs["ray_address"] and model_args["weights"]:
-        # export (and for ort-int8 quantise) once here, so the local workers all find it cached instead of each
-        # making it; backend specs with options (`ort-cuda:fp16`, `trt:fp16`) export the same fp32 ONNX
-        from emoengine.engine.cuda_io import parse_backend
-        from emoengine.engine.emonet_model import cached_onnx_for
-
-        backend = parse_backend(model_args["backend"]).name
-        weights, classes, full_taps = model_args["weights"], model_args["classes"], model_args["full_taps"]
-        if backend == "ort-int8":
-            from emoengine.export.quantize import cached_int8_onnx_for
-
-            cached_int8_onnx_for(weights, classes, full_taps)
-        elif backend in ("ort", "ort-cuda", "trt"):
-            cached_onnx_for(weights, classes, full_taps)
+    if not kwargs["ray_address"]:   # on a cluster each node makes its own (its GPU, its TensorRT)
+        prepare_model(model_args)
     summary = run_batch(items, out, template, model_args, address=kwargs["ray_address"],
                         workers=kwargs["workers"], cpus_per_worker=kwargs["cpus_per_worker"],
                         gpus_per_worker=kwargs["gpus_per_worker"], retries=kwargs["retries"],

@@ -7,13 +7,14 @@ from pathlib import Path
 import typer
 
 from emoengine.cli.main import app
+from emoengine.engine.backends import BACKENDS, DEFAULT_BACKEND
 
 
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("emoengine-demo"), help="Where the clip and every output go."),
     weights: str = typer.Option("random", help="EmoNet checkpoint (.pth); default random weights."),
-    backend: str = typer.Option("ort", help="torch | ort | ort-cuda | trt"),
+    backend: str = typer.Option(DEFAULT_BACKEND, help=" | ".join(BACKENDS)),
     frames: int = typer.Option(96, min=8, help="Length of the generated clip."),
 ) -> None:
     """Run everything on a generated clip (photos from insightface's wheel; no network needed)."""

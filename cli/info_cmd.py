@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 
@@ -11,14 +10,14 @@ from emoengine.cli.main import app
 
 
 @app.command("info")
-def info_command(artifact: Optional[str] = typer.Argument(None, help="An exported .onnx to describe.")) -> None:
+def info_command(artifact: str | None = typer.Argument(None, help="An exported .onnx to describe.")) -> None:
     """What this machine can run, and what an exported model holds."""
     import importlib.util
 
     import onnxruntime as ort
 
     import emoengine
-    from emoengine.engine.cuda_io import backend_availability
+    from emoengine.engine.backends import availability, options_help
 
     typer.echo(f"emoengine {emoengine.__version__}")
     typer.echo(f"onnxruntime {ort.__version__}: providers {', '.join(ort.get_available_providers())}")
@@ -31,12 +30,11 @@ def info_command(artifact: Optional[str] = typer.Argument(None, help="An exporte
         typer.echo("torch: not installed (backends torch/torch-cuda and export unavailable)")
     typer.echo(f"tensorrt: {'installed' if importlib.util.find_spec('tensorrt') else 'not installed'}")
     typer.echo("backends:")
-    availability = backend_availability()
-    for name, missing in availability.items():
+    available = availability()
+    for name, missing in available.items():
         typer.echo(f"  {name:<11}{'available' if missing is None else 'unavailable: ' + missing}")
-    typer.echo("  (GPU options: torch-cuda:fp16|bf16+channels_last+compile+cudagraph  ort-cuda:fp16+cudagraph+"
-               "conv_search=EXHAUSTIVE|HEURISTIC|DEFAULT  trt:fp16|int8+cudagraph+max_batch=N)")
-    _list_engines(availability.get("trt"))
+    typer.echo(f"  (specs: {options_help()})")
+    _list_engines()
     if artifact:
         from emoengine.engine.backends import OrtRunner
 
@@ -45,21 +43,19 @@ def info_command(artifact: Optional[str] = typer.Argument(None, help="An exporte
         typer.echo(json.dumps(runner.metadata, indent=2))
 
 
-def _list_engines(trt_missing: str | None) -> None:
+def _list_engines() -> None:
     """Cached TensorRT engines under models/: what each was built for, and whether it would run here."""
-    from emoengine.engine.trt_runner import SIDECAR_FORMAT, check_cached_engine, read_sidecar
+    from emoengine.errors import UserInputError
+    from emoengine.export.trt_engine import check_cached_engine, expected_here, read_sidecar
     from emoengine.paths import models_dir
 
     engines = sorted(models_dir().glob("*.engine")) if models_dir().is_dir() else []
     if not engines:
         return
-    expected = None
-    if trt_missing is None:
-        import tensorrt as trt
-        import torch
-
-        expected = {"engine_format": SIDECAR_FORMAT, "engine_tensorrt": str(trt.__version__),
-                    "engine_device": torch.cuda.get_device_name()}
+    try:
+        expected = expected_here()
+    except UserInputError:   # no TensorRT or GPU here
+        expected = None
     typer.echo(f"TensorRT engines in {models_dir()}:")
     for engine in engines:
         meta = read_sidecar(engine) or {}

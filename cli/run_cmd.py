@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from emoengine.cli.main import app
+from emoengine.engine.backends import BACKENDS, DEFAULT_BACKEND
 from emoengine.errors import UserInputError
 
 
-def resolve_backend(backend: Optional[str], model: Optional[str]) -> str:
-    """The backend asked for, else the one the artifact's suffix implies, else ort."""
-    from emoengine.engine.emonet_model import backend_for_artifact
+def resolve_backend(backend: str | None, model: str | None) -> str:
+    """The backend asked for, else the one the artifact's suffix implies, else the default (ort)."""
+    from emoengine.engine.backends import backend_for_artifact
 
     if backend is not None:
         return backend
-    return backend_for_artifact(model) if model else "ort"
+    return backend_for_artifact(model) if model else DEFAULT_BACKEND
 
 
-def open_model(backend: Optional[str], weights: Optional[str], model: Optional[str], classes: Optional[int],
+def open_model(backend: str | None, weights: str | None, model: str | None, classes: int | None,
                full_taps: bool, max_batch: int):
     from emoengine.engine.emonet_model import open_emonet
 
@@ -39,22 +39,22 @@ def summary_line(summary: dict, out_dir: Path) -> str:
 @app.command("run")
 def run_command(
     input: str = typer.Argument(..., help="Video file, image, folder of images, camera index or stream URL."),
-    weights: Optional[str] = typer.Option(None, help="EmoNet checkpoint (.pth) or 'random'."),
-    model: Optional[str] = typer.Option(None, help="Exported artifact (.onnx, .engine) instead of --weights."),
-    backend: Optional[str] = typer.Option(None, help="torch | torch-cuda | ort | ort-cuda | trt "
-                                                     "(default: from --model's suffix, else ort); GPU options "
-                                                     "as in torch-cuda:fp16+compile (see `emoengine info`)."),
-    classes: Optional[int] = typer.Option(None, help="5 or 8; checked against the checkpoint."),
+    weights: str | None = typer.Option(None, help="EmoNet checkpoint (.pth) or 'random'."),
+    model: str | None = typer.Option(None, help="Exported artifact (.onnx, .engine) instead of --weights."),
+    backend: str | None = typer.Option(None, help=f"{' | '.join(BACKENDS)} (default: from --model's suffix, "
+                                                     f"else {DEFAULT_BACKEND}); options as in "
+                                                     "torch-cuda:fp16+compile (see `emoengine info`)."),
+    classes: int | None = typer.Option(None, help="5 or 8; checked against the checkpoint."),
     detector: str = typer.Option("mtcnn", help="mtcnn | scrfd | none (whole image is the face)."),
-    detector_model: Optional[str] = typer.Option(None, help="SCRFD .onnx (default: insightface's model folder)."),
-    crop: Optional[str] = typer.Option(None, help="square (margin around the face) | upstream (plain box); "
+    detector_model: str | None = typer.Option(None, help="SCRFD .onnx (default: insightface's model folder)."),
+    crop: str | None = typer.Option(None, help="square (margin around the face) | upstream (plain box); "
                                                   "default square, upstream with --detector none."),
     out: Path = typer.Option(Path("emoengine-out"), help="Output folder."),
     max_batch: int = typer.Option(32, min=1, help="Faces per inference call."),
     max_wait_ms: float = typer.Option(40.0, min=0, help="How long a partial batch waits for more faces."),
-    max_faces: Optional[int] = typer.Option(None, min=1, help="Keep the largest K faces per frame."),
+    max_faces: int | None = typer.Option(None, min=1, help="Keep the largest K faces per frame."),
     smooth: float = typer.Option(0.0, min=0.0, max=0.99, help="Temporal smoothing α per face (0 = off)."),
-    face_id: Optional[int] = typer.Option(None, help="Face the feature-map videos follow (default: largest)."),
+    face_id: int | None = typer.Option(None, help="Face the feature-map videos follow (default: largest)."),
     no_video: bool = typer.Option(False, "--no-video", help="Write only predictions.csv and summary.json."),
     taps: bool = typer.Option(True, "--taps/--no-taps", help="Feature-map videos and mean maps."),
     save_activations: bool = typer.Option(False, help="Per-face channel-mean maps to activations.npz."),
@@ -94,7 +94,7 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
                      max_batch=max_batch)
 
 
-def model_identity(weights: Optional[str], model: Optional[str], classes: Optional[int]) -> str:
+def model_identity(weights: str | None, model: str | None, classes: int | None) -> str:
     """What names the model for --resume: the file (path, size, mtime) or 'random'."""
     import os
 

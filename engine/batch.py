@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.errors import EmoengineError, UserInputError, first_line
+from emoengine.errors import EmoengineError, UserInputError, first_line, notice
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
                             ".wmv", ".flv", ".3gp"})
 BATCH_SUMMARY = "batch_summary.json"
 PREDICTIONS_PARQUET = "predictions.parquet"
-# a test hook: the first worker to take an item creates this file and kills its own process (proves the retry)
-DIE_ON_FIRST_ITEM_ENV = "EMOENGINE_TEST_DIE_ON_FIRST_ITEM"
 
 
 @dataclass(frozen=True)
@@ -95,6 +93,18 @@ def remove_partials(video_dir: Path) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+def prepare_model(model_args: dict) -> None:
+    """Make the model's artifact once, here (the cached ONNX, the int8 model, the engine: whatever its backend's
+    row prepares), so that local workers all find it instead of each making it. A missing model file is refused
+    first, before a local Ray starts for it."""
+    from emoengine.engine.backends import backend_row, request_for
+
+    request = request_for(**model_args)
+    if request.model is not None and not Path(request.model).is_file():
+        raise UserInputError(f"no such model file: {request.model}")
+    backend_row(request.backend.name).prepare(request)
+
+
 class _Kept:
     """A detector or model handed to one run without letting the run close it (the worker reuses it)."""
 
@@ -122,34 +132,30 @@ class VideoWorker:
     only a dying process (which Ray retries) escapes.
     """
 
-    def __init__(self, template, model_args: dict, out_dir: str, threads: int | None = None,
-                 die_marker: str | None = None) -> None:
+    def __init__(self, template, model_args: dict, out_dir: str, threads: int | None = None) -> None:
         from emoengine.engine.emonet_model import open_emonet
         from emoengine.engine.run import open_run_detector
 
         self.template = template
         self.out_dir = Path(out_dir)
-        self.die_marker = die_marker
         self.setup_error: tuple[str, int] | None = None
         self.detector = self.model = None
         try:
             self.detector = open_run_detector(template)
             self.model = open_emonet(**model_args, threads=threads)
             if self.model.is_random and template.warn_random:
-                print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", flush=True)
+                notice("WARNING: random EmoNet weights — predictions are meaningless")
         except EmoengineError as e:   # every item reports it: one line per video, not a dead actor pool
             self.setup_error = (first_line(e), e.exit_code)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [self.process(BatchItem(str(path), str(name))) for path, name in zip(batch["path"], batch["name"])]
+        rows = [self.process(BatchItem(str(path), str(name)))
+                for path, name in zip(batch["path"], batch["name"], strict=True)]
         return {key: np.array([r[key] for r in rows], dtype=object) for key in rows[0]}
 
     def process(self, item: BatchItem) -> dict:
         from emoengine.engine.run import run_pipeline
 
-        if self.die_marker and not os.path.exists(self.die_marker):
-            Path(self.die_marker).write_text(f"{item.name}\n")
-            os._exit(17)
         row = video_row(item, "failed")
         if self.setup_error is not None:
             row.update(reason=self.setup_error[0], kind="setup", exit_code=self.setup_error[1])
@@ -162,7 +168,7 @@ class VideoWorker:
             summary = run_pipeline(cfg, lambda: _Kept(self.model), lambda: _Kept(self.detector))
         except EmoengineError as e:
             row.update(reason=first_line(e), kind="input" if e.exit_code == 2 else "run", exit_code=e.exit_code)
-        except Exception as e:  # noqa: BLE001 - one video's bug must not stop the batch; the reason is kept
+        except Exception as e:  # one video's bug must not stop the batch; the reason is kept
             row.update(reason=f"{type(e).__name__}: {first_line(e)}", kind="run", exit_code=1)
         else:
             row.update(status="done", frames=int(summary["frames"]), faces=int(summary["faces"]))
@@ -174,7 +180,7 @@ class VideoWorker:
             try:
                 if part is not None:
                     part.close()
-            except Exception:  # noqa: BLE001 - interpreter shutdown
+            except Exception:  # interpreter shutdown
                 pass
 
 

@@ -8,45 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE
+from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE, NUM_LANDMARKS, REQUIRED_OUTPUTS
 from emoengine.contract import class_names as default_class_names
-from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_torch_device
-from emoengine.engine.model_check import CONTRACT_OUTPUTS, check_onnx_contract
+from emoengine.engine.backends import Runner, open_runner, request_for
 from emoengine.errors import UserInputError
-from emoengine.paths import models_dir
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """One row of the format table: what a backend runs and what export must produce for it."""
-
-    name: str
-    artifact_suffix: str      # what `--model` must end with for this backend
-    device: str               # cpu | cuda
-    needs_torch: bool
-
-
-BACKENDS: dict[str, BackendSpec] = {
-    "torch": BackendSpec("torch", ".pth", "cpu", True),
-    "torch-cuda": BackendSpec("torch-cuda", ".pth", "cuda", True),
-    "ort": BackendSpec("ort", ".onnx", "cpu", False),
-    "ort-int8": BackendSpec("ort-int8", ".onnx", "cpu", False),   # static int8 QDQ (export --precision int8)
-    "ort-cuda": BackendSpec("ort-cuda", ".onnx", "cuda", False),
-    "trt": BackendSpec("trt", ".engine", "cuda", False),
-}
-
-
-def backend_for_artifact(path: str) -> str:
-    """The default backend for an artifact, by suffix (Ultralytics-style)."""
-    suffix = Path(path).suffix.lower()
-    for spec in BACKENDS.values():
-        if spec.artifact_suffix == suffix:
-            return spec.name
-    raise UserInputError(f"unknown model artifact type '{suffix}' (expected .pth, .onnx or .engine): {path}")
 
 
 @dataclass
@@ -100,7 +68,7 @@ def heatmap_landmarks(heatmap: np.ndarray, crop_size: int = CROP_SIZE) -> np.nda
 class EmoNetModel:
     """Runs EmoNet on uint8 RGB crops (N, 256, 256, 3) in chunks of at most `max_batch`."""
 
-    REQUIRED_OUTPUTS = tuple(CONTRACT_OUTPUTS)   # the outputs model_check requires of a file, here of a runner
+    REQUIRED_OUTPUTS = tuple(REQUIRED_OUTPUTS)   # the outputs model_check requires of a file, here of a runner
 
     def __init__(self, runner: Runner, max_batch: int = 32) -> None:
         missing = [n for n in self.REQUIRED_OUTPUTS if n not in runner.output_names]
@@ -127,15 +95,13 @@ class EmoNetModel:
 
     def predict(self, crops: np.ndarray) -> EmoNetBatch:
         if crops.ndim != 4 or crops.shape[1:] != INPUT_SHAPE or crops.dtype != np.uint8:
-            raise ValueError(f"EmoNet takes uint8 (N,256,256,3) crops, got {crops.dtype} {crops.shape}")
-        parts = [self.runner.infer({INPUT_NAME: crops[i:i + self.max_batch]})
-                 for i in range(0, len(crops), self.max_batch)]
-        out = {k: np.concatenate([p[k] for p in parts]) if parts else None for k in self.runner.output_names}
-        if not parts:
-            c = len(self.class_names)
-            empty = np.zeros((0, c), np.float32)
+            raise ValueError(f"EmoNet takes uint8 (N,{','.join(map(str, INPUT_SHAPE))}) crops, got {crops.dtype} "
+                             f"{crops.shape}")
+        if not len(crops):
+            empty = np.zeros((0, len(self.class_names)), np.float32)
             return EmoNetBatch(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32),
-                               np.zeros((0, 68, 2), np.float32), None, None)
+                               np.zeros((0, NUM_LANDMARKS, 2), np.float32), None, None)
+        out = self.runner.infer({INPUT_NAME: crops}, max_batch=self.max_batch)   # the runner splits the batch
         logits = out["expression"].astype(np.float32)
         return EmoNetBatch(
             logits=logits,
@@ -153,101 +119,20 @@ class EmoNetModel:
         self.runner.close()
 
 
-def _torch_runner(weights: str, classes: int | None, device: str, full_taps: bool) -> Runner:
-    try:
-        from emoengine.export.checkpoint import load_emonet
-        from emoengine.export.emonet import EmoNetGraph
-    except ImportError as e:
-        raise UserInputError("the torch backend needs PyTorch: pip install torch (then emoengine[export])") from e
-    check_torch_device(device)  # before loading: no checkpoint work (or random-weights warning) for nothing
-    loaded = load_emonet(weights, classes)
-    meta = {
-        "class_names": json.dumps(list(loaded.class_names)),
-        "num_classes": str(loaded.num_classes),
-        "checkpoint_sha256": loaded.sha256,
-        "checkpoint_source": "random" if loaded.is_random else Path(str(loaded.source)).name,
-        "is_random": "true" if loaded.is_random else "false",
-    }
-    return TorchRunner(EmoNetGraph(loaded.model, full_taps=full_taps), meta, device=device)
+def open_emonet(backend: str, weights: str | None = None, model: str | None = None, **fields) -> EmoNetModel:
+    """Open EmoNet on `backend` (a row of engine.backends.BACKENDS, with options after a colon:
+    `torch-cuda:fp16+compile`, `trt:fp16`) from a checkpoint (`weights`) or an exported artifact (`model`).
 
-
-def cached_onnx_for(weights: str, classes: int | None, full_taps: bool) -> Path:
-    """Export `weights` to ONNX once and reuse it: models/emonet<C>-<sha12>[-fulltaps].onnx."""
-    try:
-        from emoengine.export.checkpoint import load_emonet
-        from emoengine.export.onnx_export import export_onnx, read_metadata
-    except ImportError as e:
-        raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass --model "
-                             "with an exported .onnx") from e
-    loaded = load_emonet(weights, classes)
-    tag = "random" if loaded.is_random else loaded.sha256[:12]
-    path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if full_taps else ''}.onnx"
-    from emoengine import __version__
-
-    stale = path.is_file() and read_metadata(path).get("emoengine_version") != __version__
-    if stale or not path.is_file():   # a different exporter may have made a different graph
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(loaded, path, full_taps=full_taps, verify=False)
-    return path
-
-
-def open_emonet(backend: str, weights: str | None = None, model: str | None = None,
-                classes: int | None = None, full_taps: bool = False, max_batch: int = 32,
-                threads: int | None = None, cache_optimized: bool = False) -> EmoNetModel:
-    """Pick and open the runner for `backend` from a checkpoint (`weights`) or an exported artifact (`model`).
-
-    CUDA backends take options after a colon (`torch-cuda:fp16+compile`, `trt:fp16`; see engine.cuda_io).
-    cache_optimized: ONNX Runtime CPU keeps its optimised graph on disk and reuses it (OrtRunner)."""
-    from emoengine.engine.cuda_io import parse_backend
-
-    options = parse_backend(backend)
-    backend = options.name
-    if backend not in BACKENDS:
-        raise UserInputError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
-    if (weights is None) == (model is None):
-        raise UserInputError("give exactly one of --weights (a .pth checkpoint or 'random') and --model "
-                             "(an exported artifact)")
-    spec = BACKENDS[backend]
-    if spec.device == "cuda":
-        from emoengine.engine.cuda_io import require_cuda_backend
-
-        require_cuda_backend(spec.name)  # first: without the GPU stack nothing else about the request matters
-    if model is not None and not Path(model).is_file():
-        raise UserInputError(f"no such model file: {model}")
-    if spec.device == "cuda":  # torch-cuda, ort-cuda, trt: engine.cuda_runners / engine.trt_runner
-        from emoengine.engine.cuda_runners import open_cuda_runner
-
-        if spec.needs_torch and model is not None and not model.endswith(".pth"):
-            raise UserInputError(f"backend {backend} runs a .pth checkpoint (--weights), not {model}")
-        runner = open_cuda_runner(options, weights=weights, model=model, classes=classes, full_taps=full_taps,
-                                  max_batch=max_batch, threads=threads, torch_runner=_torch_runner)
-    elif spec.needs_torch:
-        if model is not None and not model.endswith(".pth"):
-            raise UserInputError(f"backend {backend} runs a .pth checkpoint (--weights), not {model}")
-        runner = _torch_runner(weights or model, classes, spec.device, full_taps)
-    else:  # ort, ort-int8 (CPU)
-        if model:
-            path = Path(model)
-        elif spec.name == "ort-int8":
-            from emoengine.export.quantize import cached_int8_onnx_for
-
-            path = cached_int8_onnx_for(weights, classes, full_taps)
-        else:
-            path = cached_onnx_for(weights, classes, full_taps)
-        if path.suffix.lower() != ".onnx":
-            raise UserInputError(f"backend {backend} runs an .onnx model, not {path}")
-        if model:
-            check_onnx_contract(path)  # the contract's tensors, before a session is built on a foreign file
-        runner = OrtRunner(path, providers=["CPUExecutionProvider"], threads=threads, cache_optimized=cache_optimized)
-        if spec.name == "ort-int8":
-            runner.backend = "ort-int8"
-    emonet = EmoNetModel(runner, max_batch=max_batch)
-    if full_taps and not emonet.has_full_taps:
+    `fields` are the other fields of engine.backends.ModelRequest: classes, full_taps, max_batch (32), threads,
+    cache_optimized (ONNX Runtime CPU keeps its optimised graph on disk and reuses it)."""
+    request = request_for(backend, weights=weights, model=model, **fields)
+    emonet = EmoNetModel(open_runner(request), max_batch=request.max_batch)
+    if request.full_taps and not emonet.has_full_taps:
         emonet.close()
         raise UserInputError(f"{model} was exported without --full-taps; re-export it with --full-taps or drop "
                              "--full-taps")
-    if classes is not None and classes != len(emonet.class_names):
+    if request.classes is not None and request.classes != len(emonet.class_names):
         emonet.close()
-        raise UserInputError(f"--classes {classes} disagrees with {model or weights}, which has "
+        raise UserInputError(f"--classes {request.classes} disagrees with {request.source}, which has "
                              f"{len(emonet.class_names)} classes")
     return emonet

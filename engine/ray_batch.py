@@ -7,6 +7,7 @@ installed on every node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from emoengine.engine.batch import (
     BATCH_SUMMARY,
-    DIE_ON_FIRST_ITEM_ENV,
     BatchItem,
     VideoWorker,
     batch_summary,
@@ -34,7 +34,7 @@ def require_ray() -> None:
     """One line (exit 2) when the [cluster] extra is missing."""
     try:
         import pyarrow  # noqa: F401
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError:
         raise UserInputError(CLUSTER_HINT) from None
@@ -51,7 +51,7 @@ def start_ray(address: str | None, quiet: bool) -> tuple[bool, dict]:
         check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
-        except Exception as e:  # noqa: BLE001 - ConnectionError and Ray's own kinds: one line, the real cause
+        except Exception as e:  # ConnectionError and Ray's own kinds: one line, the real cause
             cause = e.__cause__ or e
             raise UserInputError(f"cannot join the Ray cluster at {address}: {type(cause).__name__}: "
                                  f"{first_line(cause)}") from None
@@ -139,7 +139,7 @@ def run_on_ray(todo: list[BatchItem], out_dir: Path, template, model_args: dict,
             compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
             fn_constructor_kwargs=dict(template=template, model_args=model_args, out_dir=str(out_dir),
-                                       threads=threads, die_marker=os.environ.get(DIE_ON_FIRST_ITEM_ENV)),
+                                       threads=threads),
             **remote)
     rows: dict[str, dict] = {}
     try:
@@ -147,7 +147,7 @@ def run_on_ray(todo: list[BatchItem], out_dir: Path, template, model_args: dict,
             row = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
             rows[row["video"]] = row
             on_row(row)
-    except Exception as e:  # noqa: BLE001 - whatever Ray raises, the videos it finished are kept
+    except Exception as e:  # whatever Ray raises, the videos it finished are kept
         reason = f"Ray: {type(e).__name__}: {first_line(e)}"
     else:
         reason = f"lost: the worker process running it died {retries + 1} time(s)"
@@ -204,10 +204,8 @@ def run_batch(items: list[BatchItem], out_dir: Path, template, model_args: dict,
                 ray.shutdown()
     for row in ran:
         if row["status"] == "failed" and row.get("kind") == "input":
-            try:
+            with contextlib.suppress(OSError):
                 row["stat"] = BatchItem(row["input"], row["video"]).stat_key()
-            except OSError:
-                pass
     by_name = {r["video"]: r for r in settled + ran}
     rows = [by_name[i.name] for i in items]
     write_predictions_parquet(out_dir, [r["video"] for r in rows if r["status"] in ("done", "skipped")])

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from emoengine.engine.crops import regions_to_frame
 from emoengine.engine.detectors import make_detector
-from emoengine.engine.emonet_model import BACKENDS, EmoNetModel
+from emoengine.engine.emonet_model import EmoNetModel
 from emoengine.engine.outputs import RunOutputs
 from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.results import FaceResult, FrameResult
@@ -172,10 +173,8 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     finally:
         for part in (model, detector, source):
             if part is not None:
-                try:
+                with contextlib.suppress(Exception):  # e.g. a decoder still blocked in a stalled stream
                     part.close()
-                except Exception:  # noqa: BLE001 - e.g. a decoder still blocked in a stalled stream
-                    pass
     if summary.get("bad_frames"):
         raise UserInputError(damaged_input_message(summary, cfg.out_dir))
     return summary
@@ -191,10 +190,9 @@ def damaged_input_message(summary: dict, out_dir: Path) -> str:
 
 def detector_providers(backend: str) -> list[str] | None:
     """Detect on the GPU when EmoNet runs there and ONNX Runtime here has CUDA; CPU otherwise."""
-    from emoengine.engine.cuda_io import parse_backend
+    from emoengine.engine.backends import backend_row, parse_backend
 
-    spec = BACKENDS.get(parse_backend(backend).name)   # `torch-cuda:fp16` -> torch-cuda
-    if spec is None or spec.device != "cuda":
+    if backend_row(parse_backend(backend).name).device != "cuda":   # `torch-cuda:fp16` -> torch-cuda's row
         return None
     import onnxruntime as ort
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoengine.contract import INPUT_NAME
 from emoengine.errors import RunFailure, UserInputError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -101,7 +102,7 @@ class _CropReader:
     """onnxruntime.quantization CalibrationDataReader over uint8 crops, 8 at a time."""
 
     def __init__(self, crops: np.ndarray, batch: int = 8) -> None:
-        self._batches = iter([{"image": crops[i:i + batch]} for i in range(0, len(crops), batch)])
+        self._batches = iter([{INPUT_NAME: crops[i:i + batch]} for i in range(0, len(crops), batch)])
 
     def get_next(self):
         return next(self._batches, None)
@@ -120,10 +121,7 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
     it exists it is reused, so the same recipe gives the same model without recalibrating.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from emoengine.export.face_crops import CALIBRATION_SEED, face_crops
 
     keep_float = tuple(sorted(keep_float))
     check_recipe(calibration_crops, method, keep_float, ops)
@@ -143,33 +141,11 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
         metadata = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
         weighted = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
         excluded = nodes_of_groups(model, keep_float)
-        kwargs = {}
-        method_enum = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                       "entropy": CalibrationMethod.Entropy}[method]
-        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.2x
-            kwargs["calibration_cache_path"] = str(cache)
-            if cache.is_file() and cache.stat().st_mtime < fp32_path.stat().st_mtime:
-                cache.unlink()  # ranges of an older export: recalibrate
-        reader = None if cache.is_file() and kwargs else _CropReader(face_crops(calibration_crops,
-                                                                                seed=CALIBRATION_SEED))
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger once per BatchNorm
-        try:
-            quantize_static(
-                str(pre), str(temp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_SETS[ops],
-                per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method_enum, **kwargs)
-        finally:
-            root.setLevel(level)
-        quantized = onnx.load(str(temp))
+        _quantize_static(pre, temp, fp32_path, cache, calibration_crops, method, ops, excluded)
         recipe = {"format": "QDQ U8S8 per-channel", "method": method, "calibration_crops": calibration_crops,
                   "keep_float": list(keep_float), "quantized_ops": ops}
         metadata.update(precision="int8", int8_recipe=json.dumps(recipe))
-        del quantized.metadata_props[:]
-        for key, value in metadata.items():
-            quantized.metadata_props.add(key=key, value=value)
-        onnx.save_model(quantized, str(temp), save_as_external_data=False)
+        _set_metadata(temp, metadata)
         os.replace(temp, output)
     except UserInputError:
         raise
@@ -185,19 +161,41 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
                       time.perf_counter() - started, metadata)
 
 
-def cached_int8_onnx_for(weights: str, classes: int | None, full_taps: bool = False,
-                         calibration_crops: int = DEFAULT_CALIBRATION_CROPS, method: str = DEFAULT_METHOD,
-                         keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT, ops: str = DEFAULT_OPS) -> Path:
-    """The int8 model of `weights` for a recipe, made once: models/emonet<C>-<sha12>-<recipe>.onnx."""
-    from emoengine.engine.emonet_model import cached_onnx_for
-    from emoengine.export.onnx_export import read_metadata
+def _quantize_static(pre: Path, temp: Path, fp32_path: Path, cache: Path, calibration_crops: int, method: str,
+                     ops: str, excluded: list[str]) -> None:
+    """onnxruntime's static QDQ quantisation of `pre` into `temp`, calibrated on face crops unless the ranges
+    are cached (and newer than the fp32 model)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    fp32 = cached_onnx_for(weights, classes, full_taps)
-    path = fp32.with_name(f"{fp32.stem}-{recipe_tag(calibration_crops, method, tuple(sorted(keep_float)), ops)}.onnx")
-    if path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime and \
-            read_metadata(path).get("precision") == "int8":
-        return path
-    # ranges depend on the fp32 model, the method and the crops, not on which layers stay float: shared
-    cache = fp32.with_name(f"{fp32.stem}.calib-{ops}-{method}{calibration_crops}.json")
-    quantize_int8(fp32, path, calibration_crops, method, keep_float, calibration_cache=cache, ops=ops)
-    return path
+    from emoengine.export.face_crops import CALIBRATION_SEED, face_crops
+
+    kwargs = {}
+    method_enum = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}[method]
+    if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.2x
+        kwargs["calibration_cache_path"] = str(cache)
+        if cache.is_file() and cache.stat().st_mtime < fp32_path.stat().st_mtime:
+            cache.unlink()  # ranges of an older export: recalibrate
+    reader = None if cache.is_file() and kwargs else _CropReader(face_crops(calibration_crops,
+                                                                            seed=CALIBRATION_SEED))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger once per BatchNorm
+    try:
+        quantize_static(
+            str(pre), str(temp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_SETS[ops],
+            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method_enum, **kwargs)
+    finally:
+        root.setLevel(level)
+
+
+def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace the metadata_props of the model at `path` (re-saved as one file)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save_model(model, str(path), save_as_external_data=False)

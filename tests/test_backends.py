@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from emoengine import CLASS_NAMES_8
-from emoengine.engine.backends import Runner
-from emoengine.engine.emonet_model import (
-    CROP_SIZE,
-    EmoNetModel,
-    backend_for_artifact,
-    heatmap_landmarks,
-    open_emonet,
-    softmax,
-)
+from emoengine.contract import CROP_SIZE
+from emoengine.engine.backends import Runner, backend_for_artifact
+from emoengine.engine.emonet_model import EmoNetModel, heatmap_landmarks, open_emonet, softmax
 from emoengine.errors import UserInputError
 from emoengine.export.emonet import output_names
 

@@ -1,8 +1,8 @@
 """`emoengine batch` on a real local Ray (2 CPUs, started once for the module): three short generated clips with a
 real face (real MTCNN, real ONNX Runtime EmoNet with random weights) and one corrupt file.
 
-One batch runs with a test hook that kills the first worker process on its first item, so the retry is part of
-every assertion below; a direct `run` of each clip is the reference for the per-video outputs.
+One batch runs with a test-only worker (`dying_worker`) that kills the first worker process on its first item, so
+the retry is part of every assertion below; a direct `run` of each clip is the reference for the per-video outputs.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install \"emoengine[cluster]\")")
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (pip install \"emoengine[cluster]\")")
 
-from emoengine.cli.main import main  # noqa: E402
-from emoengine.engine.batch import DIE_ON_FIRST_ITEM_ENV  # noqa: E402
-from emoengine.engine.demo import single_face_frames, write_clip  # noqa: E402
+from emoengine.cli.main import main
+from emoengine.engine import ray_batch
+from emoengine.engine.batch import VideoWorker
+from emoengine.engine.demo import single_face_frames, write_clip
 
 CLIP_FRAMES = {"clip_a": 8, "clip_b": 12, "clip_c": 16}
 RUN_FILES = ("predictions.csv", "annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png",
@@ -68,16 +69,29 @@ def direct_runs(media) -> dict[str, Path]:
     return outs
 
 
+def dying_worker(marker: Path) -> type:
+    """A VideoWorker whose process kills itself on the first item any worker takes (creating `marker` first), so
+    the batch must restart a real Ray actor and rerun that video. Defined in a function: Ray ships the class by
+    value to its worker processes, which cannot import this test module."""
+
+    class DyingWorker(VideoWorker):
+        def process(self, item):
+            if not os.path.exists(marker):
+                Path(marker).write_text(f"{item.name}\n")
+                os._exit(17)
+            return super().process(item)
+
+    return DyingWorker
+
+
 @pytest.fixture(scope="module")
 def batch_run(local_ray, media) -> dict:
     out = media["root"] / "batch"
     marker = media["root"] / "worker-died-once"
-    os.environ[DIE_ON_FIRST_ITEM_ENV] = str(marker)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_batch, "VideoWorker", dying_worker(marker))
         rc = cli("batch", str(media["list"]), "--model", str(media["onnx"]), "--out", str(out), "--workers", "2",
                  "--retries", "2")
-    finally:
-        del os.environ[DIE_ON_FIRST_ITEM_ENV]
     return {"rc": rc, "out": out, "marker": marker,
             "summary": json.loads((out / "batch_summary.json").read_text())}
 
@@ -126,7 +140,7 @@ def test_parquet_holds_every_row_with_its_video(batch_run, direct_runs):
             expected = list(csv.DictReader(f))
         got = [r for r in rows if r["video"] == name]
         assert len(got) == len(expected) == CLIP_FRAMES[name]
-        for g, e in zip(got, expected):
+        for g, e in zip(got, expected, strict=True):
             assert g["frame"] == int(e["frame"]) and g["face_id"] == int(e["face_id"])
             assert g["expression"] == e["expression"]
             assert g["valence"] == pytest.approx(float(e["valence"]), abs=1e-9)

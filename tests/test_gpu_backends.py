@@ -2,17 +2,18 @@
 
 Without a CUDA GPU (CI, this machine) the GPU tests skip with the reason `backend_availability` gives, and the
 refusal tests check one line, exit 2, nothing written. With one, the runners are held to the CPU reference:
-fp32 within 1e-3 (TF32 off), fp16/bf16 within export.fp16.FP16_TOLERANCE / BF16_TOLERANCE."""
+fp32 within 1e-3 (TF32 off), fp16/bf16 within emoengine.compare's tolerance table."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from emoengine.engine.cuda_io import backend_availability, parse_backend
+from emoengine.compare import tolerance
+from emoengine.engine.backends import availability, parse_backend
 from emoengine.errors import UserInputError
 
-AVAILABLE = backend_availability()
+AVAILABLE = availability()
 needs = {name: pytest.mark.skipif(AVAILABLE[name] is not None, reason=f"{name}: {AVAILABLE[name]}")
          for name in ("torch-cuda", "ort-cuda")}
 
@@ -44,13 +45,13 @@ def test_bad_backend_options_are_one_line_errors(spec, message):
 
 
 def test_padded_batches_are_powers_of_two_up_to_the_max():
-    from emoengine.engine.cuda_runners import padded_batch
+    from emoengine.engine.backends.torch import padded_batch
 
     assert [padded_batch(n, 48) for n in (1, 2, 3, 5, 16, 17, 33, 48)] == [1, 2, 4, 8, 16, 32, 48, 48]
 
 
 def test_info_lists_every_backend_with_availability(cli, tmp_path):
-    from emoengine.engine.emonet_model import BACKENDS
+    from emoengine.engine.backends import BACKENDS
 
     result = cli("info", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -62,7 +63,7 @@ def test_info_lists_every_backend_with_availability(cli, tmp_path):
 
 
 def test_info_lists_cached_engines_with_what_they_were_built_for(cli, tmp_path):
-    from emoengine.engine.trt_runner import engine_build_keys, write_sidecar
+    from emoengine.export.trt_engine import engine_build_keys, write_sidecar
 
     (tmp_path / "models").mkdir()
     engine = tmp_path / "models" / "emonet8-fp16-b64-x.engine"
@@ -114,12 +115,11 @@ def reference_8(golden_pth_8, golden_outputs):
         model.close()
 
 
-def assert_close(got, ref, tolerance):
-    from emoengine.export.onnx_export import relative_diff
+def assert_close(got, ref, precision: str):
+    from emoengine.compare import relative_diff
 
     for name, r in ref.items():
-        limit = tolerance if isinstance(tolerance, float) else tolerance[name]
-        assert got[name].dtype == np.float32 and relative_diff(got[name], r) <= limit, name
+        assert got[name].dtype == np.float32 and relative_diff(got[name], r) <= tolerance(precision).limit(name), name
 
 
 @needs["torch-cuda"]
@@ -128,16 +128,15 @@ def assert_close(got, ref, tolerance):
     "torch-cuda:fp16+compile",
 ])
 def test_torch_cuda_variants_match_the_cpu_reference(golden_pth_8, reference_8, spec):
-    from emoengine.benchmarks.gpu_bench import tolerance_for
     from emoengine.engine.emonet_model import open_emonet
 
     crops, ref = reference_8
     model = open_emonet(spec, weights=str(golden_pth_8), max_batch=4)
     try:
         assert model.backend == parse_backend(spec).label
-        tol = tolerance_for(parse_backend(spec).precision)
+        precision = parse_backend(spec).precision
         for rows in (slice(0, 4), slice(1, 2), slice(0, 3)):  # batch 3 is padded to 4 with compile/graphs
-            assert_close(model.runner.infer(crops[rows]), {k: v[rows] for k, v in ref.items()}, tol)
+            assert_close(model.runner.infer(crops[rows]), {k: v[rows] for k, v in ref.items()}, precision)
     finally:
         model.close()
 
@@ -152,7 +151,7 @@ def test_ort_cuda_io_binding_matches_the_cpu_reference(golden_pth_8, reference_8
     model = open_emonet(spec, weights=str(golden_pth_8), max_batch=4)
     try:
         for rows in (slice(0, 4), slice(1, 2), slice(0, 4)):
-            assert_close(model.runner.infer(crops[rows]), {k: v[rows] for k, v in ref.items()}, 1e-3)
+            assert_close(model.runner.infer(crops[rows]), {k: v[rows] for k, v in ref.items()}, "fp32")
         big = np.concatenate([crops] * 3)  # 12 > max batch 4: split
         assert model.runner.infer(big)["expression"].shape == (12, 8)
     finally:
@@ -163,31 +162,29 @@ def test_ort_cuda_io_binding_matches_the_cpu_reference(golden_pth_8, reference_8
 
 
 def test_gpu_bench_plan_starts_with_the_baseline_and_drops_unavailable_backends():
-    from emoengine.benchmarks.gpu_bench import plan
+    from emoengine.benchmarks.gpu_bench import BATCHES, plan
 
+    assert BATCHES == (1, 8, 64, 256)
     steps = plan({"torch-cuda": None, "ort-cuda": "no EP", "trt": "no TensorRT"})
-    assert steps[0] == ("torch-cuda", (1,))
-    assert ("torch-cuda:fp16+channels_last", (1, 8, 32, 64, 128, 256)) in steps
+    assert steps[0] == ("torch-cuda", BATCHES)   # eager fp32 first: the baselines of both speed-ups
+    for spec in ("torch-cuda:fp16+channels_last", "torch-cuda:bf16+channels_last",
+                 "torch-cuda:fp16+channels_last+cudagraph", "torch-cuda:fp16+channels_last+compile"):
+        assert (spec, BATCHES) in steps   # each variant at every batch of the device check
     assert all(not s.startswith(("ort-cuda", "trt")) for s, _ in steps)
     for spec, _ in plan({"torch-cuda": None, "ort-cuda": None, "trt": None}):
         parse_backend(spec)  # every planned spec is a valid backend string
     assert plan({"torch-cuda": "none", "ort-cuda": "none", "trt": "none"}) == []
 
 
-def test_gpu_bench_parity_and_summary():
-    from emoengine.benchmarks.gpu_bench import parity, results_file, summarize
+def test_one_comparator_judges_gpu_rows_by_precision():
+    from emoengine.benchmarks.gpu_bench import results_file
+    from emoengine.compare import compare
 
     ref = {"expression": np.array([[1.0, -2.0]]), "heatmap": np.ones((1, 2, 2))}
     near = {"expression": np.array([[1.0 + 4e-3, -2.0]]), "heatmap": np.ones((1, 2, 2))}
-    diffs, ok = parity(near, ref, "fp16")
-    assert ok and abs(diffs["expression"] - 2e-3) < 1e-9
-    assert not parity(near, ref, "fp32")[1]
-    rows = [{"backend": "torch-cuda", "batch": 1, "faces_per_s": 100.0, "parity_pass": True},
-            {"backend": "torch-cuda:fp16+channels_last+compile+cudagraph", "batch": 256, "faces_per_s": 2500.0,
-             "parity_pass": True},
-            {"backend": "ort-cuda", "error": "x"}]
-    s = summarize(rows)
-    assert s["fp16_compiled_speedup"] == 25.0 and s["fp16_compiled_meets_20x"] is True
+    c = compare(near, ref, "fp16")
+    assert c.passed and abs(c.outputs["expression"]["max_rel"] - 2e-3) < 1e-9
+    assert not compare(near, ref, "fp32").passed
     assert results_file("NVIDIA H100 80GB HBM3").name.startswith("gpu-bench-nvidia-h100-80gb-hbm3-")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emoengine.engine.backends import BACKENDS, request_for
 from emoengine.errors import RunFailure, UserInputError
 
 HAS_TRT_MODULE = importlib.util.find_spec("tensorrt") is not None
@@ -39,6 +40,11 @@ needs_no_trt = pytest.mark.skipif(TRT_USABLE, reason="TensorRT and a CUDA GPU ar
 
 def tree(folder) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def open_trt(spec: str = "trt", **request):
+    """The trt row's runner for a request, as open_emonet gets it (without the model class around it)."""
+    return BACKENDS["trt"].open(request_for(spec, **request))
 
 
 # --- without TensorRT: one line, exit 2, nothing built ---------------------------------------------------------
@@ -86,13 +92,14 @@ def test_run_with_trt_where_tensorrt_is_missing_exits_2_with_one_line(cli, tmp_p
 
 @needs_no_trt
 def test_python_entry_points_refuse_without_tensorrt(tmp_path, small_inputs, capsys):
+    from emoengine.engine.backends.tensorrt import TrtRunner
     from emoengine.engine.emonet_model import open_emonet
-    from emoengine.engine.trt_runner import TrtRunner, build_engine, open_trt_runner
+    from emoengine.export.trt_engine import build_engine
 
     calls = [
         lambda: open_emonet("trt", weights="random"),
         lambda: open_emonet("trt", model=str(small_inputs["engine"])),
-        lambda: open_trt_runner(model=None, weights="random", classes=None, full_taps=False),
+        lambda: open_trt(weights="random"),
         lambda: build_engine(tmp_path / "m.onnx", tmp_path / "m.engine"),
         lambda: TrtRunner(small_inputs["engine"]),
     ]
@@ -108,7 +115,7 @@ def test_trt_dtypes_map_to_torch_by_name_including_bf16():
     """trt.nptype cannot express bfloat16/fp8 (numpy lacks them): the runner maps TensorRT types by name."""
     import torch
 
-    from emoengine.engine.trt_runner import torch_dtype
+    from emoengine.engine.backends.tensorrt import torch_dtype
 
     class FakeDataType:  # what a pybind11 enum member offers: .name
         def __init__(self, name):
@@ -133,14 +140,14 @@ def test_trt_dtypes_map_to_torch_by_name_including_bf16():
 
 
 def write_engine_with_sidecar(path, data: bytes, keys: dict) -> None:
-    from emoengine.engine.trt_runner import write_sidecar
+    from emoengine.export.trt_engine import write_sidecar
 
     path.write_bytes(data)
     write_sidecar(path, {"num_classes": "8"}, keys)
 
 
 def test_sidecar_check_refuses_missing_foreign_stale_and_tampered_engines(tmp_path):
-    from emoengine.engine.trt_runner import check_cached_engine, engine_build_keys, engine_cache_path
+    from emoengine.export.trt_engine import check_cached_engine, engine_build_keys, engine_cache_path
 
     keys = engine_build_keys("ab" * 32, "10.9.0", "NVIDIA H100 80GB HBM3", "fp16", 64)
     engine = engine_cache_path(tmp_path / "emonet8.onnx", keys, folder=tmp_path)
@@ -167,7 +174,7 @@ def test_sidecar_check_refuses_missing_foreign_stale_and_tampered_engines(tmp_pa
 
 
 def test_cache_names_differ_per_gpu_tensorrt_and_onnx():
-    from emoengine.engine.trt_runner import engine_build_keys, engine_cache_path
+    from emoengine.export.trt_engine import engine_build_keys, engine_cache_path
 
     base = engine_build_keys("ab" * 32, "10.9.0", "NVIDIA H100", "fp32", 64)
     names = {engine_cache_path("m/emonet8.onnx", k).name for k in [
@@ -182,7 +189,8 @@ def fake_tensorrt(monkeypatch, tmp_path):
     of check and deserialization can be tested. Everything below the sidecar check is the real code."""
     from types import SimpleNamespace
 
-    from emoengine.engine import trt_runner
+    from emoengine.engine.backends import tensorrt as trt_backend
+    from emoengine.export import trt_engine
 
     events = []
     device = {"name": "NVIDIA H100 80GB HBM3"}
@@ -195,56 +203,58 @@ def fake_tensorrt(monkeypatch, tmp_path):
         return engine_path
 
     class FakeRunner:
-        def __init__(self, path, metadata=None, cuda_graph=False):
+        def __init__(self, path, metadata=None, cuda_graph=False, label="trt"):
             events.append(("deserialize", Path(path).name))
             self.metadata = metadata
 
-    monkeypatch.setattr(trt_runner, "require_tensorrt", lambda: (fake_trt, fake_torch))
-    monkeypatch.setattr(trt_runner, "build_engine", fake_build)
-    monkeypatch.setattr(trt_runner, "TrtRunner", FakeRunner)
+    monkeypatch.setattr(trt_backend, "missing", lambda row: None)
+    for module in (trt_backend, trt_engine):
+        monkeypatch.setattr(module, "require_tensorrt", lambda: (fake_trt, fake_torch))
+    monkeypatch.setattr(trt_engine, "build_engine", fake_build)
+    monkeypatch.setattr(trt_backend, "TrtRunner", FakeRunner)
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
     return SimpleNamespace(events=events, device=device)
 
 
 def test_with_a_fake_tensorrt_stale_engines_are_rebuilt_before_any_deserialization(fake_tensorrt, tmp_path,
                                                                                     golden_pth_8):
-    from emoengine.engine.trt_runner import open_engine_for_onnx, open_trt_runner, sidecar_path
     from emoengine.export.checkpoint import load_emonet
     from emoengine.export.onnx_export import export_onnx
+    from emoengine.export.trt_engine import sidecar_path
 
     onnx_path = export_onnx(load_emonet(golden_pth_8), tmp_path / "emonet8.onnx", verify=False).path
     events = fake_tensorrt.events
-    runner = open_engine_for_onnx(onnx_path, "fp32", 8)
+    runner = open_trt(model=str(onnx_path), max_batch=8)
     (engine,) = (tmp_path / "models").glob("*.engine")
     assert events == [("build", engine.name), ("deserialize", engine.name)]
     assert json.loads(sidecar_path(engine).read_text())["engine_device"] == "NVIDIA H100 80GB HBM3"
     assert runner.metadata["num_classes"] == "8"
 
     events.clear()
-    open_engine_for_onnx(onnx_path, "fp32", 8)
+    open_trt(model=str(onnx_path), max_batch=8)
     assert events == [("deserialize", engine.name)]  # current: reused
 
     events.clear()
     engine.write_bytes(b"tampered")  # sha256 no longer matches the sidecar
-    open_engine_for_onnx(onnx_path, "fp32", 8)
+    open_trt(model=str(onnx_path), max_batch=8)
     assert events == [("build", engine.name), ("deserialize", engine.name)]
 
     events.clear()
     sidecar_path(engine).unlink()  # no sidecar: rebuilt, never trusted
-    open_engine_for_onnx(onnx_path, "fp32", 8)
+    open_trt(model=str(onnx_path), max_batch=8)
     assert events == [("build", engine.name), ("deserialize", engine.name)]
 
     events.clear()
     fake_tensorrt.device["name"] = "NVIDIA H200"  # another GPU: its own engine, built first
-    open_engine_for_onnx(onnx_path, "fp32", 8)
+    open_trt(model=str(onnx_path), max_batch=8)
     assert [e[0] for e in events] == ["build", "deserialize"] and "h200" in events[0][1]
 
     events.clear()  # an .engine given directly: refused when foreign, never deserialized
     with pytest.raises(UserInputError, match="built for device") as e:
-        open_trt_runner(model=str(engine), weights=None, classes=None, full_taps=False)
+        open_trt(model=str(engine))
     assert "\n" not in str(e.value) and events == []
     with pytest.raises(UserInputError, match="int8 builds from a QDQ model"):
-        open_trt_runner(model=str(onnx_path), weights=None, classes=None, full_taps=False, precision="int8")
+        open_trt("trt:int8", model=str(onnx_path))
     assert events == []
 
 
@@ -274,14 +284,14 @@ def golden_onnx(trt_env, golden_pth_8, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine_b8(golden_onnx):
     """Built through the cache (sidecar included), beside the ONNX."""
-    from emoengine.engine.trt_runner import ensure_engine
+    from emoengine.export.trt_engine import ensure_engine
 
     return ensure_engine(golden_onnx, "fp32", 8, folder=golden_onnx.parent)
 
 
 @pytest.fixture(scope="module")
 def trt_runner(engine_b8):
-    from emoengine.engine.trt_runner import TrtRunner
+    from emoengine.engine.backends.tensorrt import TrtRunner
 
     runner = TrtRunner(engine_b8)
     yield runner
@@ -345,12 +355,10 @@ def test_emonet_model_on_an_engine(engine_b8, golden_outputs, torch_reference):
 
 
 def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_onnx, tmp_path, monkeypatch):
-    from emoengine.engine.trt_runner import open_trt_runner
-
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
     onnx_copy = tmp_path / "emonet8.onnx"
     shutil.copyfile(golden_onnx, onnx_copy)
-    runner = open_trt_runner(model=str(onnx_copy), weights=None, classes=None, full_taps=False, max_batch=4)
+    runner = open_trt(model=str(onnx_copy), max_batch=4)
     runner.close()
     (engine,) = (tmp_path / "models").glob("emonet8-fp32-b4-*.engine")
     sidecar = engine.with_name(engine.name + ".json")
@@ -359,7 +367,7 @@ def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_
     assert list((tmp_path / "models").glob("trt-timing-*.cache"))  # the timing cache was saved
     built = engine.stat().st_mtime_ns
 
-    runner = open_trt_runner(model=str(onnx_copy), weights=None, classes=None, full_taps=False, max_batch=4)
+    runner = open_trt(model=str(onnx_copy), max_batch=4)
     assert runner.metadata["class_names"] == meta["class_names"]
     runner.close()
     assert engine.stat().st_mtime_ns == built  # reused, not rebuilt
@@ -367,19 +375,17 @@ def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_
     meta["engine_sha256"] = "0" * 64  # as if the engine file had been replaced since
     sidecar.write_text(json.dumps(meta))
     os.utime(engine, ns=(built - 10**9, built - 10**9))
-    open_trt_runner(model=str(onnx_copy), weights=None, classes=None, full_taps=False, max_batch=4).close()
+    open_trt(model=str(onnx_copy), max_batch=4).close()
     assert engine.stat().st_mtime_ns != built - 10**9
     assert json.loads(sidecar.read_text())["engine_sha256"] != "0" * 64
 
 
 def test_fp16_engine_within_the_fp16_tolerances(golden_onnx, torch_reference, golden_outputs, tmp_path,
                                                 monkeypatch):
-    from emoengine.engine.trt_runner import open_trt_runner
-    from emoengine.export.fp16 import FP16_TOLERANCE
+    from emoengine.compare import FP16_TOLERANCE
 
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
-    runner = open_trt_runner(model=str(golden_onnx), weights=None, classes=None, full_taps=False, max_batch=4,
-                             precision="fp16")
+    runner = open_trt("trt:fp16", model=str(golden_onnx), max_batch=4)
     try:
         assert runner.metadata.get("engine_precision") == "fp16"
         got = runner.infer(golden_outputs(8)["images_rgb"])
@@ -391,7 +397,7 @@ def test_fp16_engine_within_the_fp16_tolerances(golden_onnx, torch_reference, go
 
 
 def test_cuda_graph_replay_matches_eager(engine_b8, golden_outputs):
-    from emoengine.engine.trt_runner import TrtRunner
+    from emoengine.engine.backends.tensorrt import TrtRunner
 
     crops = golden_outputs(8)["images_rgb"]
     eager, graphed = TrtRunner(engine_b8), TrtRunner(engine_b8, cuda_graph=True)

@@ -23,3 +23,10 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message, else its type name: what a one-line error report shows."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+def notice(message: str) -> None:
+    """A line for the user that is not a result (progress, a warning): always on stderr, `emoengine: ` first."""
+    import sys
+
+    print(f"emoengine: {message}", file=sys.stderr, flush=True)

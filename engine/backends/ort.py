@@ -1,47 +1,19 @@
-"""One runner contract over every backend: open once, `infer(feeds) -> {name: array}`, close.
+"""The `ort` and `ort-int8` backends: ONNX Runtime on the CPU (also the runner the detectors use).
 
-Modelled on Polygraphy's runners: a runner knows its input and output names and nothing about faces.
-Pre/post-processing lives in the model classes that own a runner (engine.emonet_model, the detectors).
+`ort` runs the fp32 export, `ort-int8` the static int8 QDQ model of `emoengine export --precision int8`; both
+make their model from `--weights` once (export.artifacts) and reuse it. OrtRunner takes any ONNX file or bytes,
+on any provider list, so the detectors and `info` use it too.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
-from emoengine.errors import UserInputError
-
-
-class Runner:
-    """Base runner. Subclasses fill `input_names`, `output_names`, `metadata` and implement `_infer`."""
-
-    backend: str = "?"
-    input_names: list[str]
-    output_names: list[str]
-    metadata: dict[str, str]
-
-    def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
-        """Run once. A bare array feeds the only input."""
-        if isinstance(feeds, np.ndarray):
-            if len(self.input_names) != 1:
-                raise TypeError(f"{self.backend} runner has inputs {self.input_names}; pass a dict")
-            feeds = {self.input_names[0]: feeds}
-        return self._infer(dict(feeds))
-
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+from emoengine.engine.backends.base import ModelRequest, Runner
+from emoengine.errors import UserInputError, first_line
 
 
 def check_ort_providers(providers: list[str]) -> None:
@@ -57,16 +29,8 @@ def check_ort_providers(providers: list[str]) -> None:
         )
 
 
-def check_torch_device(device: str) -> None:
-    """One UserInputError line when `device` is CUDA and this PyTorch has no usable GPU."""
-    if device.startswith("cuda"):
-        from emoengine.engine.cuda_io import require_cuda_backend
-
-        require_cuda_backend("torch-cuda")
-
-
-def _session_options(threads: int | None, optimized_out: str | None = None, optimize: bool = True,
-                     spinning: bool | None = None):
+def session_options(threads: int | None, optimized_out: str | None = None, optimize: bool = True,
+                    spinning: bool | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -118,7 +82,8 @@ class OrtRunner(Runner):
     """ONNX Runtime session from a file path or serialized model bytes (CPU or CUDA)."""
 
     def __init__(self, model: str | os.PathLike | bytes, providers: list[str] | None = None,
-                 threads: int | None = None, cache_optimized: bool = False, spinning: bool | None = None) -> None:
+                 threads: int | None = None, cache_optimized: bool = False, spinning: bool | None = None,
+                 label: str | None = None) -> None:
         """cache_optimized: on CPU, keep ONNX Runtime's optimised graph next to the model (in `.ort-optimized/`,
         keyed by file, ORT version and CPU) and load that next time with the optimisers off: the same graph,
         without re-running the fusions and layout passes at every start."""
@@ -131,22 +96,22 @@ class OrtRunner(Runner):
             raise UserInputError(f"no such model file: {source}")
         self.optimized_from_cache = False
         try:
-            so = _session_options(threads, spinning=spinning)
+            so = session_options(threads, spinning=spinning)
             if cache_optimized and isinstance(source, str) and providers == ["CPUExecutionProvider"]:
                 cached = optimized_model_path(Path(source))
                 if cached.is_file():
                     source, self.optimized_from_cache = str(cached), True
-                    so = _session_options(threads, optimize=False, spinning=spinning)
+                    so = session_options(threads, optimize=False, spinning=spinning)
                 elif _writable_folder(cached.parent):
                     written = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")  # renamed once complete
-                    so = _session_options(threads, optimized_out=str(written), spinning=spinning)
+                    so = session_options(threads, optimized_out=str(written), spinning=spinning)
             self.session = ort.InferenceSession(source, sess_options=so, providers=providers)
             if so.optimized_model_filepath:
                 os.replace(so.optimized_model_filepath, cached)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise UserInputError(f"ONNX Runtime cannot load {source if isinstance(source, str) else 'model'}: "
-                                 f"{str(e).splitlines()[0]}") from e
-        self.backend = "ort-cuda" if providers[0] == "CUDAExecutionProvider" else "ort"
+                                 f"{first_line(e)}") from e
+        self.backend = label or ("ort-cuda" if providers[0] == "CUDAExecutionProvider" else "ort")
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -154,33 +119,34 @@ class OrtRunner(Runner):
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, feeds)
-        return dict(zip(self.output_names, outs))
+        return dict(zip(self.output_names, outs, strict=True))
 
     def close(self) -> None:
         self.session = None
 
 
-class TorchRunner(Runner):
-    """The PyTorch reference: our EmoNet behind the exported graph's exact inputs and outputs."""
+# --- the rows' hooks (engine.backends.BACKENDS: ort, ort-int8) ---------------------------------------------------
 
-    def __init__(self, graph, metadata: dict[str, str], device: str = "cpu") -> None:
-        import torch
 
-        check_torch_device(device)
-        self.torch = torch
-        self.device = torch.device(device)
-        self.graph = graph.to(self.device).eval()
-        self.backend = "torch-cuda" if self.device.type == "cuda" else "torch"
-        self.input_names = ["image"]
-        self.output_names = list(graph.output_names)
-        self.metadata = dict(metadata)
+def missing(row) -> str | None:
+    return None   # onnxruntime is a core dependency
 
-    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
-        with torch.inference_mode():
-            image = torch.from_numpy(np.ascontiguousarray(feeds["image"])).to(self.device, non_blocking=True)
-            outs = self.graph(image)
-        return {n: o.detach().float().cpu().numpy() for n, o in zip(self.output_names, outs)}
 
-    def close(self) -> None:
-        self.graph = None
+def prepare(row, request: ModelRequest) -> Path:
+    """The ONNX file this row runs: `--model` as given (its contract checked before a session is built on a
+    foreign file), else the fp32 export of `--weights` or, for an int8 row, its int8 QDQ model, each made once."""
+    from emoengine.export import artifacts
+
+    if request.model is not None:
+        from emoengine.engine.model_check import check_onnx_contract
+
+        check_onnx_contract(request.model)
+        return Path(request.model)
+    if request.backend.precision == "int8":
+        return artifacts.cached_int8_onnx_for(request)
+    return artifacts.cached_onnx_for(request)
+
+
+def open_runner(row, request: ModelRequest) -> OrtRunner:
+    return OrtRunner(prepare(row, request), providers=["CPUExecutionProvider"], threads=request.threads,
+                     cache_optimized=request.cache_optimized, label=request.backend.label)

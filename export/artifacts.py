@@ -1,0 +1,98 @@
+"""The artifacts a backend runs, made once from a checkpoint and reused: the cached ONNX export, its fp16
+conversion, its int8 QDQ model. Backends ask for them through their row's `prepare()` (engine.backends);
+TensorRT engines are made by export.trt_engine.
+
+Each function takes the request that names the model (anything with `weights`, `classes`, `full_taps`, e.g.
+engine.backends.ModelRequest), so that a new property of a model is one new field of the request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from emoengine.errors import UserInputError, notice
+from emoengine.paths import models_dir, sha256_file
+
+
+def load_onnx(path: str | os.PathLike, external_data: bool = False):
+    """onnx.ModelProto of `path`, or one UserInputError line when it is not an ONNX model."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as e:  # protobuf DecodeError, a missing file and friends
+        raise UserInputError(f"not an ONNX model: {path} ({type(e).__name__})") from e
+
+
+def onnx_precision(onnx_path: str | os.PathLike) -> str:
+    """fp32 / fp16 / int8, read off the graph: QuantizeLinear nodes = QDQ int8, fp16 initializers = fp16."""
+    import onnx
+
+    model = load_onnx(onnx_path)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def cached_onnx_for(request) -> Path:
+    """Export the request's weights to ONNX once and reuse it: models/emonet<C>-<sha12>[-fulltaps].onnx."""
+    try:
+        from emoengine.export.checkpoint import load_emonet
+        from emoengine.export.onnx_export import export_onnx, read_metadata
+    except ImportError as e:
+        raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass --model "
+                             "with an exported .onnx") from e
+    loaded = load_emonet(request.weights, request.classes)
+    tag = "random" if loaded.is_random else loaded.sha256[:12]
+    path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if request.full_taps else ''}.onnx"
+    from emoengine import __version__
+
+    stale = path.is_file() and read_metadata(path).get("emoengine_version") != __version__
+    if stale or not path.is_file():   # a different exporter may have made a different graph
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(loaded, path, full_taps=request.full_taps, verify=False)
+    return path
+
+
+def cached_int8_onnx_for(request, calibration_crops: int | None = None, method: str | None = None,
+                         keep_float: tuple[str, ...] | None = None, ops: str | None = None) -> Path:
+    """The int8 model of the request's weights for a recipe (the default recipe unless given), made once:
+    models/emonet<C>-<sha12>-<recipe>.onnx."""
+    from emoengine.export import quantize
+    from emoengine.export.onnx_export import read_metadata
+
+    calibration_crops = calibration_crops or quantize.DEFAULT_CALIBRATION_CROPS
+    method = method or quantize.DEFAULT_METHOD
+    keep_float = tuple(sorted(quantize.DEFAULT_KEEP_FLOAT if keep_float is None else keep_float))
+    ops = ops or quantize.DEFAULT_OPS
+    fp32 = cached_onnx_for(request)
+    path = fp32.with_name(f"{fp32.stem}-{quantize.recipe_tag(calibration_crops, method, keep_float, ops)}.onnx")
+    if path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime and \
+            read_metadata(path).get("precision") == "int8":
+        return path
+    # ranges depend on the fp32 model, the method and the crops, not on which layers stay float: shared
+    cache = fp32.with_name(f"{fp32.stem}.calib-{ops}-{method}{calibration_crops}.json")
+    quantize.quantize_int8(fp32, path, calibration_crops, method, keep_float, calibration_cache=cache, ops=ops)
+    return path
+
+
+def cached_fp16_onnx(fp32_path: Path, announce=None) -> Path:
+    """<stem>.fp16.onnx beside the fp32 model, converted once (and again when the fp32 model changes)."""
+    from emoengine.engine.writers import write_bytes_atomic
+    from emoengine.export.fp16 import export_fp16
+
+    out = fp32_path.with_name(f"{fp32_path.stem}.fp16.onnx")
+    stamp = out.with_name(out.name + ".source-sha256")
+    sha = sha256_file(fp32_path)
+    if out.is_file() and stamp.is_file() and stamp.read_text().strip() == sha:
+        return out
+    (announce or notice)(f"converting {fp32_path.name} to fp16 (fp32 kept where measured necessary)...")
+    export_fp16(fp32_path, out)
+    try:
+        write_bytes_atomic(stamp, sha.encode())
+    except OSError as e:
+        raise UserInputError(f"cannot write {stamp}: {e.strerror or e}") from e
+    return out
