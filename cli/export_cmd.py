@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from emoengine.cli.main import app
 from emoengine.errors import UserInputError
-from emoengine.paths import models_dir
 
 
 @app.command("export")
 def export_command(
-    weights: Optional[str] = typer.Option(None, "--weights", help="Upstream EmoNet checkpoint (.pth), or 'random'."),
-    classes: Optional[int] = typer.Option(None, "--classes", help="5 or 8; must agree with the checkpoint."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx (emonet{C}-random.onnx for random weights)."),
+    weights: str | None = typer.Option(None, "--weights", help="Upstream EmoNet checkpoint (.pth), or 'random'."),
+    classes: int | None = typer.Option(None, "--classes", help="5 or 8; must agree with the checkpoint."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx (emonet{C}-random.onnx for random weights)."),
     full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
@@ -26,53 +24,48 @@ def export_command(
     trt: bool = typer.Option(False, "--trt", help="Also build the TensorRT engine (cached in models/, keyed by GPU, "
                              "TensorRT version and ONNX sha256)."),
     max_batch: int = typer.Option(64, "--max-batch", help="With --trt: the engine takes batches 1..N."),
-    onnx_source: Optional[Path] = typer.Option(None, "--onnx", help="With --trt: build from this ONNX instead of "
+    onnx_source: Path | None = typer.Option(None, "--onnx", help="With --trt: build from this ONNX instead of "
                                                "exporting --weights."),
     calibration_crops: int = typer.Option(64, "--calibration-crops", help="int8: face crops to calibrate on."),
     calibration_method: str = typer.Option("minmax", "--calibration-method", help="int8: minmax, percentile "
                                              "or entropy (these two hold ~0.5 GB per calibration crop in memory)."),
-    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="int8: layer groups left in float, "
+    keep_float: str | None = typer.Option(None, "--keep-float", help="int8: layer groups left in float, "
                                              "comma-separated (stem, hourglass0, hourglass1, emotion, fc; 'none')."),
 ) -> None:
     """Export EmoNet to ONNX: uint8 NHWC RGB crops in, expression/valence/arousal/heatmap/taps out."""
-    # heavy imports here so `emoengine --help` and other commands stay fast
-    try:
-        from emoengine.export.checkpoint import load_emonet
-        from emoengine.export.onnx_export import export_onnx
+    try:  # heavy imports here so `emoengine --help` and other commands stay fast
+        import torch  # noqa: F401
     except ImportError as e:
         raise UserInputError(f"export needs PyTorch ({e.name} is missing): pip install torch, then "
                              "pip install 'emoengine[export]'") from e
-
-    if precision not in ("fp32", "fp16", "int8"):
-        raise UserInputError(f"--precision must be fp32, fp16 or int8, not {precision!r}")
-    if keep_float is not None and precision != "int8":
-        raise UserInputError("--keep-float chooses the layers an int8 export leaves in float: add --precision int8")
-    if precision == "int8" and not trt and onnx_source is None:  # QDQ model for ort-int8: cli/export_int8.py
-        from emoengine.cli.export_int8 import export_int8
-
-        if weights is None:
-            raise UserInputError("--precision int8 needs --weights (a .pth checkpoint or 'random')")
-        export_int8(weights, classes, output, full_taps, opset, verify, calibration_crops, calibration_method,
-                    keep_float)
-        return
-    if trt or precision != "fp32" or onnx_source is not None:  # fp16 ONNX / TensorRT engine: cli/export_gpu.py
-        from emoengine.cli.export_gpu import export_gpu
-
-        return export_gpu(weights, classes, output, full_taps, opset, precision, trt, max_batch, onnx_source)
-    if weights is None:
-        raise UserInputError("--weights is required (a .pth checkpoint or 'random')")
-    if output is None and weights == "random":  # never overwrite a real export with random weights
-        output = models_dir() / f"emonet{classes or 8}-random.onnx"
-    loaded = load_emonet(weights, classes)
-    report = export_onnx(loaded, output, full_taps=full_taps, opset=opset, verify=verify)
-    _print_report(report)
-
-
-def _print_report(report) -> None:
     from rich.console import Console
+
+    from emoengine.export.targets import ExportRequest, run_export
+
+    request = ExportRequest(weights=weights, classes=classes, output=output, full_taps=full_taps, opset=opset,
+                            verify=verify, precision=precision, trt=trt, max_batch=max_batch, onnx=onnx_source,
+                            calibration_crops=calibration_crops, calibration_method=calibration_method,
+                            keep_float=keep_float)
+    console = Console(highlight=False, soft_wrap=True)
+    for exported in run_export(request, say=console.print):
+        PRINTERS[exported.step](console, exported)
+
+
+def _print_onnx(console, exported) -> None:
+    report = exported.report
+    if exported.temporary:   # the fp32 model an fp16/int8 file is made from
+        if report.worst_rel_diff is not None:
+            console.print(f"fp32 export verified (worst rel. diff {max(report.worst_rel_diff.values()):.1e})")
+    elif not exported.last:  # the fp32 model an engine (or its fp16 model) is built from
+        verified = ", verified against PyTorch" if report.worst_rel_diff is not None else ""
+        console.print(f"wrote [bold]{report.path}[/bold] (fp32{verified})")
+    else:
+        _print_report(console, report)
+
+
+def _print_report(console, report) -> None:
     from rich.table import Table
 
-    console = Console(highlight=False)
     meta = report.metadata
     console.print(f"wrote [bold]{report.path}[/bold] ({report.size_bytes / 1e6:.1f} MB) "
                   f"in {report.export_s:.1f} s")
@@ -92,3 +85,38 @@ def _print_report(report) -> None:
     for name, diff in report.worst_rel_diff.items():
         table.add_row(name, "x".join(map(str, report.output_shapes.get(name, ()))), f"{diff:.1e}")
     console.print(table)
+
+
+def _print_fp16(console, exported) -> None:
+    rep = exported.report
+    if rep is None:   # the source was fp16 already
+        return
+    console.print(f"wrote [bold]{rep.path}[/bold] ({rep.size_bytes / 1e6:.1f} MB, fp16) in {rep.convert_s:.1f} s; "
+                  f"largest fp32 activation {rep.max_abs:.0f} (fp16 max 65504); kept fp32: "
+                  f"{', '.join(rep.kept_fp32) or 'nothing'}")
+    console.print("  emulated fp16 vs fp32, worst rel. diff (tolerance): " + ", ".join(
+        f"{k} {v:.1e} ({rep.tolerance[k]:g})" for k, v in rep.worst_rel_diff.items()))
+
+
+def _print_int8(console, exported) -> None:
+    from emoengine.export.targets import AGREEMENT_CROPS
+
+    report = exported.report
+    console.print(f"wrote [bold]{report.path}[/bold] ({report.path.stat().st_size / 1e6:.1f} MB) in "
+                  f"{report.quantize_s:.1f} s: {report.quantized_nodes} Conv/Gemm in int8, {report.float_nodes} "
+                  f"kept float ({', '.join(report.keep_float) or 'none'})")
+    console.print(f"  calibration: {report.method} on {report.calibration_crops} face crops, ranges cached in "
+                  f"{report.calibration_cache}")
+    if "agreement" in exported.extra:
+        console.print(f"  expression top-1 agreement with fp32 on {AGREEMENT_CROPS} face crops: "
+                      f"{exported.extra['agreement']:.1%} (emoengine bench measures it on more)")
+
+
+def _print_engine(console, exported) -> None:
+    from emoengine.export.trt_engine import sidecar_path
+
+    console.print(f"TensorRT engine [bold]{exported.path}[/bold] ({exported.extra['precision']}, batch "
+                  f"1..{exported.extra['max_batch']}); sidecar {sidecar_path(exported.path).name}")
+
+
+PRINTERS = {"onnx": _print_onnx, "fp16": _print_fp16, "int8": _print_int8, "engine": _print_engine}

@@ -1,0 +1,195 @@
+"""`emoengine export` as a table: what each request makes, step by step, from a checkpoint or a given ONNX.
+
+Every export is a chain of steps over one artifact: `onnx` (the checkpoint exported to fp32 ONNX and verified
+against PyTorch), then `fp16` (converted, fp32 kept where measured necessary) or `int8` (static QDQ calibrated
+on face crops), then `engine` (a TensorRT engine, cached per GPU and TensorRT version). A request's precision
+and `--trt` pick a row of TARGETS; `--onnx FILE` enters the chain after the `onnx` step. The CLI only parses
+into an ExportRequest and prints the reports this returns.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emoengine.errors import UserInputError
+from emoengine.paths import models_dir
+
+AGREEMENT_CROPS = 32  # int8 vs fp32 top-1 agreement printed after export (bench measures it on more)
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """The options of `emoengine export`, parsed."""
+
+    weights: str | None = None
+    classes: int | None = None
+    output: Path | None = None
+    full_taps: bool = False
+    opset: int = 17
+    verify: bool = True
+    precision: str = "fp32"
+    trt: bool = False
+    max_batch: int = 64
+    onnx: Path | None = None                 # start from this ONNX instead of exporting --weights
+    calibration_crops: int = 64
+    calibration_method: str = "minmax"
+    keep_float: str | None = None            # int8: layer groups left in float, as typed
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    """One row: the steps from a checkpoint and from `--onnx`, and why a request that lacks one is refused."""
+
+    from_weights: tuple[str, ...] | None
+    from_onnx: tuple[str, ...] | None
+    no_weights: str = "give --weights (a .pth checkpoint or 'random') or, with --trt, --onnx"
+    no_onnx: str = "--onnx is the source of --trt (or of --precision fp16); add one of them"
+
+
+# (precision, --trt) -> the chain
+TARGETS: dict[tuple[str, bool], ExportTarget] = {
+    ("fp32", False): ExportTarget(("onnx",), None, no_weights="--weights is required (a .pth checkpoint or 'random')"),
+    ("fp16", False): ExportTarget(("onnx", "fp16"), ("fp16",)),
+    ("int8", False): ExportTarget(("onnx", "int8"), None,
+                                  no_weights="--precision int8 needs --weights (a .pth checkpoint or 'random')",
+                                  no_onnx="--precision int8 here means a TensorRT int8 engine: add --trt and give "
+                                          "the QDQ model with --onnx"),
+    ("fp32", True): ExportTarget(("onnx", "engine"), ("engine",)),
+    ("fp16", True): ExportTarget(("onnx", "fp16", "engine"), ("fp16", "engine")),
+    ("int8", True): ExportTarget(None, ("engine",),
+                                 no_weights="TensorRT int8 builds from the QDQ model of `emoengine export --precision "
+                                            "int8`: pass it with --onnx"),
+}
+PRECISIONS = tuple(dict.fromkeys(p for p, _ in TARGETS))
+# the file name each step's output takes after `emonet<C>[-random]` (from --onnx: after the given file's stem)
+SUFFIXES = {"onnx": ".onnx", "fp16": ".fp16.onnx", "int8": "-int8.onnx"}
+
+
+@dataclass
+class Exported:
+    """What one step wrote: the step, the file, the step's own report, and whether the file was a temporary."""
+
+    step: str
+    path: Path
+    report: object = None
+    temporary: bool = False
+    last: bool = False        # the chain's last step
+    extra: dict = field(default_factory=dict)
+
+
+def steps_for(request: ExportRequest) -> tuple[str, ...]:
+    """The chain for `request`, checked before any work (one line, exit 2 when the request cannot be met)."""
+    if request.precision not in PRECISIONS:
+        raise UserInputError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
+                             f"not {request.precision!r}")
+    if request.keep_float is not None and request.precision != "int8":
+        raise UserInputError("--keep-float chooses the layers an int8 export leaves in float: add --precision int8")
+    if request.trt:
+        from emoengine.export.trt_engine import require_tensorrt
+
+        if request.max_batch < 1:
+            raise UserInputError(f"--max-batch must be at least 1, not {request.max_batch}")
+        require_tensorrt()   # first: without TensorRT nothing else matters
+    target = TARGETS[(request.precision, request.trt)]
+    steps = target.from_onnx if request.onnx is not None else target.from_weights
+    if steps is None:
+        raise UserInputError(target.no_onnx if request.onnx is not None else target.no_weights)
+    if request.onnx is None and request.weights is None:
+        raise UserInputError(target.no_weights)
+    if request.onnx is not None and not request.onnx.is_file():
+        raise UserInputError(f"no such model file: {request.onnx}")
+    if "int8" in steps:
+        from emoengine.export.quantize import check_recipe, parse_keep_float
+
+        check_recipe(request.calibration_crops, request.calibration_method, parse_keep_float(request.keep_float))
+    return steps
+
+
+def run_export(request: ExportRequest, say: Callable[[str], None]) -> list[Exported]:
+    """Run the request's chain, each step's file feeding the next. `--output` names the last file of the chain;
+    the ONNX an engine is built from is kept (default: in models/), the fp32 ONNX an fp16 or int8 file is made
+    from is a temporary."""
+    steps = steps_for(request)
+    loaded, default = None, None
+    if request.onnx is None:
+        from emoengine.export.checkpoint import load_emonet
+
+        loaded = load_emonet(request.weights, request.classes)
+        stem = f"emonet{loaded.num_classes}{'-random' if loaded.is_random else ''}"
+    files = [s for s in steps if s != "engine"]
+    done: list[Exported] = []
+    source = request.onnx
+    with tempfile.TemporaryDirectory(prefix="emoengine-export-") as tmp:
+        for step in steps:
+            default = (models_dir() / f"{stem}{SUFFIXES.get(step, '')}" if loaded is not None
+                       else request.onnx.with_name(f"{request.onnx.stem}{SUFFIXES.get(step, '')}"))
+            temporary = step != "engine" and step != files[-1] and "engine" not in steps
+            if temporary:
+                target = Path(tmp) / f"fp32{SUFFIXES[step]}"
+            else:
+                target = _final(request.output, default) if files and step == files[-1] else default
+            result = STEPS[step](request, loaded, source, target, say)
+            result.temporary, result.last = temporary, step == steps[-1]
+            done.append(result)
+            source = result.path
+    return done
+
+
+def _final(output: Path | None, default: Path) -> Path:
+    """--output as given; a folder gets the default name (without `-random`)."""
+    if output is None:
+        return default
+    return output / default.name.replace("-random", "") if output.is_dir() else output
+
+
+def _onnx_step(request: ExportRequest, loaded, source, target: Path, say) -> Exported:
+    from emoengine.export.onnx_export import export_onnx
+
+    report = export_onnx(loaded, target, full_taps=request.full_taps, opset=request.opset, verify=request.verify)
+    return Exported("onnx", report.path, report)
+
+
+def _fp16_step(request: ExportRequest, loaded, source: Path, target: Path, say) -> Exported:
+    from emoengine.export.artifacts import onnx_precision
+    from emoengine.export.fp16 import export_fp16
+
+    if onnx_precision(source) != "fp32":   # already fp16 (or int8): nothing to convert
+        return Exported("fp16", source)
+    say("converting to fp16: measuring activation ranges, then emulated-fp16 parity (about 30 s on 2 CPU cores)...")
+    report = export_fp16(source, target)
+    return Exported("fp16", report.path, report)
+
+
+def _int8_step(request: ExportRequest, loaded, source: Path, target: Path, say) -> Exported:
+    from emoengine.export.quantize import parse_keep_float, quantize_int8
+
+    report = quantize_int8(source, target, request.calibration_crops, request.calibration_method,
+                           parse_keep_float(request.keep_float))
+    extra = {"agreement": int8_agreement(source, report.path, AGREEMENT_CROPS)} if request.verify else {}
+    return Exported("int8", report.path, report, extra=extra)
+
+
+def _engine_step(request: ExportRequest, loaded, source: Path, target, say) -> Exported:
+    from emoengine.export.artifacts import onnx_precision
+    from emoengine.export.trt_engine import engine_precision, ensure_engine
+
+    precision = engine_precision(onnx_precision(source), request.precision, source)
+    engine = ensure_engine(source, precision, request.max_batch, announce=say)
+    return Exported("engine", engine, extra={"precision": precision, "max_batch": request.max_batch})
+
+
+STEPS = {"onnx": _onnx_step, "fp16": _fp16_step, "int8": _int8_step, "engine": _engine_step}
+
+
+def int8_agreement(fp32_path: Path, int8_path: Path, n: int) -> float:
+    """Expression top-1 agreement of the int8 model with the fp32 one on n face crops (export.face_crops)."""
+    from emoengine.compare import compare
+    from emoengine.engine.backends import OrtRunner
+    from emoengine.export.face_crops import EVALUATION_SEED, face_crops
+
+    crops = face_crops(n, seed=EVALUATION_SEED)
+    with OrtRunner(fp32_path) as reference, OrtRunner(int8_path) as runner:
+        return compare(runner.infer(crops), reference.infer(crops), "int8").top1_agreement
