@@ -1,15 +1,14 @@
-"""One-shot GPU benchmark for a session with a lent GPU: `python -m emoengine.benchmarks.gpu_bench` (~8 min on H100).
+"""The GPU plan of the bench, for a session with a lent GPU: `python -m emoengine.benchmarks.gpu_bench`.
 
-Plan, most important first (so a time budget cuts the tail, not the baseline): torch-cuda eager fp32 at batch 1
-(the upstream way: the baseline), torch-cuda fp16 eager and compiled at batch 1..256, bf16, ort-cuda (where
-onnxruntime-gpu is installed), trt (where TensorRT is). Every configuration is opened through the same
-`open_emonet(backend-spec)` contract `run` and `bench` use, timed end to end per `runner.infer` call (uint8 crops
-up, float32 outputs down), and compared with the CPU PyTorch fp32 reference on the golden crops (parity: worst
-|a-b|/max|ref| per output against fp32 1e-3, fp16 export.fp16.FP16_TOLERANCE, bf16 BF16_TOLERANCE).
-
-Rows: {backend, precision, batch, faces_per_s, latency_ms, parity, parity_pass}, written after every row to
-benchmarks/results/gpu-bench-<device>-<date>.json, so a run cut short still leaves its numbers.
-Nothing here has run yet: it was written on a machine without a GPU.
+The same machinery as `emoengine bench` (benchmarks/measure.py: one timing loop, parity at every batch and every
+variant with the one comparator, both labelled speed-ups, tracebacks to a log), over the table GPU_PLAN: eager
+fp32 torch-cuda (the upstream way at batch 1, and the equal-batch baseline), fp16/bf16, eager CUDA graphs and
+torch.compile (mode `default`) at batches 1/8/64/256, then ort-cuda and trt where they are installed. Specs whose
+backend cannot run here are left out; the order is the priority, so a time budget cuts the tail. Every row is
+warmed up for a second before it is timed, so the baseline is not measured on a cold GPU. Parity crops: the
+golden crops where the golden data is found, synthetic ones otherwise; timing crops: synthetic. The results are
+written after every spec to benchmarks/results/gpu-bench-<device>-<date>.json (and failed rows' tracebacks to
+the .log beside it), so a run cut short keeps its numbers. Nothing here has run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,179 +23,48 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.errors import first_line
+from emoengine.benchmarks.measure import BenchSettings, PlanRow
 
-BATCHES = (1, 8, 32, 64, 128, 256)
-
-
-def plan(available: dict[str, str | None], batches=BATCHES) -> list[tuple[str, tuple[int, ...]]]:
-    """(backend spec, batches) in the order they run. Backends that are unavailable here are left out."""
-    steps: list[tuple[str, tuple[int, ...]]] = []
-    if available.get("torch-cuda") is None:
-        big = tuple(b for b in batches if b > 1)
-        steps += [
-            ("torch-cuda", (1,)),                                                   # the baseline
-            ("torch-cuda:fp16+channels_last", tuple(batches)),
-            # reduce-overhead; one compilation per batch size (the bulk of this script's time): three sizes
-            ("torch-cuda:fp16+channels_last+compile+cudagraph", (batches[0], *big[-4:-3], big[-1]) if big else (1,)),
-            ("torch-cuda", big[-2:] if len(big) >= 2 else big),
-            ("torch-cuda:bf16+channels_last", big[-2:] if len(big) >= 2 else big),
-        ]
-    if available.get("ort-cuda") is None:
-        steps += [("ort-cuda", (1, 64)), ("ort-cuda:conv_search=HEURISTIC", (64,)),  # cudnn_conv_algo_search
-                  ("ort-cuda:conv_search=DEFAULT", (64,)), ("ort-cuda:fp16", (1, 64, 256)),
-                  ("ort-cuda:fp16+cudagraph", (64,))]
-    if available.get("trt") is None:
-        steps += [("trt:fp16+max_batch=256", (1, 64, 256)), ("trt:fp16+cudagraph+max_batch=256", (64,))]
-    return steps
+BATCHES = (1, 8, 64, 256)
+GPU_PLAN: tuple[PlanRow, ...] = (
+    ("torch-cuda", BATCHES),                                         # eager fp32: both baselines
+    ("torch-cuda:fp16+channels_last", BATCHES),
+    ("torch-cuda:bf16+channels_last", BATCHES),
+    ("torch-cuda:fp16+channels_last+cudagraph", BATCHES),            # eager CUDA graphs, one per batch size
+    ("torch-cuda:fp16+channels_last+compile", BATCHES),              # compile mode `default`, one per batch size
+    ("ort-cuda", (1, 64)),
+    ("ort-cuda:fp16", (1, 64, 256)),
+    ("ort-cuda:fp16+cudagraph", (64,)),
+    ("trt:fp16+max_batch=256", (1, 64, 256)),
+    ("trt:fp16+cudagraph+max_batch=256", (64,)),
+    ("torch-cuda:fp16+channels_last+compile+cudagraph", (1, 256)),   # reduce-overhead: compiles again, last
+)
+GPU_SETTINGS = BenchSettings(runs=5, min_time_s=1.0, warmup=3, warmup_s=1.0, budget_s=300.0)
 
 
-def tolerance_for(precision: str) -> dict[str, float] | float:
-    from emoengine.export.fp16 import BF16_TOLERANCE, FP16_TOLERANCE
+def plan(available: dict[str, str | None], table: tuple[PlanRow, ...] = GPU_PLAN) -> list[PlanRow]:
+    """The table's specs whose backend can run here (`available`: backend name -> None or why not)."""
+    from emoengine.engine.backends import parse_backend
 
-    if precision == "fp32":
-        return 1e-3
-    return BF16_TOLERANCE if precision == "bf16" else FP16_TOLERANCE
-
-
-def parity(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], precision: str) -> tuple[dict, bool]:
-    from emoengine.export.onnx_export import relative_diff
-
-    tol = tolerance_for(precision)
-    diffs = {name: relative_diff(got[name], r) for name, r in ref.items()}
-    ok = all(d <= (tol if isinstance(tol, float) else tol.get(name, 1e-2)) for name, d in diffs.items())
-    return diffs, ok
-
-
-def time_batch(runner, crops: np.ndarray, min_s: float = 1.0, min_iters: int = 5, warmup: int = 3) -> list[float]:
-    """Seconds per infer() call of one batch, after warm-up (compilation and graph capture happen there)."""
-    for _ in range(warmup):
-        runner.infer(crops)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < min_s:
-        t = time.perf_counter()
-        runner.infer(crops)
-        times.append(time.perf_counter() - t)
-        if len(times) >= 200:
-            break
-    return times
-
-
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "unknown"
+    return [(spec, batches) for spec, batches in table if available.get(parse_backend(spec).name) is None]
 
 
 def results_file(device: str, folder: Path = Path("benchmarks/results")) -> Path:
     """gpu-bench-<device>-<date>.json: not `emoengine bench`'s gpu-<device>-<date>.json on the same GPU and day."""
+    from emoengine.benchmarks.bench import device_slug
+
     return folder / f"gpu-bench-{device_slug(device)}-{datetime.now(timezone.utc):%Y-%m-%d}.json"
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Baseline (torch-cuda fp32 batch 1), best row and best fp16 compiled row, speed-ups against the baseline."""
-    ok = [r for r in rows if "faces_per_s" in r]
-    base = next((r for r in ok if r["backend"] == "torch-cuda" and r["batch"] == 1), None)
-    best = max(ok, key=lambda r: r["faces_per_s"], default=None)
-    compiled = [r for r in ok if r["backend"].startswith("torch-cuda:fp16") and "compile" in r["backend"]]
-    best_compiled = max(compiled, key=lambda r: r["faces_per_s"], default=None)
-    out: dict = {"baseline": base, "best": best, "best_torch_fp16_compiled": best_compiled}
-    if base:
-        for key, row in (("best_speedup", best), ("fp16_compiled_speedup", best_compiled)):
-            if row:
-                out[key] = round(row["faces_per_s"] / base["faces_per_s"], 2)
-        if best_compiled:
-            out["fp16_compiled_meets_20x"] = out["fp16_compiled_speedup"] >= 20 and bool(best_compiled["parity_pass"])
-    return out
+def golden_folder() -> Path:
+    return Path(os.environ.get("EMOENGINE_GOLDEN") or Path(__file__).resolve().parents[1] / ".." / "shared" / "golden")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=None, help="checkpoint (.pth); default: the golden weights, else random")
-    parser.add_argument("--budget-s", type=float, default=400.0, help="stop starting new configurations after this")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--dry-run", action="store_true", help="print the plan for this machine and exit")
-    args = parser.parse_args(argv)
-
-    from emoengine.engine.cuda_io import backend_availability, parse_backend
-
-    available = backend_availability()
-    steps = plan(available)
-    if args.dry_run:
-        for spec, batches in steps:
-            print(f"{spec:<50} batches {', '.join(map(str, batches))}")
-        for name, why in available.items():
-            if why:
-                print(f"skipped {name}: {why}")
-        return 0
-    if available["torch-cuda"] is not None:
-        print(f"gpu_bench: no CUDA GPU here: {available['torch-cuda']}", file=sys.stderr)
-        return 2
-
-    import torch
-
-    from emoengine.engine.emonet_model import open_emonet
-    from emoengine.export.emonet import synthetic_crops
-
-    started = time.perf_counter()
-    weights, parity_crops = resolve_weights(args.weights)
-    device = torch.cuda.get_device_name()
-    out = args.out or results_file(device)
-    report = {
-        "device": device, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(), "cpu_count": os.cpu_count(), "weights": str(weights),
-        "versions": versions(), "skipped": {k: v for k, v in available.items() if v}, "rows": [],
-        "method": "median/mean of runner.infer(batch) wall time after 3 warm-up calls, >= 1 s or 5 calls; "
-                  "end to end (uint8 crops host->GPU, float32 outputs GPU->host)",
-    }
-    ref_model = open_emonet("torch", weights=str(weights), max_batch=len(parity_crops))
-    reference = ref_model.runner.infer(parity_crops)
-    ref_model.close()
-    crops = synthetic_crops(max(BATCHES), seed=7)
-    for spec, batches in steps:
-        if time.perf_counter() - started > args.budget_s:
-            report["rows"].append({"backend": spec, "skipped": f"time budget {args.budget_s:.0f} s spent"})
-            continue
-        options = parse_backend(spec)
-        try:
-            model = open_emonet(spec, weights=str(weights), max_batch=max(batches))
-        except Exception as e:  # noqa: BLE001 - one failing configuration must not lose the others
-            report["rows"].append({"backend": spec, "error": f"{type(e).__name__}: {first_line(e)}"})
-            write(report, out)
-            continue
-        try:
-            # parity at the largest batch (the fastest rows' shape; no extra compilation or graph capture)
-            rows = np.arange(max(batches)) % len(parity_crops)
-            got = model.runner.infer(parity_crops[rows])
-            diffs, ok = parity(got, {k: v[rows] for k, v in reference.items()}, options.precision)
-            for batch in batches:
-                times = time_batch(model.runner, crops[:batch])
-                mean = statistics.fmean(times)
-                row = {"backend": options.label, "precision": options.precision, "batch": batch,
-                       "faces_per_s": round(batch / mean, 1), "latency_ms": round(1e3 * statistics.median(times), 3),
-                       "iters": len(times), "parity": {k: float(f"{v:.3g}") for k, v in diffs.items()},
-                       "parity_pass": ok}
-                report["rows"].append(row)
-                print(f"{row['backend']:<50} b{batch:<4} {row['faces_per_s']:>10.1f} faces/s "
-                      f"{row['latency_ms']:>9.2f} ms  parity {'ok' if ok else 'FAIL'}", flush=True)
-                write(report, out)
-        except Exception as e:  # noqa: BLE001
-            report["rows"].append({"backend": spec, "error": f"{type(e).__name__}: {first_line(e)}"})
-        finally:
-            model.close()
-            torch.cuda.empty_cache()
-    report["summary"] = summarize(report["rows"])
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    write(report, out)
-    print(json.dumps(report["summary"], indent=1))
-    print(f"wrote {out}")
-    return 0
-
-
-def resolve_weights(weights: str | None) -> tuple[Path | str, np.ndarray]:
+def resolve_weights(weights: str | None) -> tuple[str, np.ndarray]:
     """The checkpoint to time and the crops to check parity on (golden crops where the golden data is)."""
     from emoengine.export.emonet import synthetic_crops
 
-    golden = Path(os.environ.get("EMOENGINE_GOLDEN", Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"))
+    golden = golden_folder()
     crops = synthetic_crops(4, seed=1)
     if (golden / "emonet8.outputs.npz").is_file():
         with np.load(golden / "emonet8.outputs.npz") as z:
@@ -214,34 +79,59 @@ def resolve_weights(weights: str | None) -> tuple[Path | str, np.ndarray]:
         w = np.load(golden / "emonet8.weights.npz")
         torch.save({"module." + k: torch.from_numpy(w[k]).float() if w[k].dtype == np.float16 else
                     torch.from_numpy(w[k]) for k in w.files}, path)
-        return path, crops
+        return str(path), crops
     return "random", crops
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=None, help="checkpoint (.pth); default: the golden weights, else random")
+    parser.add_argument("--budget-s", type=float, default=GPU_SETTINGS.budget_s,
+                        help="open no new backend spec after this many seconds")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan for this machine and exit")
+    args = parser.parse_args(argv)
 
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        import torch
+    from emoengine.engine.backends import availability, parse_backend
 
-        out["cuda"] = str(torch.version.cuda)
-        out["cudnn"] = str(torch.backends.cudnn.version())
-    except ImportError:
-        pass
-    return out
+    available = availability()
+    steps = plan(available)
+    if args.dry_run:
+        for spec, batches in steps:
+            print(f"{spec:<50} batches {', '.join(map(str, batches))}")
+        for name, why in available.items():
+            if why:
+                print(f"skipped {name}: {why}")
+        return 0
+    baseline = parse_backend(GPU_PLAN[0][0]).name
+    if available[baseline] is not None:
+        print(f"gpu_bench: no CUDA GPU here: {available[baseline]}", file=sys.stderr)
+        return 2
+    return run(args, steps)
 
 
-def write(report: dict, path: Path) -> None:
-    from emoengine.engine.writers import write_text_atomic
+def run(args, steps: list[PlanRow]) -> int:
+    import dataclasses
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(report, indent=1))
+    import torch
+
+    from emoengine.benchmarks.bench import bench_report, write_results
+    from emoengine.export.emonet import synthetic_crops
+
+    started = time.perf_counter()
+    weights, parity_crops = resolve_weights(args.weights)
+    out = args.out or results_file(torch.cuda.get_device_name())
+    settings = dataclasses.replace(GPU_SETTINGS, budget_s=args.budget_s)
+    report = bench_report(weights, steps, settings, synthetic_crops(max(BATCHES), seed=7), parity_crops,
+                          progress=lambda msg: print(f"  {msg}", flush=True),
+                          inputs_source="timing: synthetic crops (export.emonet.synthetic_crops, seed 7); parity: "
+                                        "the golden crops where found, else synthetic",
+                          on_row=lambda partial: write_results(partial, out))
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    write_results(report, out)
+    print(json.dumps(report["summary"], indent=1))
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,19 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.benchmarks.bench import (
-    DEFAULT_PARITY_INPUTS,
-    INT8_TOP1_TARGET,
-    _infer_all,
-    bench_inputs,
-    logit_margins,
-    machine_facts,
-    margin_summary,
-    parity,
-    save_report,
-    time_batch,
-    weights_label,
-)
+from emoengine.benchmarks.bench import bench_inputs, machine_facts, margin_summary, save_report, weights_label
+from emoengine.benchmarks.measure import BenchSettings, parity, time_calls
+from emoengine.compare import INT8_TOP1_TARGET, logit_margins
 
 # (keep float, op set, calibration method): from everything int8 to only the cheapest-to-keep groups float
 RECIPES: list[tuple[tuple[str, ...], str, str]] = [
@@ -50,25 +40,49 @@ RECIPES: list[tuple[tuple[str, ...], str, str]] = [
 
 def cpu_ms_per_face(runner, crops: np.ndarray, runs: int = 3) -> float:
     """Process CPU time per face (all threads): the work done, whoever else is using the cores."""
-    runner.infer({"image": crops})
+    runner.infer(crops)
     t0 = time.process_time()
     for _ in range(runs):
-        runner.infer({"image": crops})
+        runner.infer(crops)
     return round((time.process_time() - t0) / runs / len(crops) * 1000, 1)
 
 
-def measure(runner, crops, reference, parity_inputs, runs, batches) -> dict:
-    row = {"parity": parity(_infer_all(runner, crops[:parity_inputs], 8), reference)}
+def measure(runner, crops, reference, parity_inputs, runs, batches, precision: str = "int8") -> dict:
+    """Parity (an int8 model's judged by top-1 agreement) and speed of one model."""
+    row = {"parity": parity(runner.infer(crops[:parity_inputs], max_batch=8), reference, precision)}
     for b in batches:
-        row[f"b{b}"] = time_batch(lambda x: runner.infer({"image": x}), crops[:b], runs, warmup=1)
+        row[f"b{b}"] = time_calls(runner.infer, crops[:b], BenchSettings(runs=runs, min_time_s=0.0, warmup=1))
     row["cpu_ms_per_face_b1"] = cpu_ms_per_face(runner, crops[:1])
     return row
+
+
+def torch_reference_and_speed(args, crops: np.ndarray) -> tuple[dict, dict | None]:
+    """The fp32 PyTorch outputs on the parity crops (from --reference-cache where it exists) and, unless
+    --no-torch-timing, its batch-1 speed."""
+    from emoengine.engine.emonet_model import open_emonet
+
+    torch_model = open_emonet("torch", weights=args.weights)
+    try:
+        cache = args.reference_cache
+        if cache and cache.is_file():
+            reference = dict(np.load(cache))
+        else:
+            reference = torch_model.runner.infer(crops[:args.parity_inputs], max_batch=16)
+            if cache:
+                np.savez(cache, **reference)
+        torch_b1 = None if args.no_torch_timing else time_calls(
+            torch_model.runner.infer, crops[:1], BenchSettings(runs=args.runs, min_time_s=0.0, warmup=1))
+    finally:
+        torch_model.close()
+    if torch_b1:
+        print(f"torch b1 {torch_b1['faces_per_s']:.2f} faces/s", flush=True)
+    return reference, torch_b1
 
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True)
-    ap.add_argument("--parity-inputs", type=int, default=DEFAULT_PARITY_INPUTS)
+    ap.add_argument("--parity-inputs", type=int, default=BenchSettings.parity_inputs)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--calibration-crops", type=int, default=64)
@@ -77,29 +91,18 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--no-torch-timing", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    from emoengine.engine.backends import OrtRunner
-    from emoengine.engine.emonet_model import cached_onnx_for, open_emonet
-    from emoengine.export.quantize import cached_int8_onnx_for, recipe_tag
+    from emoengine.engine.backends import OrtRunner, request_for
+    from emoengine.export.artifacts import cached_int8_onnx_for, cached_onnx_for
+    from emoengine.export.quantize import recipe_tag
 
+    request = request_for("ort", weights=args.weights)
     batches = [int(b) for b in args.batches.split(",")]
     crops = bench_inputs(max(args.parity_inputs, max(batches)))
     machine, started = machine_facts(), datetime.now(timezone.utc)
-    torch_model = open_emonet("torch", weights=args.weights)
-    cache = args.reference_cache
-    if cache and cache.is_file():
-        reference = dict(np.load(cache))
-    else:
-        reference = _infer_all(torch_model.runner, crops[:args.parity_inputs], 16)
-        if cache:
-            np.savez(cache, **reference)
-    torch_b1 = None if args.no_torch_timing else \
-        time_batch(lambda x: torch_model.runner.infer({"image": x}), crops[:1], args.runs, warmup=1)
-    torch_model.close()
-    if torch_b1:
-        print(f"torch b1 {torch_b1['faces_per_s']:.2f} faces/s", flush=True)
-    fp32_path = cached_onnx_for(args.weights, None, False)
+    reference, torch_b1 = torch_reference_and_speed(args, crops)
+    fp32_path = cached_onnx_for(request)
     with OrtRunner(fp32_path) as runner:
-        fp32 = measure(runner, crops, reference, args.parity_inputs, args.runs, batches)
+        fp32 = measure(runner, crops, reference, args.parity_inputs, args.runs, batches, "fp32")
     print(f"ort fp32 b1 {fp32['b1']['faces_per_s']:.2f} faces/s, {fp32['cpu_ms_per_face_b1']} CPU-ms/face", flush=True)
 
     rows = []
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
         if args.only and i not in args.only:
             continue
         t0 = time.perf_counter()
-        path = cached_int8_onnx_for(args.weights, None, keep_float=keep, ops=ops, method=method,
+        path = cached_int8_onnx_for(request, keep_float=keep, ops=ops, method=method,
                                     calibration_crops=args.calibration_crops)
         made_s = time.perf_counter() - t0
         with OrtRunner(path) as runner:

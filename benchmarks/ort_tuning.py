@@ -4,7 +4,7 @@ and the session start with and without the cached optimised graph.
     python -m emoengine.benchmarks.ort_tuning --weights emonet_8.pth [--json FILE]
 
 What OrtRunner uses by default (ORT_ENABLE_ALL, ORT's own thread count = physical cores, spinning on) should be
-the fastest row here; if a quiet machine says otherwise, change `engine.backends._session_options`.
+the fastest row here; if a quiet machine says otherwise, change `engine.backends.ort.session_options`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from datetime import datetime, timezone
 from itertools import product
 from pathlib import Path
 
-from emoengine.benchmarks.bench import bench_inputs, machine_facts, save_report, time_batch, weights_label
+from emoengine.benchmarks.bench import bench_inputs, machine_facts, save_report, weights_label
+from emoengine.benchmarks.measure import BenchSettings, time_calls
+from emoengine.contract import INPUT_NAME
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -30,12 +32,14 @@ def main(argv: list[str] | None = None) -> Path:
     args = ap.parse_args(argv)
     import onnxruntime as ort
 
-    from emoengine.engine.backends import OrtRunner, _session_options
-    from emoengine.engine.emonet_model import cached_onnx_for
+    from emoengine.engine.backends import request_for
+    from emoengine.engine.backends.ort import OrtRunner, session_options
+    from emoengine.export.artifacts import cached_onnx_for
 
     batches = [int(b) for b in args.batches.split(",")]
     crops = bench_inputs(max(batches))
-    model = cached_onnx_for(args.weights, None, False)
+    model = cached_onnx_for(request_for("ort", weights=args.weights))
+    timing = BenchSettings(runs=args.runs, min_time_s=0.0, warmup=1)
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> Path:
     machine, started = machine_facts(), datetime.now(timezone.utc)
     rows = []
     for (level, threads, spinning) in product(levels, sorted({1, cores}), (True, False)):
-        so = _session_options(threads, spinning=spinning)   # OrtRunner's options, only the level varied
+        so = session_options(threads, spinning=spinning)   # OrtRunner's options, only the level varied
         so.graph_optimization_level = levels[level]
         t0 = time.perf_counter()
         session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> Path:
         names = [o.name for o in session.get_outputs()]
         row = {"graph_optimization": level, "threads": threads, "spinning": spinning, "open_s": round(open_s, 2)}
         for b in batches:
-            row[f"b{b}"] = time_batch(lambda x: session.run(names, {"image": x}), crops[:b], args.runs, warmup=1)
+            row[f"b{b}"] = time_calls(lambda x, s=session, n=names: s.run(n, {INPUT_NAME: x}), crops[:b], timing)
         rows.append(row)
         print(f"{level:>8} threads {threads} spinning {spinning!s:>5}: open {open_s:.2f} s, " +
               ", ".join(f"b{b} {row[f'b{b}']['faces_per_s']:.2f} faces/s" for b in batches), flush=True)
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> Path:
             t0 = time.perf_counter()
             runner = OrtRunner(copy, cache_optimized=True)
             starts[label] = {"open_s": round(time.perf_counter() - t0, 2), "from_cache": runner.optimized_from_cache,
-                             "b1": time_batch(lambda x: runner.infer({"image": x}), crops[:1], args.runs, warmup=1)}
+                             "b1": time_calls(runner.infer, crops[:1], timing)}
             runner.close()
     print("session start: " + ", ".join(f"{k} {v['open_s']} s" for k, v in starts.items()))
     report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
