@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import threading
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emoengine.engine import sources
+from emoengine.engine import container_checks, sources, video_sources
 from emoengine.engine.sources import Frame, open_source
 from emoengine.errors import RunFailure, UserInputError
 
@@ -79,7 +80,7 @@ def faststart_mp4(tmp_path_factory, frames) -> Path:
 def check_frames(got: list[Frame], written: list[np.ndarray], fps: float) -> None:
     assert [f.index for f in got] == list(range(len(written)))
     assert [f.time_s for f in got] == pytest.approx([i / fps for i in range(len(written))], abs=1e-6)
-    for f, img in zip(got, written):
+    for f, img in zip(got, written, strict=True):
         assert f.rgb.dtype == np.uint8 and f.rgb.shape == img.shape
         assert f.rgb.flags.c_contiguous and f.rgb.flags.owndata
         assert psnr(f.rgb, img) > 30
@@ -90,7 +91,7 @@ def test_video_file_round_trip(mp4, frames):
         assert (src.kind, src.fps, src.frame_count, src.size) == ("video", 24.0, N, (W, H))
         got = list(src)
     check_frames(got, frames, 24.0)
-    assert not any(np.shares_memory(a.rgb, b.rgb) for a, b in zip(got, got[1:]))
+    assert not any(np.shares_memory(a.rgb, b.rgb) for a, b in itertools.pairwise(got))
 
 
 def test_fractional_fps_keeps_pts_times(tmp_path, frames):
@@ -124,7 +125,7 @@ def test_stalled_tcp_stream_fails_after_its_frames(monkeypatch, tmp_path):
         conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    monkeypatch.setattr(sources, "STREAM_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(video_sources, "STREAM_TIMEOUT_S", 1.0)
     try:
         src = open_source(f"tcp://127.0.0.1:{server.getsockname()[1]}")
         assert (src.kind, src.frame_count) == ("stream", None)
@@ -132,7 +133,8 @@ def test_stalled_tcp_stream_fails_after_its_frames(monkeypatch, tmp_path):
         with pytest.raises(RunFailure, match=r"stopped after frame \d+ \(no data for 1 s\)"):
             for f in src:
                 got.append(f)
-        assert 10 < len(got) < 60 and all(psnr(f.rgb, img) > 30 for f, img in zip(got, moving_face_frames(60)))
+        assert 10 < len(got) < 60
+        assert all(psnr(f.rgb, img) > 30 for f, img in zip(got, moving_face_frames(60), strict=False))
         src.close()
     finally:
         done.set()
@@ -183,10 +185,10 @@ def test_video_shorter_than_its_index(tmp_path, faststart_mp4):
     data[mdat:mdat + 4] = struct.pack(">I", cut - mdat)
     path = tmp_path / "short.mp4"
     path.write_bytes(bytes(data))
-    assert sources.mp4_truncation(path) is None
-    with open_source(path) as src:
-        with pytest.raises(UserInputError, match=rf"it ends at frame \d+ of the {N} its index lists"):
-            list(src)
+    assert container_checks.mp4_truncation(path) is None
+    with open_source(path) as src, \
+            pytest.raises(UserInputError, match=rf"it ends at frame \d+ of the {N} its index lists"):
+        list(src)
 
 
 def test_decode_error_mid_stream_skips_the_frame_and_names_it(tmp_path, faststart_mp4, frames):
@@ -203,7 +205,7 @@ def test_decode_error_mid_stream_skips_the_frame_and_names_it(tmp_path, faststar
     first = src.decode_errors[0]
     assert 3 <= first["after_frame"] <= 12 and first["error"]
     assert [f.index for f in got] == list(range(len(got)))
-    assert all(psnr(f.rgb, img) > 30 for f, img in zip(got[:4], frames[:4]))
+    assert all(psnr(f.rgb, img) > 30 for f, img in zip(got[:4], frames[:4], strict=True))
 
 
 def test_rotated_video_is_turned_upright(tmp_path):
