@@ -20,7 +20,7 @@ app = typer.Typer(
 DEBUG = {"on": False}
 
 
-def fail(message: str, code: int) -> "typer.Exit":
+def fail(message: str, code: int) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
     typer.echo(f"emoengine: error: {message}", err=True)
     return typer.Exit(code)
@@ -114,22 +114,22 @@ def _main(argv: list[str] | None) -> None:
     except EmoengineError as e:
         if DEBUG["on"]:
             traceback.print_exc()
-        raise SystemExit(fail(_first_line(e) or type(e).__name__, e.exit_code).exit_code)
+        raise SystemExit(fail(_first_line(e) or type(e).__name__, e.exit_code).exit_code) from None
     except typer.Exit as e:
-        raise SystemExit(e.exit_code)
+        raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("emoengine: interrupted", err=True)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     except Exception as e:  # click usage errors and the unexpected
         click_exception, abort = _click_types()
         if isinstance(e, abort):
             typer.echo("emoengine: interrupted", err=True)
-            raise SystemExit(130)
+            raise SystemExit(130) from None
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `emoengine`: the help was the answer
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         if isinstance(e, click_exception):
-            raise SystemExit(fail(_first_line(e.format_message()) or type(e).__name__, 2).exit_code)
+            raise SystemExit(fail(_first_line(e.format_message()) or type(e).__name__, 2).exit_code) from None
         if DEBUG["on"]:
             traceback.print_exc()
         raise SystemExit(fail(f"{type(e).__name__}: {_first_line(e)} (run with --debug for the traceback)",
-                              1).exit_code)
+                              1).exit_code) from None

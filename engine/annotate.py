@@ -7,7 +7,7 @@ still reads). `draw(canvas, faces)` draws in place and is for canvases the calle
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -146,7 +146,7 @@ class LandmarkAnnotator(_Annotator):
                         cv2.polylines(canvas, [ipts[idx]], closed and len(idx) == len(group), color,
                                       max(1, st.thickness // 2), AA)
             dot_color = (255, 255, 255) if self.connect else color
-            for (x, y), good in zip(ipts, ok):
+            for (x, y), good in zip(ipts, ok, strict=True):
                 if good:
                     cv2.circle(canvas, (int(x), int(y)), radius, dot_color, -1, AA)
 

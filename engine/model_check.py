@@ -44,7 +44,7 @@ def contract_problems(model) -> list[str]:
         if dtype != TensorProto.UINT8:
             problems.append(f"input image is {TensorProto.DataType.Name(dtype).lower()}, expected uint8")
         dims = _dims(image)
-        if len(dims) != 4 or any(d is not None and d != want for d, want in zip(dims[1:], INPUT_SHAPE)):
+        if len(dims) != 4 or any(d is not None and d != want for d, want in zip(dims[1:], INPUT_SHAPE, strict=True)):
             problems.append(f"input image is {_fmt(dims)}, expected {_fmt([None, *INPUT_SHAPE])}")
     outputs = {o.name: o for o in graph.output}
     missing = [name for name in CONTRACT_OUTPUTS if name not in outputs]
@@ -58,7 +58,8 @@ def contract_problems(model) -> list[str]:
         dims = _dims(o)
         if o.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
             problems.append(f"output {name} is not float")
-        elif len(dims) != rank or any(d is not None and w is not None and d != w for d, w in zip(dims[1:], tail)):
+        elif len(dims) != rank or any(d is not None and w is not None and d != w
+                                      for d, w in zip(dims[1:], tail, strict=True)):
             problems.append(f"output {name} is {_fmt(dims)}")
     return problems
 
@@ -70,7 +71,7 @@ def check_onnx_contract(path: str | os.PathLike) -> None:
     path = Path(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError, onnx its own types
+    except Exception as e:  # protobuf raises DecodeError, onnx its own types
         raise UserInputError(f"not an ONNX model: {path} ({first_line(e)})") from None
     problems = contract_problems(model)
     if problems:

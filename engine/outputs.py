@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -193,7 +194,7 @@ class RunOutputs:
         self._frames_seen += 1
         h, w = fr.rgb.shape[:2]
         for f in fr.faces:
-            self._csv.writerow(dict(zip(self._header, csv_row(fr, f))))
+            self._csv.writerow(dict(zip(self._header, csv_row(fr, f), strict=True)))
             if not self.still:
                 self.timeline.add(fr.time_s, f.face_id, f.probs, f.valence, f.arousal)
             if self._activations is not None:
@@ -300,7 +301,5 @@ class RunOutputs:
         for closer in [self._csv.abort,
                        *(v.abort for v in self._videos.values()),
                        *([self._activations.abort] if self._activations else [])]:
-            try:
+            with contextlib.suppress(Exception):  # best effort cleanup, the first error is already reported
                 closer()
-            except Exception:  # noqa: BLE001 - best effort cleanup, the first error is already reported
-                pass

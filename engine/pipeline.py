@@ -11,8 +11,8 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -231,7 +231,7 @@ class Pipeline:
             fn(self.stats.stages[name])
         except _Stopped:
             pass
-        except BaseException as e:  # noqa: BLE001 - forwarded to the caller's thread
+        except BaseException as e:  # forwarded to the caller's thread
             with self._lock:
                 if self._error is None:
                     self._error = (name, e)
@@ -251,11 +251,11 @@ class Pipeline:
         # state looking finished while it still runs (then closing the model under it aborts the process)
         done = [threading.Event() for _ in stages]
         threads = [threading.Thread(target=self._stage, args=(*s, d), name=f"emoengine-{s[0]}", daemon=True)
-                   for s, d in zip(stages, done)]
+                   for s, d in zip(stages, done, strict=True)]
         t0 = time.perf_counter()
         started: list[threading.Event] = []
         try:
-            for t, d in zip(threads, done):
+            for t, d in zip(threads, done, strict=True):
                 t.start()
                 started.append(d)
             self._wait(started)

@@ -6,10 +6,12 @@ figure registry, safe to call from a pipeline thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +74,7 @@ def _segments(t: np.ndarray, step: float) -> list[slice]:
         return []
     breaks = np.flatnonzero(np.diff(t) > 1.5 * step) + 1
     edges = [0, *breaks.tolist(), len(t)]
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
 
 def plot_timeline(rows: Iterable[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike, *,
@@ -107,37 +109,44 @@ def plot_timeline(rows: Iterable[Mapping[str, Any]], class_names: Sequence[str],
         ax.text(0.5, 0.5, "no faces found", ha="center", va="center", fontsize=14, transform=ax.transAxes)
         ax.set_axis_off()
     else:
-        grid = fig.add_gridspec(2 * n, 1, height_ratios=[1.6, 1.0] * n, hspace=0.45)
-        first_ax = None
-        for k, fid in enumerate(shown):
-            s, face_step = _binned(series[fid], step, max_points)
-            ax_p = fig.add_subplot(grid[2 * k], sharex=first_ax)
-            first_ax = first_ax or ax_p
-            ax_va = fig.add_subplot(grid[2 * k + 1], sharex=first_ax)
-            _plot_probs(ax_p, s, face_step, colors)
-            _plot_va(ax_va, s, face_step)
-            frames = len(series[fid]["t"])
-            mean_p = series[fid]["probs"].mean(axis=0)
-            top = int(np.argmax(mean_p))
-            ax_p.set_title(f"face #{fid}: {frames} frame{'s' if frames != 1 else ''}; highest mean probability: "
-                           f"{class_names[top]} ({mean_p[top]:.0%})", fontsize=10, loc="left")
-            ax_p.set_ylabel("probability")
-            ax_va.set_ylabel("value")
-            ax_p.tick_params(labelbottom=False)
-            if k == 0:
-                ax_va.legend(loc="upper right", fontsize=8, ncol=2, framealpha=0.8)
-        ax_va.set_xlabel("time (s)")
-        from matplotlib.patches import Patch
-
-        fig.legend(handles=[Patch(color=c, label=name) for c, name in zip(colors, class_names)],
-                   loc="upper center", ncol=min(len(class_names), 8), fontsize=9, frameon=False,
-                   bbox_to_anchor=(0.5, 1 - 0.55 / fig.get_figheight()))
-        fig.subplots_adjust(top=1 - 1.0 / fig.get_figheight(), bottom=0.5 / fig.get_figheight(),
-                            left=0.07, right=0.98)
+        _plot_faces(fig, [(fid, series[fid]) for fid in shown], step, max_points, colors, class_names)
 
     with AtomicOutput(path) as out:
         fig.savefig(out.tmp_path, format="png")
     return out.final_path
+
+
+def _plot_faces(fig, faces: list[tuple[int, dict]], step: float, max_points: int, colors: list[str],
+                class_names: list[str]) -> None:
+    """A probability panel and a valence/arousal panel per face, one shared time axis, the class legend on top."""
+    from matplotlib.patches import Patch
+
+    n = len(faces)
+    grid = fig.add_gridspec(2 * n, 1, height_ratios=[1.6, 1.0] * n, hspace=0.45)
+    first_ax = None
+    for k, (fid, face) in enumerate(faces):
+        s, face_step = _binned(face, step, max_points)
+        ax_p = fig.add_subplot(grid[2 * k], sharex=first_ax)
+        first_ax = first_ax or ax_p
+        ax_va = fig.add_subplot(grid[2 * k + 1], sharex=first_ax)
+        _plot_probs(ax_p, s, face_step, colors)
+        _plot_va(ax_va, s, face_step)
+        frames = len(face["t"])
+        mean_p = face["probs"].mean(axis=0)
+        top = int(np.argmax(mean_p))
+        ax_p.set_title(f"face #{fid}: {frames} frame{'s' if frames != 1 else ''}; highest mean probability: "
+                       f"{class_names[top]} ({mean_p[top]:.0%})", fontsize=10, loc="left")
+        ax_p.set_ylabel("probability")
+        ax_va.set_ylabel("value")
+        ax_p.tick_params(labelbottom=False)
+        if k == 0:
+            ax_va.legend(loc="upper right", fontsize=8, ncol=2, framealpha=0.8)
+    ax_va.set_xlabel("time (s)")
+    fig.legend(handles=[Patch(color=c, label=name) for c, name in zip(colors, class_names, strict=True)],
+               loc="upper center", ncol=min(len(class_names), 8), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.55 / fig.get_figheight()))
+    fig.subplots_adjust(top=1 - 1.0 / fig.get_figheight(), bottom=0.5 / fig.get_figheight(),
+                        left=0.07, right=0.98)
 
 
 def _plot_probs(ax, s: dict[str, np.ndarray], step: float, colors: list[str]) -> None:

@@ -6,14 +6,16 @@ atomic on one filesystem) and renamed by `commit()`; `abort()` or an exception d
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -73,12 +75,10 @@ class AtomicOutput:
         if self.state == "committed":
             return
         self.state = "aborted"
-        try:
+        with contextlib.suppress(OSError):
             self.tmp_path.unlink(missing_ok=True)
-        except OSError:
-            pass
 
-    def __enter__(self) -> "AtomicOutput":
+    def __enter__(self) -> AtomicOutput:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -131,7 +131,8 @@ class AtomicTextWriter(_CloseOrAbort):
     def __init__(self, path: str | os.PathLike, *, newline: str | None = None, encoding: str = "utf-8") -> None:
         self._out = AtomicOutput(path)
         self.final_path = self._out.final_path
-        self.file = open(self._out.tmp_path, "w", newline=newline, encoding=encoding)
+        # open until close()/abort(), across many write() calls: no `with` can hold it
+        self.file = open(self._out.tmp_path, "w", newline=newline, encoding=encoding)  # noqa: SIM115
 
     def write(self, text: str) -> None:
         self.file.write(text)
@@ -331,8 +332,6 @@ class VideoWriter(_CloseOrAbort):
         container = getattr(self, "_container", None)
         self._container = None
         if container is not None:
-            try:
+            with contextlib.suppress(Exception):
                 container.close()
-            except Exception:
-                pass
         self._out.abort()

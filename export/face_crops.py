@@ -31,7 +31,7 @@ def _shipped_faces() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         found = detector.detect(photos)
     finally:
         detector.close()
-    return tuple((photo, box) for photo, faces in zip(photos, found) for box in faces.boxes)
+    return tuple((photo, box) for photo, faces in zip(photos, found, strict=True) for box in faces.boxes)
 
 
 def face_crops(n: int, seed: int = EVALUATION_SEED) -> np.ndarray:

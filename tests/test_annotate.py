@@ -168,7 +168,7 @@ def prediction_rows() -> list[dict]:
             p[(frame // 10 + face_id) % len(CLASSES)] = 0.65
             row = {"frame": frame, "time_s": f"{frame / 24:.6f}", "face_id": str(face_id),
                    "valence": np.sin(frame / 10), "arousal": -0.3}
-            row.update({f"p_{c}": f"{v:.6f}" for c, v in zip(CLASSES, p)})
+            row.update({f"p_{c}": f"{v:.6f}" for c, v in zip(CLASSES, p, strict=True)})
             rows.append(row)
     return rows
 

@@ -27,7 +27,7 @@ def test_square_region_of_exactly_256_px_is_a_plain_copy(frame):
 def test_square_crop_is_cv2_resize_of_the_region(frame):
     crops, regions = crop_faces(frame, np.array([[100.4, 150.2, 180.9, 260.0], [500, 100, 700, 300]]))
     assert crops.shape == (2, 256, 256, 3) and crops.dtype == np.uint8
-    for crop, (x1, y1, x2, y2) in zip(crops, regions.astype(int)):
+    for crop, (x1, y1, x2, y2) in zip(crops, regions.astype(int), strict=True):
         assert x2 - x1 == y2 - y1
         expected = cv2.resize(frame[y1:y2, x1:x2], (256, 256), interpolation=cv2.INTER_LINEAR)
         np.testing.assert_array_equal(crop, expected)

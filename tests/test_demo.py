@@ -22,7 +22,8 @@ def test_demo_writes_every_contract_file_offline(tmp_path):
         assert (out / name).is_file(), name
     with av.open(str(out / "conv1.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 12
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     faces_per_frame = {}
     for row in rows:
         faces_per_frame[int(row["frame"])] = faces_per_frame.get(int(row["frame"]), 0) + 1

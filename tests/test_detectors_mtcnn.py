@@ -80,7 +80,7 @@ WHEEL_T1_BOXES = np.array([
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
     h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
     return w * h / (area(a)[:, None] + area(b)[None, :] - w * h)
 
 
@@ -196,7 +196,7 @@ def test_onnx_graphs_match_keras_semantics():
     for name, shape in [("pnet", (2, 37, 51, 3)), ("rnet", (5, 24, 24, 3)), ("onet", (5, 48, 48, 3))]:
         img = rng.integers(0, 256, shape, dtype=np.uint8)
         session = ort.InferenceSession(models[name], providers=["CPUExecutionProvider"])
-        ours = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": img})))
+        ours = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": img}), strict=True))
         for key, ref in keras(name, img).items():
             np.testing.assert_allclose(ours[key], ref.numpy(), atol=2e-5, err_msg=f"{name}.{key}")
 

@@ -16,7 +16,7 @@ GOLDEN_KEYS = ("expression", "valence", "arousal", "heatmap", "conv1_mean", "emo
 def graph_outputs(graph: EmoNetGraph, images: np.ndarray) -> dict[str, np.ndarray]:
     """Run the full-taps graph and name its outputs the way the golden files do."""
     with torch.no_grad():
-        out = {n: t.numpy() for n, t in zip(graph.output_names, graph(torch.from_numpy(images)))}
+        out = {n: t.numpy() for n, t in zip(graph.output_names, graph(torch.from_numpy(images)), strict=True)}
     out["conv1_first8"], out["emo_conv1_first8"] = out["conv1"][:, :8], out["emo_conv1"][:, :8]
     return out
 
@@ -56,11 +56,11 @@ def test_emonet_forward_shapes(random8):
 def test_random_emonet_is_seeded_and_sane(random8):
     """Same seed, same weights; calibrated BatchNorm keeps activations of order one (not exploding, not dead)."""
     again = random_emonet(8, seed=0)
-    for (name, a), b in zip(random8.state_dict().items(), again.state_dict().values()):
+    for (name, a), b in zip(random8.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert not random8.training and not any(p.requires_grad for p in random8.parameters())
     with torch.no_grad():
         out = EmoNetGraph(random8)(torch.from_numpy(synthetic_crops(2, seed=7)))
-    for name, value in zip(output_names(False), out):
+    for name, value in zip(output_names(False), out, strict=True):
         assert torch.isfinite(value).all(), name
         assert 1e-3 < value.abs().max() < 1e3, name

@@ -70,10 +70,9 @@ def test_atomic_output_commit(tmp_path):
 def test_atomic_output_abort_keeps_the_old_file(tmp_path):
     final = tmp_path / "summary.json"
     final.write_text("old")
-    with pytest.raises(ZeroDivisionError):
-        with AtomicOutput(final) as out:
-            out.tmp_path.write_text("new, half written")
-            1 / 0
+    with pytest.raises(ZeroDivisionError), AtomicOutput(final) as out:
+        out.tmp_path.write_text("new, half written")
+        _ = 1 / 0
     assert final.read_text() == "old" and visible(tmp_path) == ["summary.json"]
     out2 = AtomicOutput(final)
     out2.tmp_path.write_text("x")
@@ -116,10 +115,9 @@ def test_csv_writer_streams_then_appears(tmp_path):
 
 
 def test_text_writer_abort_on_error(tmp_path):
-    with pytest.raises(RuntimeError):
-        with AtomicTextWriter(tmp_path / "log.txt") as w:
-            w.write("partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), AtomicTextWriter(tmp_path / "log.txt") as w:
+        w.write("partial")
+        raise RuntimeError("boom")
     assert visible(tmp_path) == []
 
 
@@ -147,7 +145,7 @@ def test_video_writer_round_trip(tmp_path, fps, rate):
     assert w.close() == final and visible(tmp_path) == ["annotated.mp4"]
     decoded, (count, avg_rate, width, height) = decode_all(final)
     assert len(decoded) == count == 17 and avg_rate == rate and (width, height) == (96, 64)
-    assert min(psnr(d, f) for d, f in zip(decoded, frames)) > 30
+    assert min(psnr(d, f) for d, f in zip(decoded, frames, strict=True)) > 30
 
 
 def test_video_writer_pads_odd_sizes(tmp_path):
@@ -157,7 +155,7 @@ def test_video_writer_pads_odd_sizes(tmp_path):
             w.write(f)
     decoded, (count, _, width, height) = decode_all(tmp_path / "odd.mp4")
     assert (width, height) == (82, 46) and len(decoded) == count == 5
-    assert min(psnr(d[:45, :81], f) for d, f in zip(decoded, frames)) > 30
+    assert min(psnr(d[:45, :81], f) for d, f in zip(decoded, frames, strict=True)) > 30
 
 
 def test_video_writer_letterboxes_other_sizes(tmp_path):
@@ -174,11 +172,10 @@ def test_video_writer_abort_and_exception_leave_nothing(tmp_path):
     w.write(frames[0])
     w.abort()
     assert visible(tmp_path) == []
-    with pytest.raises(KeyError):
-        with VideoWriter(tmp_path / "b.mp4", 24, (32, 32)) as w:
-            for f in frames:
-                w.write(f)
-            raise KeyError("stop")
+    with pytest.raises(KeyError), VideoWriter(tmp_path / "b.mp4", 24, (32, 32)) as w:
+        for f in frames:
+            w.write(f)
+        raise KeyError("stop")
     assert visible(tmp_path) == []
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -34,13 +35,13 @@ class Faces:
             raise ValueError(f"Faces.crop_boxes must be (K,4) like boxes; got {self.crop_boxes.shape}")
 
     @classmethod
-    def empty(cls) -> "Faces":
+    def empty(cls) -> Faces:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32))
 
     def __len__(self) -> int:
         return len(self.boxes)
 
-    def take(self, index) -> "Faces":
+    def take(self, index) -> Faces:
         """A subset (index array, mask or slice), e.g. the largest `--max-faces`."""
         return Faces(self.boxes[index], self.scores[index], self.landmarks[index],
                      None if self.crop_boxes is None else self.crop_boxes[index])

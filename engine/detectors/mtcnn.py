@@ -23,7 +23,7 @@ that to about 75 / 20 ms.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -117,7 +117,7 @@ class MTCNNDetector:
         boxes = self._rnet_stage(images, boxes)
         results = self._onet_stage(images, boxes)
         out = []
-        for frame, factor, (b, s, lm) in zip(frames, factors, results):
+        for frame, factor, (b, s, lm) in zip(frames, factors, results, strict=True):
             if len(b) == 0:
                 out.append(Faces.empty())
                 continue
@@ -180,7 +180,8 @@ class MTCNNDetector:
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
             return [{} for _ in boxes]
-        patches = np.concatenate([crop_patches(im, b[:, :4], size) for im, b in zip(images, boxes) if len(b)])
+        patches = np.concatenate([crop_patches(im, b[:, :4], size)
+                                  for im, b in zip(images, boxes, strict=True) if len(b)])
         runs = [self._nets[net].infer({"image": patches[i:i + PATCH_BATCH]})
                 for i in range(0, len(patches), PATCH_BATCH)]
         out = {k: np.concatenate([r[k] for r in runs]) for k in runs[0]}
@@ -191,7 +192,7 @@ class MTCNNDetector:
     def _rnet_stage(self, images, proposals: list[np.ndarray]) -> list[np.ndarray]:
         outs = self._run_patches("rnet", images, proposals, 24)
         result = []
-        for props, out in zip(proposals, outs):
+        for props, out in zip(proposals, outs, strict=True):
             if not len(props):
                 result.append(props)
                 continue
@@ -205,7 +206,7 @@ class MTCNNDetector:
     def _onet_stage(self, images, proposals: list[np.ndarray]):
         outs = self._run_patches("onet", images, proposals, 48)
         result = []
-        for props, out in zip(proposals, outs):
+        for props, out in zip(proposals, outs, strict=True):
             if not len(props):
                 result.append((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
                 continue

@@ -14,8 +14,8 @@ Returned boxes are clipped to the frame (as MTCNN's are); keypoints are not.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -122,10 +122,10 @@ class SCRFDDetector:
             outputs = self._run(blobs)
         else:
             per_frame = [self._run(blobs[i:i + 1]) for i in range(len(blobs))]
-            outputs = [np.concatenate(level) for level in zip(*per_frame)]
+            outputs = [np.concatenate(level) for level in zip(*per_frame, strict=True)]
         scores, boxes, kps = split_outputs(outputs)
         return [self._decode(i, scores, boxes, kps, factor, rgb.shape[:2])
-                for i, ((_, factor), rgb) in enumerate(zip(boxed, rgbs))]
+                for i, ((_, factor), rgb) in enumerate(zip(boxed, rgbs, strict=True))]
 
     def close(self) -> None:
         self.runner.close()
