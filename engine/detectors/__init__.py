@@ -1,4 +1,5 @@
-"""Face detectors behind one contract (`FaceDetector`, `Faces` in base.py), picked by name.
+"""`emoengine.engine.detectors`: face detectors behind one contract (`FaceDetector`, `Faces` in base.py),
+picked by name.
 
 `mtcnn` (default) needs nothing but the `mtcnn` wheel's weights; `scrfd` needs an insightface det_*.onnx;
 `none` treats each frame as one face (inputs that are already face crops).

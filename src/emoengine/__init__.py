@@ -1,4 +1,10 @@
-"""emoengine: EmoNet facial-emotion inference for video, with conv1 / emo-conv1 feature-map outputs."""
+"""`emoengine`: EmoNet facial-emotion inference for video, with conv1 / emo-conv1 feature-map outputs.
+
+The package's face (src/emoengine): the version, the outside contract in code (contract.py: crop size, tensor
+names and shapes, taps), one comparator and tolerance table (compare.py), errors and where artifacts live.
+Its subpackages come from the top-level folders: `emoengine.export` (build time), `emoengine.engine` (run time),
+`emoengine.cli` (the command), `emoengine.benchmarks`.
+"""
 
 import os as _os
 from importlib.metadata import PackageNotFoundError
@@ -13,4 +19,4 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 # one-line error promise; it reads this before cv2 is first imported. A user may still set it to debug.
 _os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from emoengine.contract import CLASS_NAMES_8, class_names  # noqa: E402,F401 - the package's face
+from emoengine.contract import CLASS_NAMES_8, class_names  # noqa: F401 - the package's face
