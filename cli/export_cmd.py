@@ -47,8 +47,7 @@ def export_command(
                             calibration_crops=calibration_crops, calibration_method=calibration_method,
                             keep_float=keep_float)
     console = Console(highlight=False, soft_wrap=True)
-    for exported in run_export(request, say=console.print):
-        PRINTERS[exported.step](console, exported)
+    run_export(request, say=console.print, on_step=lambda exported: PRINTERS[exported.step](console, exported))
 
 
 def _print_onnx(console, exported) -> None:

@@ -108,10 +108,11 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
     return steps
 
 
-def run_export(request: ExportRequest, say: Callable[[str], None]) -> list[Exported]:
-    """Run the request's chain, each step's file feeding the next. `--output` names the last file of the chain;
-    the ONNX an engine is built from is kept (default: in models/), the fp32 ONNX an fp16 or int8 file is made
-    from is a temporary."""
+def run_export(request: ExportRequest, say: Callable[[str], None],
+               on_step: Callable[[Exported], None] = lambda _e: None) -> list[Exported]:
+    """Run the request's chain, each step's file feeding the next; `on_step` hears of each step as it ends.
+    `--output` names the last file of the chain; the ONNX an engine is built from is kept (default: in models/),
+    the fp32 ONNX an fp16 or int8 file is made from is a temporary."""
     steps = steps_for(request)
     loaded, default = None, None
     if request.onnx is None:
@@ -133,6 +134,7 @@ def run_export(request: ExportRequest, say: Callable[[str], None]) -> list[Expor
                 target = _final(request.output, default) if files and step == files[-1] else default
             result = STEPS[step](request, loaded, source, target, say)
             result.temporary, result.last = temporary, step == steps[-1]
+            on_step(result)
             done.append(result)
             source = result.path
     return done
