@@ -17,7 +17,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from emoengine.errors import RunFailure
@@ -118,6 +117,8 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     image = np.asarray(rgb)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(f"write_png needs uint8 (H,W) or (H,W,3), got {image.dtype} {image.shape}")
+    import cv2  # imported where drawn: the atomic writers serve machines without OpenCV too (the GPU bench)
+
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
@@ -217,6 +218,8 @@ def fit_frame(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ih, iw = rgb.shape[:2]
     if (iw, ih) == (w, h):
         return rgb
+    import cv2
+
     scale = min(w / iw, h / ih)
     nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
     resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
@@ -277,6 +280,8 @@ class VideoWriter(_CloseOrAbort):
             raise ValueError(f"VideoWriter needs uint8 (H,W,3) RGB, got {rgb.dtype} {rgb.shape}")
         image = fit_frame(rgb, self.size)
         if self.coded_size != self.size:
+            import cv2
+
             image = cv2.copyMakeBorder(image, 0, self.coded_size[1] - self.size[1], 0,
                                        self.coded_size[0] - self.size[0], cv2.BORDER_CONSTANT, value=0)
         av = self._av
