@@ -43,6 +43,8 @@ class RunConfig:
     warn_random: bool = True          # False where loading the checkpoint already said it
     model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
     resume: bool = False              # skip when --out already holds this run's complete outputs
+    report: bool = True               # report.html (off: --no-report)
+    weights: str | None = None        # what --weights/--model named, as given (summary.json's `weights`)
 
 
 class FrameAssembler:
@@ -142,7 +144,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
         outputs = RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still,
                              write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
                              save_activations=cfg.save_activations, full_taps=cfg.full_taps,
-                             face_id=cfg.face_id,
+                             face_id=cfg.face_id, report=cfg.report,
                              frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
         assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps, independent_frames=still)
 
@@ -217,6 +219,8 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "detector": detector.name,
         "classes": list(model.class_names),
         "random_weights": model.is_random,
+        "weights": cfg.weights,
+        "weights_sha256": model.runner.metadata.get("checkpoint_sha256"),   # of the .pth (exports keep it)
         "ended_by_user": stats.ended_by_user,
         "skipped_inputs": list(getattr(source, "skipped", [])),
         "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)
