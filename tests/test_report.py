@@ -180,6 +180,30 @@ def test_run_outputs_commit_writes_the_report_and_no_report_removes_a_stale_one(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_a_run_without_videos_still_gets_its_timeline(tmp_path, page_links):
+    folder = synthetic_run(tmp_path / "run", frames=40, faces=1)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["files"] = ["predictions.csv", "report.html", "summary.json"]   # as `run --no-video` lists them
+    for name in ("annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png", "emo_conv1_mean.png"):
+        (folder / name).unlink()
+    (folder / "summary.json").write_text(json.dumps(summary))
+    page = build_report(folder).read_text()
+    assert "<video" not in page and 'id="player"' not in page and 'id="means"' not in page
+    assert 'class="lane"' in page and set(page_links(page)) == {"predictions.csv", "summary.json"}
+
+
+def test_no_report_reaches_the_run_config():
+    from emoengine.cli.run_cmd import run_config
+
+    options = dict(input="clip.mp4", out=Path("out"), weights="random", model=None, backend=None, classes=None,
+                   detector="mtcnn", detector_model=None, crop=None, max_batch=32, max_wait_ms=40.0,
+                   max_faces=None, smooth=0.0, face_id=None, no_video=False, taps=True, save_activations=False,
+                   full_taps=False, quiet=True)
+    assert run_config(**options)[0].report is True
+    cfg = run_config(**options, no_report=True)[0]
+    assert cfg.report is False and cfg.weights == "random"
+
+
 def test_report_command_rebuilds_and_refuses_a_folder_without_a_summary(tmp_path):
     folder = synthetic_run(tmp_path / "old run", frames=20, faces=1)
     (folder / "report.html").unlink(missing_ok=True)
