@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoengine import __version__
 from emoengine.engine.report import sections
 from emoengine.engine.report.page import PALETTE, VA_COLOURS, esc, render_page
 from emoengine.engine.report.rundata import REPORT_NAME, SUMMARY_NAME, RunFiles, timeline_data
@@ -16,26 +17,31 @@ from emoengine.errors import UserInputError
 DEFAULT_FPS = 25.0   # a summary without a frame rate (never written by `run`, but a report must still open)
 
 
+def video_sections(run: RunFiles, fps: float) -> tuple[list[str], dict]:
+    """The player, the timeline and the faces table, and the data report.js draws the timeline from."""
+    pred = run.predictions
+    frames = float(run.summary.get("frames") or 0)
+    duration = max(frames / fps, float(pred.time_s.max()) + 1 / fps if len(pred) else 0.0)
+    timeline = timeline_data(pred, fps)
+    data = {"fps": fps, "duration": duration, "classes": list(pred.classes), "palette": PALETTE,
+            "va_colours": VA_COLOURS, "va_range": va_range(pred), "timeline": timeline}
+    return [sections.player(run, duration), sections.timeline(run, timeline, data["va_range"]),
+            sections.faces_table(run)], data
+
+
 def render_report(run: RunFiles) -> str:
     s = run.summary
-    fps = float(s.get("fps") or DEFAULT_FPS)
     title = f"emoengine report: {Path(str(s.get('input') or run.folder)).name}"
     parts = [f"<header><h1>{esc(title)}</h1></header>", sections.banner(s)]
     data = None
     if run.is_still:
         parts.append(sections.gallery(run))
     else:
-        pred = run.predictions
-        duration = max(float(s.get("frames") or 0) / fps, float(pred.time_s.max()) + 1 / fps if len(pred) else 0.0)
-        timeline = timeline_data(pred, fps)
-        data = {"fps": fps, "duration": duration, "classes": list(pred.classes), "palette": PALETTE,
-                "va_colours": VA_COLOURS, "va_range": va_range(pred), "timeline": timeline}
-        parts += [sections.player(run, duration), sections.timeline(run, timeline, data["va_range"]), sections.faces_table(run)]
-    parts += [sections.mean_maps(run), sections.facts(s), sections.files_list(run)]
-    from emoengine import __version__
-
-    parts.append(f'<footer>made by emoengine {esc(__version__)} from the files of this folder; '
-                 "rebuild with <code>emoengine report FOLDER</code></footer>")
+        videos, data = video_sections(run, float(s.get("fps") or DEFAULT_FPS))
+        parts += videos
+    parts += [sections.mean_maps(run), sections.facts(s), sections.files_list(run),
+              f"<footer>made by emoengine {esc(__version__)} from the files of this folder; rebuild with "
+              "<code>emoengine report FOLDER</code></footer>"]
     return render_page(title, "\n".join(p for p in parts if p), data)
 
 
