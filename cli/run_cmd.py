@@ -75,8 +75,8 @@ def run_command(
 
 
 def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
-               max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet, resume=False,
-               no_report=False):
+               max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet,
+               resume=False, no_report=False):
     """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it."""
     from emoengine.engine.run import RunConfig
 

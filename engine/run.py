@@ -15,6 +15,7 @@ from emoengine.engine.detectors import make_detector
 from emoengine.engine.emonet_model import BACKENDS, EmoNetModel
 from emoengine.engine.outputs import RunOutputs
 from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
+from emoengine.engine.report import REPORT_NAME, build_report
 from emoengine.engine.results import FaceResult, FrameResult
 from emoengine.engine.resume import completed_summary, run_fingerprint
 from emoengine.engine.sources import open_source
@@ -128,6 +129,8 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     fingerprint = run_fingerprint(cfg, source)
     if cfg.resume and (done := completed_summary(cfg.out_dir, fingerprint)) is not None:
         source.close()
+        if cfg.report and not (Path(cfg.out_dir) / REPORT_NAME).is_file():   # made before reports, or --no-report
+            build_report(cfg.out_dir)
         if done.get("bad_frames"):   # the same damaged input: the same answer
             raise UserInputError(damaged_input_message(done, cfg.out_dir))
         if not cfg.quiet:

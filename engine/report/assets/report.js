@@ -6,13 +6,14 @@
 const pendingSeek = new WeakMap();
 function seekVideo(v, t) {
   if (v.seeking) { pendingSeek.set(v, t); return; }
+  pendingSeek.delete(v);
   v.currentTime = t;
 }
 function onSeeked(v) {
-  if (!pendingSeek.has(v)) return;
+  if (!pendingSeek.has(v) || v.seeking) return;   // a late event of an earlier seek: wait for the current one
   const t = pendingSeek.get(v);
   pendingSeek.delete(v);
-  if (v.currentTime !== t) v.currentTime = t;
+  if (Math.abs(v.currentTime - t) > 1e-4) v.currentTime = t;
 }
 
 // -- the clock: the first video's (the annotated one) while playing, else the time last sought ----------------
@@ -100,6 +101,9 @@ function bindControls(p) {
     if (e.key === " " || e.code === "Space") { e.preventDefault(); p.toggle(); }
     else if (e.key === "ArrowRight") { e.preventDefault(); p.step(1); }
     else if (e.key === "ArrowLeft") { e.preventDefault(); p.step(-1); }
+  });
+  document.addEventListener("keyup", function (e) {   // a focused button would take space as a second click
+    if (e.key === " " || e.code === "Space") e.preventDefault();
   });
   return function update() {
     const t = p.now();
