@@ -47,6 +47,11 @@ class RunConfig:
     report: bool = True               # report.html (off: --no-report)
     weights: str | None = None        # what --weights/--model named, as given (summary.json's `weights`)
 
+    @property
+    def writes_report(self) -> bool:
+        """--no-video promises predictions.csv and summary.json only (`emoengine report` can add the page)."""
+        return self.report and self.write_video
+
 
 class FrameAssembler:
     """The render stage's first half: track ids, smoothing, and FaceResult records in frame pixels."""
@@ -129,7 +134,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     fingerprint = run_fingerprint(cfg, source)
     if cfg.resume and (done := completed_summary(cfg.out_dir, fingerprint)) is not None:
         source.close()
-        if cfg.report and not (Path(cfg.out_dir) / REPORT_NAME).is_file():   # made before reports, or --no-report
+        if cfg.writes_report and not (Path(cfg.out_dir) / REPORT_NAME).is_file():   # made before reports existed
             build_report(cfg.out_dir)
         if done.get("bad_frames"):   # the same damaged input: the same answer
             raise UserInputError(damaged_input_message(done, cfg.out_dir))
@@ -147,7 +152,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
         outputs = RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still,
                              write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
                              save_activations=cfg.save_activations, full_taps=cfg.full_taps,
-                             face_id=cfg.face_id, report=cfg.report,
+                             face_id=cfg.face_id, report=cfg.writes_report,
                              frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
         assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps, independent_frames=still)
 

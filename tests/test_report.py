@@ -183,7 +183,7 @@ def test_run_outputs_commit_writes_the_report_and_no_report_removes_a_stale_one(
 def test_a_run_without_videos_still_gets_its_timeline(tmp_path, page_links):
     folder = synthetic_run(tmp_path / "run", frames=40, faces=1)
     summary = json.loads((folder / "summary.json").read_text())
-    summary["files"] = ["predictions.csv", "report.html", "summary.json"]   # as `run --no-video` lists them
+    summary["files"] = ["predictions.csv", "summary.json"]   # `run --no-video`: no page; `emoengine report` makes one
     for name in ("annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png", "emo_conv1_mean.png"):
         (folder / name).unlink()
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -202,6 +202,7 @@ def test_no_report_reaches_the_run_config():
     assert run_config(**options)[0].report is True
     cfg = run_config(**options, no_report=True)[0]
     assert cfg.report is False and cfg.weights == "random"
+    assert run_config(**{**options, "no_video": True})[0].writes_report is False   # CSV and summary.json only
 
 
 def test_report_command_rebuilds_and_refuses_a_folder_without_a_summary(tmp_path):
