@@ -26,7 +26,7 @@ def demo_command(
     clip = write_clip(out / "demo_input.mp4", demo_frames(frames))
     typer.echo(f"emoengine demo: wrote the input clip {clip} ({frames} frames)", err=True)
     summary = run_pipeline(RunConfig(input=str(clip), out_dir=out, smooth=0.5, warn_random=False,
-                                     backend=backend),
+                                     backend=backend, weights=weights),
                            lambda: open_model(backend, weights, None, None, False, 32))
     typer.echo(summary_line(summary, out), err=True)
     typer.echo("wrote:")

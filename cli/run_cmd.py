@@ -59,6 +59,7 @@ def run_command(
     taps: bool = typer.Option(True, "--taps/--no-taps", help="Feature-map videos and mean maps."),
     save_activations: bool = typer.Option(False, help="Per-face channel-mean maps to activations.npz."),
     full_taps: bool = typer.Option(False, help="With --save-activations: the untouched activations."),
+    no_report: bool = typer.Option(False, "--no-report", help="No report.html (see `emoengine report`)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
     resume: bool = typer.Option(False, "--resume", help="Skip when --out already holds the complete outputs "
                                                         "of this input with these settings."),
@@ -74,7 +75,8 @@ def run_command(
 
 
 def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
-               max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet, resume=False):
+               max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet,
+               resume=False, no_report=False):
     """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it."""
     from emoengine.engine.run import RunConfig
 
@@ -87,7 +89,7 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
                     face_id=face_id, write_video=not no_video, taps=taps, save_activations=save_activations,
                     full_taps=full_taps, quiet=quiet, warn_random=model is not None,
                     backend=resolve_backend(backend, model), model_id=model_identity(weights, model, classes),
-                    resume=resume)
+                    resume=resume, report=not no_report, weights=weights or model)
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
     return cfg, dict(backend=cfg.backend, weights=weights, model=model, classes=classes, full_taps=full_taps,

@@ -25,7 +25,7 @@ FEATURE_VIDEO_SIZE = (256, 256)
 # every name a run may write (CONTRACT.md plus our additions); files of an earlier run not rewritten are removed
 OUTPUT_NAMES = frozenset({"predictions.csv", "annotated.mp4", "annotated.png", "annotated", "conv1.mp4",
                           "emo_conv1.mp4", "conv1_mean.png", "emo_conv1_mean.png", "timeline.png", "summary.json",
-                          "activations.npz", "images.csv"})
+                          "activations.npz", "images.csv", "report.html"})
 TAPS = (("conv1", "conv1_mean"), ("emo_conv1", "emo_conv1_mean"))
 
 
@@ -144,7 +144,7 @@ class RunOutputs:
 
     def __init__(self, out_dir: Path, class_names, fps: float, still: bool, write_video: bool = True,
                  taps: bool = True, save_activations: bool = False, full_taps: bool = False,
-                 face_id: int | None = None, frame_files: list[str] | None = None) -> None:
+                 face_id: int | None = None, frame_files: list[str] | None = None, report: bool = True) -> None:
         self.dir = Path(out_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +156,7 @@ class RunOutputs:
         self.still = still
         self.write_video = write_video
         self.taps = taps
+        self.report = report
         self.main = MainFace(face_id)
         self.timeline = TimelineStore(len(self.class_names))
         self._header = csv_header(self.class_names)
@@ -256,7 +257,12 @@ class RunOutputs:
             for part in staged:
                 written.append(part.commit())
             self._remove_stale(written)
-            summary = {**summary, "files": sorted(p.name for p in written) + ["summary.json"]}
+            names = [p.name for p in written] + (["report.html"] if self.report else [])
+            summary = {**summary, "files": sorted(names) + ["summary.json"]}
+            if self.report:   # from the files now in place, as `emoengine report` rebuilds it
+                from emoengine.engine.report import build_report
+
+                written.append(build_report(self.dir, summary))
             written.append(write_json(self.dir / "summary.json", summary))
         except BaseException as e:
             for path in written:

@@ -24,6 +24,7 @@ from emoengine.engine.batch import (
     video_row,
     write_predictions_parquet,
 )
+from emoengine.engine.report.index import write_batch_index
 from emoengine.engine.resume import complete_summary
 from emoengine.errors import RunFailure, UserInputError, first_line
 
@@ -211,6 +212,8 @@ def run_batch(items: list[BatchItem], out_dir: Path, template, model_args: dict,
     write_predictions_parquet(out_dir, [r["video"] for r in rows if r["status"] in ("done", "skipped")])
     summary = batch_summary(rows, time.perf_counter() - t0, ray_info)
     write_json(out_dir / BATCH_SUMMARY, summary)
+    if template.report:
+        write_batch_index(out_dir, summary)
     if ran and all(r["status"] == "failed" and r.get("kind") == "setup" for r in ran):
         error = UserInputError if ran[0]["exit_code"] == 2 else RunFailure
         raise error(ran[0]["reason"])

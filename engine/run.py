@@ -16,6 +16,7 @@ from emoengine.engine.detectors import make_detector
 from emoengine.engine.emonet_model import EmoNetModel
 from emoengine.engine.outputs import RunOutputs
 from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
+from emoengine.engine.report import REPORT_NAME, build_report
 from emoengine.engine.results import FaceResult, FrameResult
 from emoengine.engine.resume import completed_summary, run_fingerprint
 from emoengine.engine.sources import open_source
@@ -44,6 +45,13 @@ class RunConfig:
     warn_random: bool = True          # False where loading the checkpoint already said it
     model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
     resume: bool = False              # skip when --out already holds this run's complete outputs
+    report: bool = True               # report.html (off: --no-report)
+    weights: str | None = None        # what --weights/--model named, as given (summary.json's `weights`)
+
+    @property
+    def writes_report(self) -> bool:
+        """--no-video promises predictions.csv and summary.json only (`emoengine report` can add the page)."""
+        return self.report and self.write_video
 
 
 class FrameAssembler:
@@ -127,6 +135,8 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     fingerprint = run_fingerprint(cfg, source)
     if cfg.resume and (done := completed_summary(cfg.out_dir, fingerprint)) is not None:
         source.close()
+        if cfg.writes_report and not (Path(cfg.out_dir) / REPORT_NAME).is_file():   # made before reports existed
+            build_report(cfg.out_dir)
         if done.get("bad_frames"):   # the same damaged input: the same answer
             raise UserInputError(damaged_input_message(done, cfg.out_dir))
         if not cfg.quiet:
@@ -143,7 +153,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
         outputs = RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still,
                              write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
                              save_activations=cfg.save_activations, full_taps=cfg.full_taps,
-                             face_id=cfg.face_id,
+                             face_id=cfg.face_id, report=cfg.writes_report,
                              frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
         assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps, independent_frames=still)
 
@@ -215,6 +225,8 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "detector": detector.name,
         "classes": list(model.class_names),
         "random_weights": model.is_random,
+        "weights": cfg.weights,
+        "weights_sha256": model.runner.metadata.get("checkpoint_sha256"),   # of the .pth (exports keep it)
         "ended_by_user": stats.ended_by_user,
         "skipped_inputs": list(getattr(source, "skipped", [])),
         "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)

@@ -117,3 +117,24 @@ def onnx_plain_5(golden_pth_5, tmp_path_factory):
                 images = z["images_rgb"][:2]
         report = export_onnx(load_emonet(golden_pth_5), verify_images=images)
     return report
+
+
+@pytest.fixture(scope="session")
+def page_links():
+    """`page_links(html)`: every `src` and `href` of a page, as written (report.html, index.html)."""
+    from html.parser import HTMLParser
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[str] = []
+
+        def handle_starttag(self, tag, attrs) -> None:
+            self.found += [v for k, v in attrs if k in ("src", "href") and v is not None]
+
+    def links(page: str) -> list[str]:
+        parser = Links()
+        parser.feed(page)
+        return parser.found
+
+    return links

@@ -7,6 +7,7 @@ the retry is part of every assertion below; a direct `run` of each clip is the r
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ from emoengine.engine.demo import single_face_frames, write_clip
 
 CLIP_FRAMES = {"clip_a": 8, "clip_b": 12, "clip_c": 16}
 RUN_FILES = ("predictions.csv", "annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png",
-             "emo_conv1_mean.png", "timeline.png", "summary.json")
+             "emo_conv1_mean.png", "timeline.png", "summary.json", "report.html")
 
 
 def cli(*args: str) -> int:
@@ -127,6 +128,16 @@ def test_per_video_outputs_are_what_run_writes(batch_run, direct_runs):
         for key in ("frames", "frames_with_face", "faces", "backend", "detector", "files"):
             assert a[key] == b[key], (name, key)
     assert not (batch_run["out"] / "broken").exists() or not any((batch_run["out"] / "broken").iterdir())
+
+
+def test_index_links_each_videos_report_and_gives_the_failure_reason(batch_run, page_links):
+    page = (batch_run["out"] / "index.html").read_text()
+    links = page_links(page)
+    for name in CLIP_FRAMES:
+        assert f"{name}/report.html" in links and (batch_run["out"] / name / "report.html").is_file()
+    reason = by_video(batch_run["summary"])["broken"]["reason"]
+    assert html.escape(reason) in page and "broken/report.html" not in links
+    assert not [p for p in batch_run["out"].iterdir() if p.name.startswith(".")]
 
 
 def test_parquet_holds_every_row_with_its_video(batch_run, direct_runs):

@@ -18,7 +18,7 @@ def test_demo_writes_every_contract_file_offline(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "random" in r.stderr.lower(), "random weights must be announced"
     for name in ("demo_input.mp4", "predictions.csv", "annotated.mp4", "conv1.mp4", "emo_conv1.mp4",
-                 "conv1_mean.png", "emo_conv1_mean.png", "timeline.png", "summary.json"):
+                 "conv1_mean.png", "emo_conv1_mean.png", "timeline.png", "summary.json", "report.html"):
         assert (out / name).is_file(), name
     with av.open(str(out / "conv1.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 12

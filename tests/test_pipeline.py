@@ -100,6 +100,14 @@ def test_summary_has_contract_fields(ort_run):
     assert {"decode", "detect", "infer", "render"} <= set(s["stages"])
 
 
+def test_summary_names_the_weights_and_their_sha256(ort_run, random_onnx):
+    from emoengine.export.onnx_export import read_metadata
+
+    s = json.loads((ort_run / "summary.json").read_text())
+    assert s["weights"] == str(random_onnx)
+    assert s["weights_sha256"] == read_metadata(random_onnx)["checkpoint_sha256"]
+
+
 def test_activations_archive_holds_each_faces_maps(ort_run):
     with np.load(ort_run / "activations.npz") as z:
         frames = z["frames"]
