@@ -51,7 +51,7 @@ def run_command(
     crop: Optional[str] = typer.Option(None, help="square (margin around the face) | upstream (plain box); "
                                                   "default square, upstream with --detector none."),
     out: Path = typer.Option(Path("emoengine-out"), help="Output folder."),
-    max_batch: Optional[int] = typer.Option(None, min=1, help="Faces per inference call (default: 4 on a CPU, "
+    max_batch: Optional[int] = typer.Option(None, min=1, help="Faces per inference call (default: 1 on a CPU, "
                                                              "32 on a GPU)."),
     max_wait_ms: float = typer.Option(40.0, min=0, help="How long a partial batch waits for more faces."),
     max_faces: Optional[int] = typer.Option(None, min=1, help="Keep the largest K faces per frame."),
@@ -66,8 +66,8 @@ def run_command(
                                                         "of this input with these settings."),
     detect_every: int = typer.Option(DEFAULT_DETECT_EVERY, min=1, help="Run the detector on every N-th frame "
                                      "and carry faces by optical flow between (1: every frame)."),
-    min_face: Optional[float] = typer.Option(None, help="Smallest face to find, in frame pixels (default: "
-                                             f"{DEFAULT_MIN_FACE:g} for mtcnn)."),
+    min_face: float = typer.Option(DEFAULT_MIN_FACE, help="Smallest face to find, in frame pixels (mtcnn "
+                                   "finds none under 12)."),
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
@@ -81,7 +81,7 @@ def run_command(
 
 def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
                max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet, resume=False,
-               detect_every=DEFAULT_DETECT_EVERY, min_face=None):
+               detect_every=DEFAULT_DETECT_EVERY, min_face=DEFAULT_MIN_FACE):
     """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it."""
     from emoengine.engine.run import RunConfig, default_max_batch
 

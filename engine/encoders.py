@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from emoengine.engine.pipeline import lower_this_thread_priority
 from emoengine.engine.results import StageClock
 from emoengine.engine.writers import VideoWriter
 
@@ -30,17 +31,6 @@ ENCODER_THREADS = 1           # x264 threads per encoder: the pipeline has threa
 QUEUE_FRAMES = 4
 _END = object()
 _POLL_S = 0.05
-# the encoders run below the pipeline's priority (nice +BACKGROUND_NICE): on a machine with fewer cores than
-# busy threads, the CPU goes to inference first and the encoders fill the gaps
-BACKGROUND_NICE = 5
-
-
-def lower_this_thread_priority(by: int = BACKGROUND_NICE) -> None:
-    """Raise the calling thread's nice value (Linux: each thread has its own); a no-op where unsupported."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + by)
-    except (AttributeError, OSError):
-        pass
 
 
 class EncoderThread:

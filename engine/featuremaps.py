@@ -62,7 +62,9 @@ class MeanMapAccumulator:
         """Add one map; None (no face in that frame) is skipped."""
         if fmap is None:
             return
-        a = np.nan_to_num(np.asarray(fmap, np.float64))
+        a = np.asarray(fmap, np.float64)
+        if not np.isfinite(a).all():
+            a = np.nan_to_num(a)
         if self._sum is None:
             self._sum = a.copy()
         elif a.shape != self._sum.shape:

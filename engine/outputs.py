@@ -189,6 +189,11 @@ class RunOutputs:
     def _feature_picture(fmap: np.ndarray | None) -> np.ndarray:
         return feature_map_frame(fmap, FEATURE_VIDEO_SIZE)
 
+    def finish_videos(self) -> None:
+        """Let the encoders' threads encode what waits for them and close their files (commit renames them)."""
+        for video in self._videos.values():
+            video.finish()
+
     def encoder_clocks(self) -> dict[str, StageClock]:
         """{"encode": the video encoders' threads together} (nothing when no video is written)."""
         if not self._videos:

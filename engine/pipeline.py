@@ -8,6 +8,7 @@ One `FrameRecord` per frame travels through them all, each stage adding its part
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -25,7 +26,18 @@ from emoengine.errors import EmoengineError, RunFailure
 
 _END = object()
 _POLL_S = 0.05
+# every thread but inference runs at nice +BACKGROUND_NICE: where threads outnumber cores, a core goes to EmoNet
+# (ONNX Runtime's pool, nice 0) whenever it wants one, and decoding, detection, drawing and encoding fill the gaps
+BACKGROUND_NICE = 5
 STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
+
+
+def lower_this_thread_priority(by: int = BACKGROUND_NICE) -> None:
+    """Raise the calling thread's nice value (Linux: each thread has its own); a no-op where unsupported."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + by)
+    except (AttributeError, OSError):
+        pass
 
 
 class _Stopped(Exception):
@@ -233,6 +245,8 @@ class Pipeline:
     # ---- running --------------------------------------------------------------------------------
     def _stage(self, name: str, fn, done: threading.Event) -> None:
         cpu0 = time.thread_time()
+        if name != "infer":
+            lower_this_thread_priority()
         try:
             fn(self.stats.stages[name])
         except _Stopped:

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from emoengine.engine.crops import regions_to_frame
-from emoengine.engine.detectors import DEFAULT_DETECT_EVERY, make_detector
+from emoengine.engine.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE, make_detector
 from emoengine.engine.emonet_model import BACKENDS, EmoNetModel
 from emoengine.engine.outputs import RunOutputs
 from emoengine.engine.pipeline import Pipeline, PipelineOptions, PipelineStats
@@ -21,10 +21,10 @@ from emoengine.engine.sources import open_source
 from emoengine.engine.tracker import TemporalSmoother
 from emoengine.errors import UserInputError
 
-CPU_MAX_BATCH = 4        # see default_max_batch
+CPU_MAX_BATCH = 1        # see default_max_batch
 GPU_MAX_BATCH = 32
 GPU_DETECT_BATCH = 8     # frames per detector call on a GPU when every frame is detected
-QUEUE_BYTES = 24 << 20   # decoded frames one pipeline queue may hold (see queue_frames)
+QUEUE_BYTES = 16 << 20   # decoded frames one pipeline queue may hold (see queue_frames)
 
 
 @dataclass
@@ -49,7 +49,7 @@ class RunConfig:
     model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
     resume: bool = False              # skip when --out already holds this run's complete outputs
     detect_every: int = DEFAULT_DETECT_EVERY   # detector on every N-th frame, optical flow between
-    min_face: float | None = None     # smallest face to find, frame pixels (None: the detector's default)
+    min_face: float = DEFAULT_MIN_FACE   # smallest face to find, frame pixels
 
 
 class FrameAssembler:
@@ -165,6 +165,9 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
         try:
             stats = Pipeline(source, detector, model, sink, options, on_frame=on_frame,
                              live=source.kind == "stream").run()
+            t0 = time.perf_counter()
+            outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
+            stats.wall_s += time.perf_counter() - t0
         finally:
             close_progress()
         if cfg.face_id is not None and not outputs.main.fixed_seen:
@@ -207,7 +210,7 @@ def backend_device(backend: str) -> str:
 
 def queue_frames(size: tuple[int, int]) -> int:
     """Frames each pipeline queue may hold: 8, fewer for big frames, so that the queues together stay near
-    QUEUE_BYTES x 5 (720p: 8 frames; 1080p: 3; 4K: 2)."""
+    QUEUE_BYTES x 5 (640x360: 8 frames; 720p: 6; 1080p: 2; 4K: 2)."""
     frame_bytes = max(1, size[0] * size[1] * 3)
     return int(np.clip(QUEUE_BYTES // frame_bytes, 2, 8))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from emoengine.engine.demo import group_in_view_frames, shipped_photo, single_face_frames, write_clip
-from emoengine.engine.detectors import make_detector
+from emoengine.engine.detectors import DEFAULT_MIN_FACE, make_detector
 from emoengine.engine.detectors.keyframes import KeyframeTracker
 from emoengine.engine.sources import open_source
 from emoengine.engine.tracker import IouTracker, iou_matrix
@@ -20,7 +20,7 @@ EVERY = 8
 
 @pytest.fixture(scope="module")
 def detector():
-    det = make_detector("mtcnn", threads=1)
+    det = make_detector("mtcnn", threads=1, min_face=DEFAULT_MIN_FACE)   # what run uses
     yield det
     det.close()
 

@@ -13,7 +13,7 @@ DETECTOR_NAMES = ("mtcnn", "scrfd", "none")
 DEFAULT_DETECTOR = "mtcnn"
 # chosen by measurement (README, "Detection"): the detector on every N-th frame, optical flow between
 DEFAULT_DETECT_EVERY = 8
-DEFAULT_MIN_FACE = 20.0       # mtcnn's smallest face by default, frame pixels (README, "Detection")
+DEFAULT_MIN_FACE = 40.0       # run's smallest face, frame pixels: a smaller one makes a poor 256² crop (README)
 
 
 def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | None = None,

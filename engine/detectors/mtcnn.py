@@ -29,13 +29,13 @@ import cv2
 import numpy as np
 
 from emoengine.engine.backends import OrtRunner
-from emoengine.engine.detectors import DEFAULT_MIN_FACE
 from emoengine.engine.detectors.base import Faces
 from emoengine.engine.detectors.mtcnn_graphs import NET_NAMES, mtcnn_models
 from emoengine.engine.detectors.nms import clip_boxes, ensure_rgb, nms, square_boxes
 from emoengine.errors import UserInputError
 
 PNET_STRIDE, PNET_CELL = 2, 12
+WHEEL_MIN_FACE = 20.0   # the mtcnn wheel's default (run asks for its own, engine.detectors.DEFAULT_MIN_FACE)
 PATCH_BATCH = 1024  # R/O-Net patches per run: bounds ORT's activations (R-Net: ~55 kB per patch) on busy frames
 
 
@@ -95,12 +95,12 @@ class MTCNNDetector:
     MIN_FACE_PX = PNET_CELL        # P-Net's cell: nothing smaller can be found without upscaling the frame
 
     def __init__(self, weights_dir: str | None = None, providers: list[str] | None = None,
-                 threads: int | None = None, min_face_size: float = DEFAULT_MIN_FACE, scale_factor: float = 0.709,
+                 threads: int | None = None, min_face_size: float = WHEEL_MIN_FACE, scale_factor: float = 0.709,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.9), max_side: int = 1280,
                  max_batch: int = 8) -> None:
         """weights_dir: a folder with pnet/rnet/onet.lz4 (default: the mtcnn wheel's). min_face_size is in frame
-        pixels; the working image is the frame downscaled to long side <= max_side, but never so far that a face
-        of min_face_size would shrink below P-Net's 12 px."""
+        pixels. The working image is the frame downscaled to long side <= max_side; there a face shrinks with the
+        frame, and none under 12 px can be found (in a 4K frame at max_side 1280: none under 38 frame pixels)."""
         if min_face_size < PNET_CELL:
             raise UserInputError(f"--min-face {min_face_size:g} is below mtcnn's smallest face, {PNET_CELL} px "
                                  "(P-Net's cell)")
@@ -145,12 +145,11 @@ class MTCNNDetector:
         return self.min_face_size
 
     def _working_image(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Downscale so the long side is <= max_side (but min_face_size stays >= 12 px); returns the image and
-        (fx, fy) back to frame pixels."""
+        """Downscale so the long side is <= max_side; returns the image and (fx, fy) back to frame pixels."""
         h, w = rgb.shape[:2]
-        s = max(self.max_side / max(h, w), PNET_CELL / self.min_face_size)
-        if s >= 1:
+        if max(h, w) <= self.max_side:
             return rgb, np.ones(2, np.float32)
+        s = self.max_side / max(h, w)
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
         small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
         return small, np.array([w / nw, h / nh], np.float32)
@@ -162,7 +161,7 @@ class MTCNNDetector:
         for i, im in enumerate(images):
             groups.setdefault((*im.shape[:2], float(factors[i][0])), []).append(i)
         for (h, w, factor), indices in groups.items():
-            scales = pyramid_scales(h, w, self.min_face_size / factor, self.scale_factor)
+            scales = pyramid_scales(h, w, max(PNET_CELL, self.min_face_size / factor), self.scale_factor)
             sizes = [(math.ceil(w * s), math.ceil(h * s)) for s in scales]
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
