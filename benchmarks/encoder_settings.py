@@ -2,8 +2,8 @@
 
     python -m emoengine.benchmarks.encoder_settings [--frames 48] [--json FILE]
 
-The frames are what `run` encodes: a generated 1280x720 clip of a moving face (engine.demo) with the annotation
-panel drawn (engine.annotate). Each setting encodes them through engine.writers.VideoWriter; CPU time is the
+The frames are what `run` encodes: a generated 1280x720 clip of a moving face (engine.demo), or --clip's, with the
+annotation panel drawn (engine.annotate). Each setting encodes them through engine.writers.VideoWriter; CPU time is the
 process's (x264's own threads included), so it stays meaningful on a busy machine where wall time does not;
 PSNR is against the frames that went in (decoded back with PyAV).
 """
@@ -27,13 +27,19 @@ CRFS = (20, 23, 26)
 THREADS = (1, 0)   # 0: x264 picks (1.5 x cores)
 
 
-def annotated_frames(n: int) -> list[np.ndarray]:
+def annotated_frames(n: int, clip: Path | None = None) -> list[np.ndarray]:
+    """n frames of `clip` (default: a generated 720p face) with the annotation panel drawn."""
     from emoengine.engine.annotate import annotate_frame
     from emoengine.engine.demo import single_face_frames
     from emoengine.engine.results import FrameRecord
+    from emoengine.engine.sources import open_source
 
-    return [annotate_frame(FrameRecord(i, i / 24, rgb)) for i, rgb in
-            enumerate(single_face_frames(n, size=SIZE_720P, face_px=(220, 380)))]
+    if clip is None:
+        frames = single_face_frames(n, size=SIZE_720P, face_px=(220, 380))
+    else:
+        with open_source(clip) as source:
+            frames = [f.rgb for f, _ in zip(source, range(n))]
+    return [annotate_frame(FrameRecord(i, i / 24, rgb)) for i, rgb in enumerate(frames)]
 
 
 def cpu_s() -> float:
@@ -54,7 +60,8 @@ def encode(frames: list[np.ndarray], path: Path, preset: str, crf: int, threads:
     from emoengine.engine.writers import VideoWriter
 
     c0, t0 = cpu_s(), time.perf_counter()
-    writer = VideoWriter(path, 24.0, SIZE_720P, crf=crf, preset=preset, threads=threads or None)
+    size = (frames[0].shape[1], frames[0].shape[0])
+    writer = VideoWriter(path, 24.0, size, crf=crf, preset=preset, threads=threads or None)
     for frame in frames:
         writer.write(frame)
     writer.close()
@@ -67,11 +74,12 @@ def encode(frames: list[np.ndarray], path: Path, preset: str, crf: int, threads:
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--clip", type=Path, help="a real video's frames instead of the generated 720p face")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     started = datetime.now(timezone.utc)
     machine = machine_facts()
-    frames = annotated_frames(args.frames)
+    frames = annotated_frames(args.frames, args.clip)
     rows = []
     with tempfile.TemporaryDirectory(prefix="emoengine-x264-") as tmp:
         for preset in PRESETS:
@@ -81,8 +89,10 @@ def main(argv: list[str] | None = None) -> Path:
                     rows.append(row)
                     print(row, flush=True)
     report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
-              "config": {"frames": args.frames, "size": list(SIZE_720P), "content": "engine.demo single face, "
-                         "annotation panel drawn"}, "results": rows}
+              "config": {"frames": len(frames), "size": [frames[0].shape[1], frames[0].shape[0]],
+                         "content": (str(args.clip) if args.clip else "engine.demo single face")
+                         + ", annotation panel drawn", "rgb_to_yuv": "OpenCV (engine.writers.VideoWriter)"},
+              "results": rows}
     return save_report(report, args.json, prefix="encoder-settings-")
 
 

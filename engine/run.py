@@ -142,37 +142,9 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
         model = open_model()
         if model.is_random and cfg.warn_random:
             print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
-        still = source.kind in ("image", "images")
-        outputs = RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still,
-                             write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
-                             save_activations=cfg.save_activations, full_taps=cfg.full_taps,
-                             face_id=cfg.face_id,
-                             frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
-        assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps, independent_frames=still)
-
-        def sink(record: FrameRecord) -> None:
-            outputs.write(assemble(record))
-
-        on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
-        crop_mode = cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square")
-        on_gpu = backend_device(cfg.backend) == "cuda"
-        options = PipelineOptions(max_batch=cfg.max_batch or default_max_batch(cfg.backend),
-                                  max_wait_ms=cfg.max_wait_ms, max_faces=cfg.max_faces, crop_mode=crop_mode,
-                                  queue_size=queue_frames(source.size),
-                                  # the whole frame as the face: nothing to carry between keyframes
-                                  detect_every=1 if cfg.detector == "none" else cfg.detect_every,
-                                  detect_batch=GPU_DETECT_BATCH if on_gpu else 1, independent_frames=still)
-        try:
-            stats = Pipeline(source, detector, model, sink, options, on_frame=on_frame,
-                             live=source.kind == "stream").run()
-            t0 = time.perf_counter()
-            outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
-            stats.wall_s += time.perf_counter() - t0
-        finally:
-            close_progress()
-        if cfg.face_id is not None and not outputs.main.fixed_seen:
-            print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
-                  "(ids are in predictions.csv)", file=sys.stderr)
+        outputs = open_outputs(cfg, source, model)
+        options = pipeline_options(cfg, source)
+        stats = _drive(cfg, source, detector, model, outputs, options)
         summary = make_summary(cfg, source, model, detector, stats, options, outputs.encoder_clocks())
         summary["fingerprint"] = fingerprint
         outputs.commit(summary)
@@ -190,6 +162,48 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     if summary.get("bad_frames"):
         raise UserInputError(damaged_input_message(summary, cfg.out_dir))
     return summary
+
+
+def open_outputs(cfg: RunConfig, source, model: EmoNetModel) -> RunOutputs:
+    still = source.kind in ("image", "images")
+    return RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still, write_video=cfg.write_video,
+                      taps=cfg.taps and model.has_taps, save_activations=cfg.save_activations,
+                      full_taps=cfg.full_taps, face_id=cfg.face_id,
+                      frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
+
+
+def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
+    """What the pipeline needs of `cfg`, with the defaults that depend on the backend and the input."""
+    on_gpu = backend_device(cfg.backend) == "cuda"
+    return PipelineOptions(max_batch=cfg.max_batch or default_max_batch(cfg.backend), max_wait_ms=cfg.max_wait_ms,
+                           max_faces=cfg.max_faces,
+                           crop_mode=cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square"),
+                           queue_size=queue_frames(source.size),
+                           # the whole frame as the face: nothing to carry between keyframes
+                           detect_every=1 if cfg.detector == "none" else cfg.detect_every,
+                           detect_batch=GPU_DETECT_BATCH if on_gpu else 1,
+                           independent_frames=source.kind in ("image", "images"))
+
+
+def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
+           options: PipelineOptions) -> PipelineStats:
+    """The pipeline from the first frame to the last encoded one; a record is assembled and written in the
+    render stage."""
+    assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps,
+                              independent_frames=options.independent_frames)
+    on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
+    try:
+        stats = Pipeline(source, detector, model, lambda record: outputs.write(assemble(record)), options,
+                         on_frame=on_frame, live=source.kind == "stream").run()
+        t0 = time.perf_counter()
+        outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
+        stats.wall_s += time.perf_counter() - t0
+    finally:
+        close_progress()
+    if cfg.face_id is not None and not outputs.main.fixed_seen:
+        print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
+              "(ids are in predictions.csv)", file=sys.stderr)
+    return stats
 
 
 def damaged_input_message(summary: dict, out_dir: Path) -> str:
