@@ -20,14 +20,15 @@ def demo_command(
     """Run everything on a generated clip (photos from insightface's wheel; no network needed)."""
     from emoengine.cli.run_cmd import open_model, summary_line
     from emoengine.engine.demo import demo_frames, write_clip
-    from emoengine.engine.run import RunConfig, run_pipeline
+    from emoengine.engine.run import RunConfig, default_max_batch, run_pipeline
 
     out.mkdir(parents=True, exist_ok=True)
     clip = write_clip(out / "demo_input.mp4", demo_frames(frames))
     typer.echo(f"emoengine demo: wrote the input clip {clip} ({frames} frames)", err=True)
+    max_batch = default_max_batch(backend)
     summary = run_pipeline(RunConfig(input=str(clip), out_dir=out, smooth=0.5, warn_random=False,
-                                     backend=backend, weights=weights),
-                           lambda: open_model(backend, weights, None, None, False, 32))
+                                     backend=backend, weights=weights, max_batch=max_batch),
+                           lambda: open_model(backend, weights, None, None, False, max_batch))
     typer.echo(summary_line(summary, out), err=True)
     typer.echo("wrote:")
     for p in sorted(out.iterdir()):

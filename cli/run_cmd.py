@@ -8,6 +8,7 @@ import typer
 
 from emoengine.cli.main import app
 from emoengine.engine.backends import BACKENDS, DEFAULT_BACKEND
+from emoengine.engine.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE
 from emoengine.errors import UserInputError
 
 
@@ -50,7 +51,8 @@ def run_command(
     crop: str | None = typer.Option(None, help="square (margin around the face) | upstream (plain box); "
                                                   "default square, upstream with --detector none."),
     out: Path = typer.Option(Path("emoengine-out"), help="Output folder."),
-    max_batch: int = typer.Option(32, min=1, help="Faces per inference call."),
+    max_batch: int | None = typer.Option(None, min=1, help="Faces per inference call (default: 1 on a CPU, "
+                                                             "32 on a GPU)."),
     max_wait_ms: float = typer.Option(40.0, min=0, help="How long a partial batch waits for more faces."),
     max_faces: int | None = typer.Option(None, min=1, help="Keep the largest K faces per frame."),
     smooth: float = typer.Option(0.0, min=0.0, max=0.99, help="Temporal smoothing α per face (0 = off)."),
@@ -63,6 +65,10 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
     resume: bool = typer.Option(False, "--resume", help="Skip when --out already holds the complete outputs "
                                                         "of this input with these settings."),
+    detect_every: int = typer.Option(DEFAULT_DETECT_EVERY, min=1, help="Run the detector on every N-th frame "
+                                     "and carry faces by optical flow between (1: every frame)."),
+    min_face: float = typer.Option(DEFAULT_MIN_FACE, help="Smallest face to find, in frame pixels (mtcnn "
+                                   "finds none under 12)."),
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
@@ -76,20 +82,24 @@ def run_command(
 
 def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
                max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet,
-               resume=False, no_report=False):
+               resume=False, no_report=False, detect_every=DEFAULT_DETECT_EVERY, min_face=DEFAULT_MIN_FACE):
     """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it."""
-    from emoengine.engine.run import RunConfig
+    from emoengine.engine.run import RunConfig, default_max_batch
 
+    if detect_every < 1:
+        raise UserInputError(f"--detect-every must be 1 or more (1: the detector on every frame), not {detect_every}")
     if crop not in (None, "square", "upstream"):
         raise UserInputError(f"--crop must be square or upstream, not {crop}")
     if full_taps and not save_activations:
         raise UserInputError("--full-taps only makes sense with --save-activations")
+    max_batch = max_batch or default_max_batch(resolve_backend(backend, model))
     cfg = RunConfig(input=input, out_dir=out, detector=detector, detector_model=detector_model, crop_mode=crop,
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_faces=max_faces, smooth=smooth,
                     face_id=face_id, write_video=not no_video, taps=taps, save_activations=save_activations,
                     full_taps=full_taps, quiet=quiet, warn_random=model is not None,
                     backend=resolve_backend(backend, model), model_id=model_identity(weights, model, classes),
-                    resume=resume, report=not no_report, weights=weights or model)
+                    resume=resume, report=not no_report, weights=weights or model, detect_every=detect_every,
+                    min_face=min_face)
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
     return cfg, dict(backend=cfg.backend, weights=weights, model=model, classes=classes, full_taps=full_taps,

@@ -45,6 +45,24 @@ def group_pan_frames(n: int, size=DEMO_SIZE):
         yield cv2.warpAffine(photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
+def group_in_view_frames(n: int, size=DEMO_SIZE):
+    """A camera zooming in on t1.jpg (window 1.25x to 0.94x the photo's width) while panning from side to side,
+    with all six faces in view in every frame (black beyond the photo): for tracking, unlike the demo's pan."""
+    photo = shipped_photo("t1.jpg")
+    ph, pw = photo.shape[:2]
+    w, h = size
+    left, right, centre_y = 0.045 * pw, 0.97 * pw, 0.3 * ph     # the faces' extent in the photo, and middle
+    for i in range(n):
+        t = i / max(n - 1, 1)
+        win_w = pw * (1.25 - 0.31 * t)
+        win_h = win_w * h / w
+        lo, hi = right - win_w, left                              # x0 range that keeps every face in the window
+        x0 = (lo + hi) / 2 + 0.4 * (hi - lo) * np.sin(2 * np.pi * t)
+        y0 = centre_y - win_h / 2
+        m = np.float32([[w / win_w, 0, -x0 * w / win_w], [0, h / win_h, -y0 * h / win_h]])
+        yield cv2.warpAffine(photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
 def single_face_frames(n: int, size=DEMO_SIZE, face_px=(110, 220)):
     """Tom Hanks' face travelling left to right and growing, over a soft gradient background."""
     face = shipped_photo("Tom_Hanks_54745.png")

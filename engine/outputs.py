@@ -1,7 +1,8 @@
 """Everything `run` writes into --out, as CONTRACT.md lists it; each file appears only when complete.
 
-`RunOutputs.write(frame_result)` is called once per frame, in order, from the render stage;
-`commit(summary)` finishes every writer and renames; `abort()` removes every temporary file.
+`RunOutputs.write(record)` is called once per frame, in order, from the render stage; the videos are drawn and
+encoded on their own threads (engine.encoders); `commit(summary)` finishes every writer and renames;
+`abort()` removes every temporary file.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.engine.annotate import annotate_frame
+from emoengine.engine.encoders import EncoderThread
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame
-from emoengine.engine.results import FaceResult, FrameResult
-from emoengine.engine.writers import AtomicOutput, CsvWriter, VideoWriter, write_json, write_png
+from emoengine.engine.results import FaceResult, FrameRecord, StageClock
+from emoengine.engine.writers import AtomicOutput, CsvWriter, write_json, write_png
 from emoengine.errors import RunFailure, UserInputError
 
 FEATURE_VIDEO_SIZE = (256, 256)
@@ -56,7 +58,7 @@ def csv_header(class_names) -> list[str]:
             + [f"p_{c}" for c in class_names] + ["valence", "arousal"])
 
 
-def csv_row(fr: FrameResult, f: FaceResult) -> list:
+def csv_row(fr: FrameRecord, f: FaceResult) -> list:
     return ([fr.index, f"{fr.time_s:.4f}", f.face_id, *(f"{v:.1f}" for v in f.box), f"{f.det_score:.4f}",
              f.expression] + [f"{p:.5f}" for p in f.probs] + [f"{f.valence:.5f}", f"{f.arousal:.5f}"])
 
@@ -108,7 +110,7 @@ class ActivationsArchive:
         np.save(buf, np.ascontiguousarray(array))
         self.zip.writestr(f"{key}.npy", buf.getvalue())
 
-    def add(self, fr: FrameResult, face: FaceResult, maps: dict[str, np.ndarray]) -> None:
+    def add(self, fr: FrameRecord, face: FaceResult, maps: dict[str, np.ndarray]) -> None:
         for tap in self.taps:
             if maps.get(tap) is not None:
                 self._put(f"f{fr.index:06d}_id{face.face_id}_{tap}", maps[tap].astype(np.float16))
@@ -160,7 +162,7 @@ class RunOutputs:
         self.main = MainFace(face_id)
         self.timeline = TimelineStore(len(self.class_names))
         self._header = csv_header(self.class_names)
-        self._videos: dict[str, VideoWriter] = {}
+        self._videos: dict[str, EncoderThread] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
         self._means = {tap: MeanMapAccumulator() for tap, _ in TAPS} if taps else {}
         self._activations = None
@@ -176,22 +178,45 @@ class RunOutputs:
         self._frames_seen = 0
 
     # -- per frame ------------------------------------------------------------------------------------
-    def _video(self, name: str, size: tuple[int, int]) -> VideoWriter:
+    def _video(self, name: str, size: tuple[int, int], picture) -> EncoderThread:
+        """The encoder of `name`, started at its first frame; `picture(item)` draws what it encodes."""
         if name not in self._videos:
-            self._videos[name] = VideoWriter(self.dir / name, self.fps, size)
+            self._videos[name] = EncoderThread(self.dir / name, self.fps, size, picture)
         return self._videos[name]
 
-    def write(self, fr: FrameResult, full_maps: dict[int, dict[str, np.ndarray]] | None = None) -> None:
-        """One frame, in order. `full_maps[face_id]` holds untouched activations when --full-taps."""
+    def _annotated_picture(self, fr: FrameRecord) -> np.ndarray:
+        return annotate_frame(fr, self.class_names)
+
+    @staticmethod
+    def _feature_picture(fmap: np.ndarray | None) -> np.ndarray:
+        return feature_map_frame(fmap, FEATURE_VIDEO_SIZE)
+
+    def finish_videos(self) -> None:
+        """Let the encoders' threads encode what waits for them and close their files (commit renames them)."""
+        for video in self._videos.values():
+            video.finish()
+
+    def encoder_clocks(self) -> dict[str, StageClock]:
+        """{"encode": the video encoders' threads together} (nothing when no video is written)."""
+        if not self._videos:
+            return {}
+        total = StageClock()
+        for video in self._videos.values():
+            for key in ("busy_s", "cpu_s", "wait_in_s", "wait_out_s", "items"):
+                setattr(total, key, getattr(total, key) + getattr(video.clock, key))
+        return {"encode": total}
+
+    def write(self, fr: FrameRecord) -> None:
+        """One frame, in order (its `full_maps[face_id]` hold untouched activations when --full-taps)."""
         try:
-            self._write(fr, full_maps)
+            self._write(fr)
         except OSError as e:   # a full disk, a quota, a folder removed under us: one line, exit 1
             raise RunFailure(self._write_failed(e)) from None
 
     def _write_failed(self, e: OSError) -> str:
         return f"cannot write the outputs into {self.dir}: {e.strerror or e}"
 
-    def _write(self, fr: FrameResult, full_maps: dict[int, dict[str, np.ndarray]] | None) -> None:
+    def _write(self, fr: FrameRecord) -> None:
         self._frames_seen += 1
         h, w = fr.rgb.shape[:2]
         for f in fr.faces:
@@ -200,7 +225,7 @@ class RunOutputs:
                 self.timeline.add(fr.time_s, f.face_id, f.probs, f.valence, f.arousal)
             if self._activations is not None:
                 maps = {"conv1_mean": f.conv1_mean, "emo_conv1_mean": f.emo_conv1_mean,
-                        **((full_maps or {}).get(f.face_id, {}))}
+                        **fr.full_maps.get(f.face_id, {})}
                 self._activations.add(fr, f, maps)
         main = self.main.pick(fr.faces)
         if self.taps and main is not None:
@@ -208,17 +233,16 @@ class RunOutputs:
                 self._means[tap].add(getattr(main, attr))
         if not self.write_video:
             return
-        annotated = annotate_frame(fr, self.class_names)
         if self.still:
             self._still_dir.mkdir(exist_ok=True)
             stem = f"_{Path(self.frame_files[fr.index]).stem}" if self.frame_files else ""
-            write_png(self._still_dir / f"{fr.index:06d}{stem}.png", annotated)
+            write_png(self._still_dir / f"{fr.index:06d}{stem}.png", self._annotated_picture(fr))
             return
-        self._video("annotated.mp4", (w, h)).write(annotated)
+        self._video("annotated.mp4", (w, h), self._annotated_picture).put(fr)
         if self.taps:
             for tap, attr in TAPS:
                 fmap = getattr(main, attr) if main is not None else None
-                self._video(f"{tap}.mp4", FEATURE_VIDEO_SIZE).write(feature_map_frame(fmap, FEATURE_VIDEO_SIZE))
+                self._video(f"{tap}.mp4", FEATURE_VIDEO_SIZE, self._feature_picture).put(fmap)
 
     # -- at the end -----------------------------------------------------------------------------------
     def commit(self, summary: dict) -> list[Path]:

@@ -1,10 +1,22 @@
-"""What inference gives per face and per frame; the records that trackers, annotators and writers share."""
+"""The record of one frame on its way from the decoder to the writers, the per-face results it gathers, and the
+clock each stage keeps.
+
+One `FrameRecord` per frame travels the whole pipeline; each stage adds its part and none makes a new shape:
+decode (index, time, pixels) -> detect/track (detections, ids) -> crop (crops, regions) -> infer (predictions)
+-> assemble (faces: `FaceResult`s in frame pixels, what annotators and writers read). Stages drop what later
+ones no longer need (crops after inference, predictions after assembly), so a queued record stays small.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from emoengine.engine.detectors.base import Faces
+    from emoengine.engine.emonet_model import EmoNetBatch
 
 
 @dataclass
@@ -30,8 +42,35 @@ class FaceResult:
 
 
 @dataclass
-class FrameResult:
+class FrameRecord:
+    """One frame and everything the stages found in it so far (see the module docstring for who adds what)."""
+
     index: int
     time_s: float
     rgb: np.ndarray                 # (H,W,3) uint8, owned by this record (never a decoder's reused buffer)
-    faces: list[FaceResult] = field(default_factory=list)
+    faces: list[FaceResult] = field(default_factory=list)          # assembled: what the writers read
+    detections: Faces | None = None                                 # detect/track: boxes in frame pixels
+    ids: np.ndarray | None = None                                   # track ids, aligned with detections
+    keyframe: bool = False                                          # the detector ran on this frame
+    dropped_ids: list[int] = field(default_factory=list)           # tracks that ended at this frame
+    crops: np.ndarray | None = None                                 # crop: (K,256,256,3) uint8
+    regions: np.ndarray | None = None                               # the frame square each crop shows
+    predictions: EmoNetBatch | None = None                          # infer
+    full_maps: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)   # --full-taps, by face id
+
+    @property
+    def num_detections(self) -> int:
+        return 0 if self.detections is None else len(self.detections)
+
+
+@dataclass
+class StageClock:
+    """Busy seconds (doing a stage's own work) and seconds waiting on the queues around it; the pipeline's
+    stages and the encoders' threads each keep one. cpu_s: the CPU time of the stage's thread (busy seconds
+    include waiting for a core when other processes or threads have them; CPU seconds do not)."""
+
+    busy_s: float = 0.0
+    cpu_s: float = 0.0
+    wait_in_s: float = 0.0
+    wait_out_s: float = 0.0
+    items: int = 0

@@ -11,17 +11,23 @@ from pathlib import Path
 
 import numpy as np
 
+from emoengine.engine.backends import BACKENDS
 from emoengine.engine.crops import regions_to_frame
-from emoengine.engine.detectors import make_detector
+from emoengine.engine.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE, make_detector
 from emoengine.engine.emonet_model import EmoNetModel
 from emoengine.engine.outputs import RunOutputs
-from emoengine.engine.pipeline import Inferred, Pipeline, PipelineOptions, PipelineStats
+from emoengine.engine.pipeline import Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.report import REPORT_NAME, build_report
-from emoengine.engine.results import FaceResult, FrameResult
+from emoengine.engine.results import FaceResult, FrameRecord
 from emoengine.engine.resume import completed_summary, run_fingerprint
 from emoengine.engine.sources import open_source
-from emoengine.engine.tracker import IouTracker, TemporalSmoother
+from emoengine.engine.tracker import TemporalSmoother
 from emoengine.errors import UserInputError
+
+CPU_MAX_BATCH = 1        # see default_max_batch
+GPU_MAX_BATCH = 32
+GPU_DETECT_BATCH = 8     # frames per detector call on a GPU when every frame is detected
+QUEUE_BYTES = 16 << 20   # decoded frames one pipeline queue may hold (see queue_frames)
 
 
 @dataclass
@@ -31,7 +37,7 @@ class RunConfig:
     detector: str = "mtcnn"
     detector_model: str | None = None
     crop_mode: str | None = None      # None: "upstream" (plain resize) for --detector none, else "square"
-    max_batch: int = 32
+    max_batch: int | None = None     # None: by the backend's device (default_max_batch)
     max_wait_ms: float = 40.0
     max_faces: int | None = None
     smooth: float = 0.0
@@ -45,6 +51,8 @@ class RunConfig:
     warn_random: bool = True          # False where loading the checkpoint already said it
     model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
     resume: bool = False              # skip when --out already holds this run's complete outputs
+    detect_every: int = DEFAULT_DETECT_EVERY   # detector on every N-th frame, optical flow between
+    min_face: float = DEFAULT_MIN_FACE   # smallest face to find, frame pixels
     report: bool = True               # report.html (off: --no-report)
     weights: str | None = None        # what --weights/--model named, as given (summary.json's `weights`)
 
@@ -55,42 +63,36 @@ class RunConfig:
 
 
 class FrameAssembler:
-    """The render stage's first half: track ids, smoothing, and FaceResult records in frame pixels."""
+    """The render stage's first half: per-id smoothing and `FaceResult`s in frame pixels, added to the record
+    (ids come from the detect/track stage)."""
 
     def __init__(self, class_names, smooth: float, keep_taps: bool, independent_frames: bool = False) -> None:
         self.class_names = tuple(class_names)
-        self.tracker = IouTracker()
-        # a folder of unrelated images: no tracking across images, no smoothing (ids count faces per image)
-        self.independent = independent_frames
+        # a folder of unrelated images: no smoothing across images (ids count faces per image)
         self.smoother = TemporalSmoother(0.0 if independent_frames else smooth)
         self.keep_taps = keep_taps
 
-    def __call__(self, item: Inferred) -> tuple[FrameResult, dict[int, dict[str, np.ndarray]]]:
-        d = item.detected
-        faces = d.faces
-        if self.independent:
-            ids = np.arange(len(faces))
-        else:
-            ids = self.tracker.update(faces.boxes)
-            self.smoother.forget(self.tracker.dropped_ids())
-        results, full = [], {}
-        p = item.predictions
-        if p is not None and len(faces):
-            lm68 = regions_to_frame(p.landmarks, d.regions)
-            for k in range(len(faces)):
-                fid = int(ids[k])
-                probs, val, aro = self.smoother.update(fid, p.probs[k], float(p.valence[k]), float(p.arousal[k]))
-                results.append(FaceResult(
-                    box=faces.boxes[k], det_score=float(faces.scores[k]), landmarks5=faces.landmarks[k],
-                    logits=p.logits[k], probs=probs, expression=self.class_names[int(np.argmax(probs))],
-                    valence=val, arousal=aro, landmarks68=lm68[k], face_id=fid,
-                    conv1_mean=p.conv1_mean[k] if (self.keep_taps and p.conv1_mean is not None) else None,
-                    emo_conv1_mean=(p.emo_conv1_mean[k] if (self.keep_taps and p.emo_conv1_mean is not None)
-                                    else None),
-                ))
-                if p.conv1 is not None:
-                    full[fid] = {"conv1": p.conv1[k], "emo_conv1": p.emo_conv1[k]}
-        return FrameResult(d.frame.index, d.frame.time_s, d.frame.rgb, results), full
+    def __call__(self, record: FrameRecord) -> FrameRecord:
+        self.smoother.forget(record.dropped_ids)
+        faces, p = record.detections, record.predictions
+        if p is None or not len(faces):
+            return record
+        lm68 = regions_to_frame(p.landmarks, record.regions)
+        taps = self.keep_taps and p.conv1_mean is not None
+        for k in range(len(faces)):
+            fid = int(record.ids[k])
+            probs, val, aro = self.smoother.update(fid, p.probs[k], float(p.valence[k]), float(p.arousal[k]))
+            record.faces.append(FaceResult(
+                box=faces.boxes[k], det_score=float(faces.scores[k]), landmarks5=faces.landmarks[k],
+                logits=p.logits[k], probs=probs, expression=self.class_names[int(np.argmax(probs))],
+                valence=val, arousal=aro, landmarks68=lm68[k], face_id=fid,
+                conv1_mean=p.conv1_mean[k] if taps else None,
+                emo_conv1_mean=p.emo_conv1_mean[k] if taps and p.emo_conv1_mean is not None else None,
+            ))
+            if p.conv1 is not None:
+                record.full_maps[fid] = {"conv1": p.conv1[k], "emo_conv1": p.emo_conv1[k]}
+        record.predictions = None   # everything the writers need is in record.faces now
+        return record
 
 
 def _progress(total: int | None, quiet: bool):
@@ -116,8 +118,11 @@ def _progress(total: int | None, quiet: bool):
 
 
 def open_run_detector(cfg: RunConfig):
-    """The detector `cfg` asks for, on the GPU when EmoNet runs there."""
-    return make_detector(cfg.detector, model_path=cfg.detector_model, providers=detector_providers(cfg.backend))
+    """The detector `cfg` asks for, on the GPU when EmoNet runs there. On the CPU it gets one thread: it runs
+    beside EmoNet, whose ONNX Runtime already uses every core, and two pools fighting for them cost both."""
+    providers = detector_providers(cfg.backend)
+    return make_detector(cfg.detector, model_path=cfg.detector_model, providers=providers,
+                         min_face=cfg.min_face, threads=None if providers else 1)
 
 
 def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
@@ -149,31 +154,10 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
         model = open_model()
         if model.is_random and cfg.warn_random:
             print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
-        still = source.kind in ("image", "images")
-        outputs = RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still,
-                             write_video=cfg.write_video, taps=cfg.taps and model.has_taps,
-                             save_activations=cfg.save_activations, full_taps=cfg.full_taps,
-                             face_id=cfg.face_id, report=cfg.writes_report,
-                             frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
-        assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps, independent_frames=still)
-
-        def sink(item: Inferred) -> None:
-            frame, full = assemble(item)
-            outputs.write(frame, full)
-
-        on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
-        crop_mode = cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square")
-        options = PipelineOptions(max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
-                                  max_faces=cfg.max_faces, crop_mode=crop_mode)
-        try:
-            stats = Pipeline(source, detector, model, sink, options, on_frame=on_frame,
-                             live=source.kind == "stream").run()
-        finally:
-            close_progress()
-        if cfg.face_id is not None and not outputs.main.fixed_seen:
-            print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
-                  "(ids are in predictions.csv)", file=sys.stderr)
-        summary = make_summary(cfg, source, model, detector, stats, crop_mode)
+        outputs = open_outputs(cfg, source, model)
+        options = pipeline_options(cfg, source)
+        stats = _drive(cfg, source, detector, model, outputs, options)
+        summary = make_summary(cfg, source, model, detector, stats, options, outputs.encoder_clocks())
         summary["fingerprint"] = fingerprint
         outputs.commit(summary)
     except BaseException:
@@ -190,6 +174,48 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     return summary
 
 
+def open_outputs(cfg: RunConfig, source, model: EmoNetModel) -> RunOutputs:
+    still = source.kind in ("image", "images")
+    return RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still, write_video=cfg.write_video,
+                      taps=cfg.taps and model.has_taps, save_activations=cfg.save_activations,
+                      full_taps=cfg.full_taps, face_id=cfg.face_id, report=cfg.writes_report,
+                      frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
+
+
+def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
+    """What the pipeline needs of `cfg`, with the defaults that depend on the backend and the input."""
+    on_gpu = backend_device(cfg.backend) == "cuda"
+    return PipelineOptions(max_batch=cfg.max_batch or default_max_batch(cfg.backend), max_wait_ms=cfg.max_wait_ms,
+                           max_faces=cfg.max_faces,
+                           crop_mode=cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square"),
+                           queue_size=queue_frames(source.size),
+                           # the whole frame as the face: nothing to carry between keyframes
+                           detect_every=1 if cfg.detector == "none" else cfg.detect_every,
+                           detect_batch=GPU_DETECT_BATCH if on_gpu else 1,
+                           independent_frames=source.kind in ("image", "images"))
+
+
+def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
+           options: PipelineOptions) -> PipelineStats:
+    """The pipeline from the first frame to the last encoded one; a record is assembled and written in the
+    render stage."""
+    assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps,
+                              independent_frames=options.independent_frames)
+    on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
+    try:
+        stats = Pipeline(source, detector, model, lambda record: outputs.write(assemble(record)), options,
+                         on_frame=on_frame, live=source.kind == "stream").run()
+        t0 = time.perf_counter()
+        outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
+        stats.wall_s += time.perf_counter() - t0
+    finally:
+        close_progress()
+    if cfg.face_id is not None and not outputs.main.fixed_seen:
+        print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
+              "(ids are in predictions.csv)", file=sys.stderr)
+    return stats
+
+
 def damaged_input_message(summary: dict, out_dir: Path) -> str:
     """A video with frames that would not decode: the good ones were processed and written (exit 2)."""
     first = summary["decode_errors"][0] if summary.get("decode_errors") else {}
@@ -198,11 +224,28 @@ def damaged_input_message(summary: dict, out_dir: Path) -> str:
             f"the outputs in {out_dir} hold the {summary['frames']} frames that could (see summary.json)")
 
 
+def backend_device(backend: str) -> str:
+    """Where EmoNet runs for this backend spec: "cpu" or "cuda" (an unknown name: "cpu"; open_emonet says no)."""
+    spec = BACKENDS.get(backend.partition(":")[0].strip())   # `torch-cuda:fp16` -> torch-cuda's row
+    return "cpu" if spec is None else spec.device
+
+
+def queue_frames(size: tuple[int, int]) -> int:
+    """Frames each pipeline queue may hold: 8, fewer for big frames, so that the queues together stay near
+    QUEUE_BYTES x 5 (640x360: 8 frames; 720p: 6; 1080p: 2; 4K: 2)."""
+    frame_bytes = max(1, size[0] * size[1] * 3)
+    return int(np.clip(QUEUE_BYTES // frame_bytes, 2, 8))
+
+
+def default_max_batch(backend: str) -> int:
+    """Faces per EmoNet call when --max-batch is not given: a GPU wants big batches; on a CPU a batch is no
+    faster per face than one face (measured: benchmarks/results/), and its activations cost memory."""
+    return GPU_MAX_BATCH if backend_device(backend) == "cuda" else CPU_MAX_BATCH
+
+
 def detector_providers(backend: str) -> list[str] | None:
     """Detect on the GPU when EmoNet runs there and ONNX Runtime here has CUDA; CPU otherwise."""
-    from emoengine.engine.backends import backend_row, parse_backend
-
-    if backend_row(parse_backend(backend).name).device != "cuda":   # `torch-cuda:fp16` -> torch-cuda's row
+    if backend_device(backend) != "cuda":
         return None
     import onnxruntime as ort
 
@@ -212,8 +255,10 @@ def detector_providers(backend: str) -> list[str] | None:
 
 
 def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: PipelineStats,
-                 crop_mode: str) -> dict:
+                 options: PipelineOptions, encoders: dict | None = None) -> dict:
+    """`encoders`: the writers' own threads' clocks (engine.outputs), reported beside the pipeline's stages."""
     wall = max(stats.wall_s, 1e-9)
+    clocks = {**stats.stages, **(encoders or {})}
     return {
         "input": str(cfg.input),
         "input_kind": source.kind,
@@ -232,11 +277,24 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)
         "decode_errors": list(getattr(source, "decode_errors", [])),   # the first few of them
         "wall_s": round(stats.wall_s, 4),
-        "stages": {name: round(c.busy_s, 4) for name, c in stats.stages.items()},
+        "stages": {name: round(c.busy_s, 4) for name, c in clocks.items()},
+        "stages_cpu_s": {name: round(c.cpu_s, 4) for name, c in clocks.items()},
         "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}
-                         for name, c in stats.stages.items()},
+                         for name, c in clocks.items()},
         "faces_per_s": round(stats.faces / wall, 3),
         "frames_per_s": round(stats.frames / wall, 3),
-        "options": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
-                    "smooth": cfg.smooth, "crop": crop_mode, "face_id": cfg.face_id},
+        "detect_frames": stats.detect_frames,
+        "tracked_frames": stats.tracked_frames,
+        "peak_rss_mb": peak_rss_mb(),
+        "options": {"max_batch": options.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
+                    "smooth": cfg.smooth, "crop": options.crop_mode, "face_id": cfg.face_id,
+                    "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None)},
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MiB (what `/usr/bin/time -v` calls maximum resident set)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)   # bytes on macOS, KiB on Linux

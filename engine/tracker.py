@@ -73,12 +73,7 @@ class IouTracker:
                 ids[d] = self._ids[tr]
                 self._boxes[tr] = boxes[d]
             self._match_by_centre(boxes, ids, det_used, matched_track)
-        self._missed[matched_track] = 0
-        self._missed[~matched_track] += 1
-        keep = self._missed <= self.max_missed
-        self.dropped = self._ids[~keep].tolist()
-        self._ids, self._boxes, self._missed = self._ids[keep], self._boxes[keep], self._missed[keep]
-
+        self._age(matched_track)
         new = np.flatnonzero(ids < 0)
         if len(new):
             ids[new] = np.arange(self._next_id, self._next_id + len(new))
@@ -87,6 +82,27 @@ class IouTracker:
             self._boxes = np.concatenate([self._boxes, boxes[new]])
             self._missed = np.concatenate([self._missed, np.zeros(len(new), np.int64)])
         return ids
+
+    def carry(self, ids: np.ndarray, boxes: np.ndarray) -> list[int]:
+        """Tracks `ids` moved to `boxes` without matching (a frame whose faces were carried, not detected);
+        the other tracks age by a frame as in `update`. Returns the ids dropped (also in `dropped`)."""
+        boxes = finite_boxes(boxes)
+        where = {int(i): n for n, i in enumerate(self._ids.tolist())}
+        matched = np.zeros(len(self._ids), bool)
+        for i, b in zip(np.asarray(ids).tolist(), boxes, strict=True):
+            if (n := where.get(int(i))) is not None:
+                self._boxes[n] = b
+                matched[n] = True
+        self._age(matched)
+        return self.dropped_ids()
+
+    def _age(self, matched_track: np.ndarray) -> None:
+        """Seen tracks restart their count of missed frames; the others miss one more; too many: dropped."""
+        self._missed[matched_track] = 0
+        self._missed[~matched_track] += 1
+        keep = self._missed <= self.max_missed
+        self.dropped = self._ids[~keep].tolist()
+        self._ids, self._boxes, self._missed = self._ids[keep], self._boxes[keep], self._missed[keep]
 
     def _match_by_centre(self, boxes: np.ndarray, ids: np.ndarray, det_used: np.ndarray,
                          matched_track: np.ndarray) -> None:

@@ -15,7 +15,7 @@ from emoengine.engine.annotate import (
     face_color,
 )
 from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame, normalise
-from emoengine.engine.results import FaceResult, FrameResult
+from emoengine.engine.results import FaceResult, FrameRecord
 from emoengine.engine.timeline import plot_timeline
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"]
@@ -60,7 +60,7 @@ def test_annotate_frame_leaves_the_input_alone(w, h):
     rgb.flags.writeable = False  # a decoder's buffer: any in-place drawing would raise
     faces = [make_face([w * 0.1, h * 0.2, w * 0.35, h * 0.7], 0),
              make_face([w * 0.5, h * 0.1, w * 0.7, h * 0.5], 1, cls=6, valence=-3.0, arousal=np.nan)]
-    out = annotate_frame(FrameResult(0, 0.0, rgb, faces), CLASSES)
+    out = annotate_frame(FrameRecord(0, 0.0, rgb, faces), CLASSES)
     assert out.shape == rgb.shape and out.dtype == np.uint8 and not np.shares_memory(out, rgb)
     assert np.array_equal(rgb, scene(w, h))
     assert (out != rgb).any(axis=2).mean() > 0.02
@@ -86,9 +86,9 @@ def test_box_is_drawn_in_the_face_colour():
 def test_faces_without_landmarks_or_outside_the_frame():
     face = make_face([-50, -40, 120, 300], 0)
     face.landmarks68[:30] = np.nan
-    out = annotate_frame(FrameResult(0, 0.0, scene(400, 250), [face]), CLASSES)
+    out = annotate_frame(FrameRecord(0, 0.0, scene(400, 250), [face]), CLASSES)
     assert out.shape == (250, 400, 3)
-    plain = annotate_frame(FrameResult(0, 0.0, scene(400, 250), []), CLASSES)  # no faces: just the panel
+    plain = annotate_frame(FrameRecord(0, 0.0, scene(400, 250), []), CLASSES)  # no faces: just the panel
     assert plain.shape == (250, 400, 3)
 
 

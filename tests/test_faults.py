@@ -73,9 +73,11 @@ class ZeroModelFake:
 
     def __init__(self, fail_at: int | None = None) -> None:
         self.calls, self.fail_at = 0, fail_at
+        self.crops: list[np.ndarray] = []   # what each call was given
 
     def predict(self, crops):
         self.calls += 1
+        self.crops.append(crops)
         if self.calls == self.fail_at:
             raise RuntimeError("model blew up")
         n = len(crops)
@@ -227,11 +229,11 @@ def test_failure_at_commit_removes_what_the_commit_already_put_in_place(tmp_path
     """All or nothing: the summary (written last) fails, so the CSV and PNGs renamed before it go again."""
     import emoengine.engine.outputs as outputs_module
     from emoengine.engine.outputs import RunOutputs
-    from emoengine.engine.results import FrameResult
+    from emoengine.engine.results import FrameRecord
 
     outputs = RunOutputs(tmp_path, tuple("abcdefgh"), fps=10, still=False)
     for i in range(3):
-        outputs.write(FrameResult(i, i / 10, np.full((48, 64, 3), 60, np.uint8), []))
+        outputs.write(FrameRecord(i, i / 10, np.full((48, 64, 3), 60, np.uint8), []))
 
     def no_space(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -257,18 +259,20 @@ def test_face_cut_by_the_frame_edge_is_cropped_centred_on_the_whole_face():
     frame[35:185, 0:120] = face[:, 30:]            # 30 px of the (tightly cropped) face are beyond the left edge
     detector = make_detector("mtcnn")
     seen = []
-    pipe = Pipeline(iter([Frame(0, 0.0, frame)]), detector, ZeroModelFake(), seen.append)
+    model = ZeroModelFake()
+    pipe = Pipeline(iter([Frame(0, 0.0, frame)]), detector, model, seen.append)
     pipe.run()
     detector.close()
-    d = seen[0].detected
-    assert len(d.faces) == 1
-    box, full = d.faces.boxes[0], d.faces.crop_boxes[0]
+    record = seen[0]
+    assert len(record.detections) == 1
+    box, full = record.detections.boxes[0], record.detections.crop_boxes[0]
     assert box[0] == 0 and full[0] < -8, (box, full)
-    region = d.regions[0]
+    region = record.regions[0]
     np.testing.assert_allclose((region[0] + region[2]) / 2, (full[0] + full[2]) / 2, atol=1.0)
     assert region[0] < 0
     black_cols = int(round(-region[0] / (region[2] - region[0]) * 256))
-    assert not d.crops[0][:, : black_cols - 2].any() and d.crops[0][:, black_cols + 2:].any()
+    crop = model.crops[0][0]   # the crop EmoNet was given (the record drops it once inference is done)
+    assert not crop[:, : black_cols - 2].any() and crop[:, black_cols + 2:].any()
 
 
 def test_summary_of_a_clean_run_reports_no_damage(tmp_path, faceless_clip, golden_pth_8):

@@ -98,6 +98,10 @@ def test_summary_has_contract_fields(ort_run):
         assert key in s, key
     assert s["frames"] == 24 and s["backend"] == "ort"
     assert {"decode", "detect", "infer", "render"} <= set(s["stages"])
+    # keyframe detection: the detector's frames and the flow's add up to every frame; memory is reported
+    assert s["detect_frames"] + s["tracked_frames"] == 24 and 1 <= s["detect_frames"] < 24
+    assert s["options"]["detect_every"] > 1 and 0 < s["peak_rss_mb"] < 1500
+    assert set(s["stages_cpu_s"]) == set(s["stages"]) and "encode" in s["stages"]
 
 
 def test_summary_names_the_weights_and_their_sha256(ort_run, random_onnx):
@@ -224,7 +228,8 @@ def test_a_stage_that_raises_ends_the_run_within_seconds_with_exit_1(tmp_path, r
     out = tmp_path / "out"
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as exc:
-        main(["run", str(moving_face_clip), "--model", str(random_onnx), "--out", str(out)])
+        # --detect-every 1: the detector on every frame, so its 5th call is the 5th frame
+        main(["run", str(moving_face_clip), "--model", str(random_onnx), "--out", str(out), "--detect-every", "1"])
     assert exc.value.code == 1
     assert time.perf_counter() - t0 < 10
     err = capsys.readouterr().err

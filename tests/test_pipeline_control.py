@@ -78,7 +78,7 @@ def test_batcher_never_holds_more_than_queue_size_frames_and_keeps_order():
     pending_peak = []
     opts = PipelineOptions(max_batch=32, max_wait_ms=1000.0, queue_size=8)
     pipe = Pipeline(frames(3000), OneFaceEveryNDetectorFake(every=1000), model,
-                    lambda item: seen.append(item.detected.frame.index), opts)
+                    lambda record: seen.append(record.index), opts)
     original_flush = pipe._flush
     pipe._flush = lambda pending, clock: (pending_peak.append(len(pending)), original_flush(pending, clock))[1]
     stats = pipe.run()
@@ -99,7 +99,7 @@ def test_batcher_flushes_on_max_wait_even_while_frames_keep_arriving():
 def test_ctrl_c_on_a_live_input_ends_the_input_and_finishes_the_run():
     seen: list[int] = []
     pipe = Pipeline(frames(None, delay_s=0.01), OneFaceEveryNDetectorFake(every=5), CountingModelFake(),
-                    lambda item: seen.append(item.detected.frame.index), live=True)
+                    lambda record: seen.append(record.index), live=True)
     threading.Timer(1.0, _thread.interrupt_main).start()
     stats = pipe.run()
     assert stats.ended_by_user and not stats.interrupted

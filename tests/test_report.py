@@ -19,7 +19,7 @@ from emoengine.contract import CLASS_NAMES_8
 from emoengine.engine.outputs import RunOutputs, csv_header
 from emoengine.engine.report import build_report
 from emoengine.engine.report.rundata import TIMELINE_BUCKETS, RunFiles, run_taps, timeline_data
-from emoengine.engine.results import FrameResult
+from emoengine.engine.results import FrameRecord
 
 SIZE_LIMIT = 3 * 1024 * 1024
 
@@ -170,7 +170,7 @@ def test_run_outputs_commit_writes_the_report_and_no_report_removes_a_stale_one(
     def run(report: bool) -> list[str]:
         outputs = RunOutputs(tmp_path, CLASS_NAMES_8, fps=10, still=False, taps=False, report=report)
         for i in range(3):
-            outputs.write(FrameResult(i, i / 10, np.full((48, 64, 3), 60, np.uint8), []))
+            outputs.write(FrameRecord(i, i / 10, np.full((48, 64, 3), 60, np.uint8)))
         outputs.commit({"input": "synthetic", "input_kind": "video", "fps": 10, "frames": 3})
         return json.loads((tmp_path / "summary.json").read_text())["files"]
 

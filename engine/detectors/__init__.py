@@ -12,18 +12,24 @@ from emoengine.errors import UserInputError
 
 DETECTOR_NAMES = ("mtcnn", "scrfd", "none")
 DEFAULT_DETECTOR = "mtcnn"
+# chosen by measurement (README, "Detection"): the detector on every N-th frame, optical flow between
+DEFAULT_DETECT_EVERY = 8
+DEFAULT_MIN_FACE = 40.0       # run's smallest face, frame pixels: a smaller one makes a poor 256² crop (README)
 
 
 def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | None = None,
-                  providers: list[str] | None = None, **options) -> FaceDetector:
+                  providers: list[str] | None = None, min_face: float | None = None, **options) -> FaceDetector:
     """Open a detector by name.
 
     model_path: scrfd - the .onnx (default: insightface's model folder); mtcnn - a folder with
     pnet/rnet/onet.lz4 (default: the mtcnn wheel's). providers: ONNX Runtime providers, e.g.
-    ["CUDAExecutionProvider", "CPUExecutionProvider"]. options go to the detector (threads, min_face_size,
-    thresholds, score_threshold, input_size...).
+    ["CUDAExecutionProvider", "CPUExecutionProvider"]. min_face: the smallest face to find, in frame pixels
+    (None: the detector's default; below the detector's own minimum: UserInputError). options go to the
+    detector (threads, thresholds, score_threshold, input_size...).
     """
     key = (name or DEFAULT_DETECTOR).strip().lower()
+    if min_face is not None:
+        options["min_face_size"] = float(min_face)
     if key == "mtcnn":
         from emoengine.engine.detectors.mtcnn import MTCNNDetector
 
@@ -35,10 +41,12 @@ def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | None = None,
     if key == "none":
         if model_path:
             raise UserInputError("--detector none takes no detector model")
+        # the whole frame is the face: there is no smallest face to choose
         from emoengine.engine.detectors.whole_image import WholeImageDetector
 
         return WholeImageDetector()
     raise UserInputError(f"unknown detector {name!r}; choose one of: {', '.join(DETECTOR_NAMES)}")
 
 
-__all__ = ["DETECTOR_NAMES", "DEFAULT_DETECTOR", "FaceDetector", "Faces", "make_detector"]
+__all__ = ["DETECTOR_NAMES", "DEFAULT_DETECTOR", "DEFAULT_DETECT_EVERY", "DEFAULT_MIN_FACE", "FaceDetector", "Faces",
+           "make_detector"]

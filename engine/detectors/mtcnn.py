@@ -35,6 +35,7 @@ from emoengine.engine.detectors.nms import clip_boxes, ensure_rgb, nms, square_b
 from emoengine.errors import UserInputError
 
 PNET_STRIDE, PNET_CELL = 2, 12
+WHEEL_MIN_FACE = 20.0   # the mtcnn wheel's default (run asks for its own, engine.detectors.DEFAULT_MIN_FACE)
 PATCH_BATCH = 1024  # R/O-Net patches per run: bounds ORT's activations (R-Net: ~55 kB per patch) on busy frames
 
 
@@ -91,15 +92,21 @@ class MTCNNDetector:
 
     name = "mtcnn"
 
+    MIN_FACE_PX = PNET_CELL        # P-Net's cell: nothing smaller can be found without upscaling the frame
+
     def __init__(self, weights_dir: str | None = None, providers: list[str] | None = None,
-                 threads: int | None = None, min_face_size: float = 20.0, scale_factor: float = 0.709,
+                 threads: int | None = None, min_face_size: float = WHEEL_MIN_FACE, scale_factor: float = 0.709,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.9), max_side: int = 1280,
                  max_batch: int = 8) -> None:
-        """weights_dir: a folder with pnet/rnet/onet.lz4 (default: the mtcnn wheel's). min_face_size is in
-        pixels of the working image (the frame, downscaled to long side <= max_side when larger)."""
-        if min_face_size < PNET_CELL or not 0 < scale_factor < 1 or max_side < PNET_CELL or len(thresholds) != 3:
-            raise UserInputError("mtcnn needs min_face_size >= 12, 0 < scale_factor < 1, max_side >= 12 and "
-                                 "three thresholds (P-, R-, O-Net)")
+        """weights_dir: a folder with pnet/rnet/onet.lz4 (default: the mtcnn wheel's). min_face_size is in frame
+        pixels. The working image is the frame downscaled to long side <= max_side; there a face shrinks with the
+        frame, and none under 12 px can be found (in a 4K frame at max_side 1280: none under 38 frame pixels)."""
+        if min_face_size < PNET_CELL:
+            raise UserInputError(f"--min-face {min_face_size:g} is below mtcnn's smallest face, {PNET_CELL} px "
+                                 "(P-Net's cell)")
+        if not 0 < scale_factor < 1 or max_side < PNET_CELL or len(thresholds) != 3:
+            raise UserInputError("mtcnn needs 0 < scale_factor < 1, max_side >= 12 and three thresholds (P-, R-, "
+                                 "O-Net)")
         self.min_face_size, self.scale_factor = float(min_face_size), float(scale_factor)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.max_side, self.max_batch = int(max_side), int(max_batch)
@@ -113,7 +120,7 @@ class MTCNNDetector:
             image, factor = self._working_image(ensure_rgb(frame))
             images.append(image)
             factors.append(factor)
-        boxes = self._pnet_stage(images)
+        boxes = self._pnet_stage(images, factors)
         boxes = self._rnet_stage(images, boxes)
         results = self._onet_stage(images, boxes)
         out = []
@@ -132,6 +139,11 @@ class MTCNNDetector:
             net.close()
 
     # -- stages -------------------------------------------------------------------------------------------
+    @property
+    def min_face(self) -> float:
+        """The smallest face this detector looks for, in frame pixels."""
+        return self.min_face_size
+
     def _working_image(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Downscale so the long side is <= max_side; returns the image and (fx, fy) back to frame pixels."""
         h, w = rgb.shape[:2]
@@ -142,14 +154,14 @@ class MTCNNDetector:
         small = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
         return small, np.array([w / nw, h / nh], np.float32)
 
-    def _pnet_stage(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _pnet_stage(self, images: list[np.ndarray], factors: list[np.ndarray]) -> list[np.ndarray]:
         """Proposals per image: (n, 5) squared boxes + score, after per-scale and cross-scale NMS."""
         per_image: list[list[np.ndarray]] = [[] for _ in images]
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, int, float], list[int]] = {}
         for i, im in enumerate(images):
-            groups.setdefault(im.shape[:2], []).append(i)
-        for (h, w), indices in groups.items():
-            scales = pyramid_scales(h, w, self.min_face_size, self.scale_factor)
+            groups.setdefault((*im.shape[:2], float(factors[i][0])), []).append(i)
+        for (h, w, factor), indices in groups.items():
+            scales = pyramid_scales(h, w, max(PNET_CELL, self.min_face_size / factor), self.scale_factor)
             sizes = [(math.ceil(w * s), math.ceil(h * s)) for s in scales]
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start:start + self.max_batch]
