@@ -18,6 +18,8 @@ def export_command(
     classes: Optional[int] = typer.Option(None, "--classes", help="5 or 8; must agree with the checkpoint."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx (emonet{C}-random.onnx for random weights)."),
     full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
+    taps: str | None = typer.Option(None, "--taps", help="More outputs: EmoNet module paths, comma-separated "
+                                       "(`emoengine layers` lists them), each the module's full output."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (fp32 kept where measured necessary) | "
@@ -39,9 +41,11 @@ def export_command(
     try:
         from emoengine.export.checkpoint import load_emonet
         from emoengine.export.onnx_export import export_onnx
+        from emoengine.export.taps import check_taps, emonet_module_paths, parse_taps
     except ImportError as e:
         raise UserInputError(f"export needs PyTorch ({e.name} is missing): pip install torch, then "
                              "pip install 'emoengine[export]'") from e
+    tap_names = check_taps(parse_taps(taps), emonet_module_paths()) if taps else ()  # before any file is read
 
     if precision not in ("fp32", "fp16", "int8"):
         raise UserInputError(f"--precision must be fp32, fp16 or int8, not {precision!r}")
@@ -53,18 +57,19 @@ def export_command(
         if weights is None:
             raise UserInputError("--precision int8 needs --weights (a .pth checkpoint or 'random')")
         export_int8(weights, classes, output, full_taps, opset, verify, calibration_crops, calibration_method,
-                    keep_float)
+                    keep_float, taps=tap_names)
         return
     if trt or precision != "fp32" or onnx_source is not None:  # fp16 ONNX / TensorRT engine: cli/export_gpu.py
         from emoengine.cli.export_gpu import export_gpu
 
-        return export_gpu(weights, classes, output, full_taps, opset, precision, trt, max_batch, onnx_source)
+        return export_gpu(weights, classes, output, full_taps, opset, precision, trt, max_batch, onnx_source,
+                          taps=tap_names)
     if weights is None:
         raise UserInputError("--weights is required (a .pth checkpoint or 'random')")
     if output is None and weights == "random":  # never overwrite a real export with random weights
         output = models_dir() / f"emonet{classes or 8}-random.onnx"
     loaded = load_emonet(weights, classes)
-    report = export_onnx(loaded, output, full_taps=full_taps, opset=opset, verify=verify)
+    report = export_onnx(loaded, output, full_taps=full_taps, opset=opset, verify=verify, taps=tap_names)
     _print_report(report)
 
 

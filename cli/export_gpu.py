@@ -12,7 +12,7 @@ from emoengine.paths import models_dir
 
 
 def export_gpu(weights: str | None, classes: int | None, output: Path | None, full_taps: bool, opset: int,
-               precision: str, trt: bool, max_batch: int, onnx_source: Path | None) -> None:
+               precision: str, trt: bool, max_batch: int, onnx_source: Path | None, taps: tuple[str, ...] = ()) -> None:
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
@@ -30,6 +30,9 @@ def export_gpu(weights: str | None, classes: int | None, output: Path | None, fu
     if precision == "int8" and onnx_source is None:
         raise UserInputError("TensorRT int8 builds from the QDQ model of `emoengine export --precision int8`: "
                              "pass it with --onnx")
+    if onnx_source is not None and taps:
+        raise UserInputError("--taps applies to an export from --weights; an --onnx model has the taps it was "
+                             "exported with")
     if onnx_source is not None:
         if not onnx_source.is_file():
             raise UserInputError(f"no such model file: {onnx_source}")
@@ -50,7 +53,7 @@ def export_gpu(weights: str | None, classes: int | None, output: Path | None, fu
             fp32_out = final.with_name(f".{final.stem}.{os.getpid()}.fp32.onnx")
         elif fp32_out is None:
             fp32_out = models_dir() / f"emonet{loaded.num_classes}{'-random' if loaded.is_random else ''}.onnx"
-        report = export_onnx(loaded, fp32_out, full_taps=full_taps, opset=opset, verify=True)
+        report = export_onnx(loaded, fp32_out, full_taps=full_taps, opset=opset, verify=True, taps=taps)
         source = report.path
         temp = source if precision == "fp16" and not trt else None
         if temp is None:

@@ -11,7 +11,7 @@ AGREEMENT_CROPS = 32  # int8 vs fp32 top-1 agreement printed after export (bench
 
 
 def export_int8(weights: str, classes: int | None, output: Path | None, full_taps: bool, opset: int, verify: bool,
-                calibration_crops: int, method: str, keep_float_text: str | None) -> None:
+                calibration_crops: int, method: str, keep_float_text: str | None, taps: tuple[str, ...] = ()) -> None:
     from rich.console import Console
 
     from emoengine.export.checkpoint import load_emonet
@@ -28,7 +28,8 @@ def export_int8(weights: str, classes: int | None, output: Path | None, full_tap
         output = output / f"emonet{loaded.num_classes}-int8.onnx"
     console = Console(highlight=False)
     with tempfile.TemporaryDirectory(prefix="emoengine-int8-") as tmp:
-        fp32 = export_onnx(loaded, Path(tmp) / "fp32.onnx", full_taps=full_taps, opset=opset, verify=verify)
+        fp32 = export_onnx(loaded, Path(tmp) / "fp32.onnx", full_taps=full_taps, opset=opset, verify=verify,
+                           taps=taps)  # taps stay float32 outputs; the quantised graph is the same without them
         if fp32.worst_rel_diff is not None:
             console.print(f"fp32 export verified (worst rel. diff {max(fp32.worst_rel_diff.values()):.1e})")
         report = quantize_int8(fp32.path, output, calibration_crops, method, keep_float)

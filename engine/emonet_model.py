@@ -7,12 +7,12 @@ insightface's model_zoo classes do; the runner under it only moves tensors.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE
+from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE, tap_outputs
 from emoengine.contract import class_names as default_class_names
 from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_torch_device
 from emoengine.engine.model_check import CONTRACT_OUTPUTS, check_onnx_contract
@@ -62,6 +62,7 @@ class EmoNetBatch:
     emo_conv1_mean: np.ndarray | None
     conv1: np.ndarray | None = None
     emo_conv1: np.ndarray | None = None
+    taps: dict[str, np.ndarray] = field(default_factory=dict)  # module path -> float32 (N, ...), as exported
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -120,6 +121,7 @@ class EmoNetModel:
         self.is_random = meta.get("is_random") == "true" or meta.get("checkpoint_source") == "random"
         self.has_taps = "conv1_mean" in runner.output_names
         self.has_full_taps = "conv1" in runner.output_names
+        self.taps = tap_outputs(runner.output_names)  # module paths this artifact outputs (export --taps)
 
     @property
     def backend(self) -> str:
@@ -147,6 +149,7 @@ class EmoNetModel:
             emo_conv1_mean=out.get("emo_conv1_mean"),
             conv1=out.get("conv1"),
             emo_conv1=out.get("emo_conv1"),
+            taps={name: np.asarray(out[name], np.float32) for name in self.taps},
         )
 
     def close(self) -> None:
@@ -171,23 +174,25 @@ def _torch_runner(weights: str, classes: int | None, device: str, full_taps: boo
     return TorchRunner(EmoNetGraph(loaded.model, full_taps=full_taps), meta, device=device)
 
 
-def cached_onnx_for(weights: str, classes: int | None, full_taps: bool) -> Path:
-    """Export `weights` to ONNX once and reuse it: models/emonet<C>-<sha12>[-fulltaps].onnx."""
+def cached_onnx_for(weights: str, classes: int | None, full_taps: bool, taps=()) -> Path:
+    """Export `weights` to ONNX once and reuse it: models/emonet<C>-<sha12>[-fulltaps][-taps<n>-<hash>].onnx."""
     try:
         from emoengine.export.checkpoint import load_emonet
         from emoengine.export.onnx_export import export_onnx, read_metadata
+        from emoengine.export.taps import taps_tag
     except ImportError as e:
         raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass --model "
                              "with an exported .onnx") from e
     loaded = load_emonet(weights, classes)
     tag = "random" if loaded.is_random else loaded.sha256[:12]
-    path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if full_taps else ''}.onnx"
+    taps = sorted(set(taps))  # one artifact per tap set, whatever order asked for it
+    path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if full_taps else ''}{taps_tag(taps)}.onnx"
     from emoengine import __version__
 
     stale = path.is_file() and read_metadata(path).get("emoengine_version") != __version__
     if stale or not path.is_file():   # a different exporter may have made a different graph
         path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(loaded, path, full_taps=full_taps, verify=False)
+        export_onnx(loaded, path, full_taps=full_taps, verify=False, taps=taps)
     return path
 
 

@@ -29,8 +29,8 @@ DEFAULT_CALIBRATION_CROPS = 64
 DEFAULT_METHOD = "minmax"
 
 # Layer groups, as EmoNet module paths. A node belongs to a group when its name is under the module's scope in
-# the exported graph (`/net/m0/...`) or one of its weights is the module's (`net.m0....`): emo_net_2.0 runs
-# outside its Sequential (it gives the emo_conv1 tap), so the exporter names its convs `/net/conv1_1/Conv`.
+# the exported graph (`/net/m0/...`, `/net/emo_net_2/emo_net_2.0/conv1/Conv`) or one of its weights is the
+# module's (`net.m0....`).
 LAYER_GROUPS: dict[str, tuple[str, ...]] = {
     "stem": ("conv1", "bn1", "conv2", "conv3", "conv4"),
     "hourglass0": ("m0", "top_m_0", "conv_last0", "bn_end0", "l0", "bl0", "al0"),
@@ -187,12 +187,13 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
 
 def cached_int8_onnx_for(weights: str, classes: int | None, full_taps: bool = False,
                          calibration_crops: int = DEFAULT_CALIBRATION_CROPS, method: str = DEFAULT_METHOD,
-                         keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT, ops: str = DEFAULT_OPS) -> Path:
+                         keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT, ops: str = DEFAULT_OPS,
+                         taps=()) -> Path:
     """The int8 model of `weights` for a recipe, made once: models/emonet<C>-<sha12>-<recipe>.onnx."""
     from emoengine.engine.emonet_model import cached_onnx_for
     from emoengine.export.onnx_export import read_metadata
 
-    fp32 = cached_onnx_for(weights, classes, full_taps)
+    fp32 = cached_onnx_for(weights, classes, full_taps, taps)  # the int8 name and ranges follow its tap tag
     path = fp32.with_name(f"{fp32.stem}-{recipe_tag(calibration_crops, method, tuple(sorted(keep_float)), ops)}.onnx")
     if path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime and \
             read_metadata(path).get("precision") == "int8":
