@@ -67,6 +67,11 @@ class EmoNetBatch:
     def __len__(self) -> int:
         return len(self.logits)
 
+    def rows(self, a: int, b: int) -> EmoNetBatch:
+        """Crops a..b of this batch: every array and every tap sliced alike."""
+        arrays = {k: None if v is None else v[a:b] for k, v in self.__dict__.items() if k != "taps"}
+        return EmoNetBatch(**arrays, taps={name: tap[a:b] for name, tap in self.taps.items()})
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)

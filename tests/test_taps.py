@@ -145,6 +145,8 @@ def test_emonet_model_returns_taps_by_name(onnx_taps_8, golden_outputs, ort_taps
     for name, tap in batch.taps.items():
         ref = ort_taps[name][2:]
         assert tap.dtype == np.float32 and np.abs(tap - ref).max() <= TAP_TOLERANCE * np.abs(ref).max(), name
+    second = batch.rows(1, 2)  # what the pipeline hands each frame
+    assert len(second) == 1 and np.array_equal(second.taps["m0"], batch.taps["m0"][1:])
 
 
 def test_fp16_conversion_keeps_tap_outputs_float32(onnx_taps_8):
