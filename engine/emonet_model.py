@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE, tap_outputs
+from emoengine.contract import CROP_SIZE, FULL_TAP_OUTPUTS, INPUT_NAME, INPUT_SHAPE, tap_outputs
 from emoengine.contract import class_names as default_class_names
 from emoengine.engine.backends import OrtRunner, Runner, TorchRunner, check_torch_device
 from emoengine.engine.model_check import CONTRACT_OUTPUTS, check_onnx_contract
@@ -125,7 +125,8 @@ class EmoNetModel:
             self.class_names = tuple(default_class_names(int(meta.get("num_classes", 8))))
         self.is_random = meta.get("is_random") == "true" or meta.get("checkpoint_source") == "random"
         self.has_taps = "conv1_mean" in runner.output_names
-        self.has_full_taps = "conv1" in runner.output_names
+        # both full maps: an export with `--taps conv1` alone has a `conv1` output but no `emo_conv1`
+        self.has_full_taps = all(name in runner.output_names for name in FULL_TAP_OUTPUTS)
         self.taps = tap_outputs(runner.output_names)  # module paths this artifact outputs (export --taps)
 
     @property

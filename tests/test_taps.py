@@ -137,6 +137,7 @@ def test_emonet_model_returns_taps_by_name(onnx_taps_8, golden_outputs, ort_taps
     model = EmoNetModel(OrtRunner(onnx_taps_8[0]), max_batch=1)  # 2 crops: two chunks, concatenated
     try:
         assert model.taps == list(GOLDEN_LAYERS)
+        assert not model.has_full_taps  # `conv1` is a tap here; without `emo_conv1` it is no --full-taps file
         batch = model.predict(crops)
     finally:
         model.close()
