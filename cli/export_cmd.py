@@ -16,6 +16,8 @@ def export_command(
     classes: int | None = typer.Option(None, "--classes", help="5 or 8; must agree with the checkpoint."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Default: models/emonet{C}.onnx (emonet{C}-random.onnx for random weights)."),
     full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
+    taps: str | None = typer.Option(None, "--taps", help="More outputs: EmoNet module paths, comma-separated "
+                                       "(`emoengine layers` lists them), each the module's full output."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (fp32 kept where measured necessary) | "
@@ -40,12 +42,13 @@ def export_command(
                              "pip install 'emoengine[export]'") from e
     from rich.console import Console
 
+    from emoengine.export.taps import parse_taps
     from emoengine.export.targets import ExportRequest, run_export
 
     request = ExportRequest(weights=weights, classes=classes, output=output, full_taps=full_taps, opset=opset,
                             verify=verify, precision=precision, trt=trt, max_batch=max_batch, onnx=onnx_source,
                             calibration_crops=calibration_crops, calibration_method=calibration_method,
-                            keep_float=keep_float)
+                            keep_float=keep_float, taps=parse_taps(taps))
     console = Console(highlight=False, soft_wrap=True)
     run_export(request, say=console.print, on_step=lambda exported: PRINTERS[exported.step](console, exported))
 

@@ -7,11 +7,19 @@ insightface's model_zoo classes do; the runner under it only moves tensors.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE, NUM_LANDMARKS, REQUIRED_OUTPUTS
+from emoengine.contract import (
+    CROP_SIZE,
+    FULL_TAP_OUTPUTS,
+    INPUT_NAME,
+    INPUT_SHAPE,
+    NUM_LANDMARKS,
+    REQUIRED_OUTPUTS,
+    tap_outputs,
+)
 from emoengine.contract import class_names as default_class_names
 from emoengine.engine.backends import Runner, open_runner, request_for
 from emoengine.errors import UserInputError
@@ -30,9 +38,15 @@ class EmoNetBatch:
     emo_conv1_mean: np.ndarray | None
     conv1: np.ndarray | None = None
     emo_conv1: np.ndarray | None = None
+    taps: dict[str, np.ndarray] = field(default_factory=dict)  # module path -> float32 (N, ...), as exported
 
     def __len__(self) -> int:
         return len(self.logits)
+
+    def rows(self, a: int, b: int) -> EmoNetBatch:
+        """Crops a..b of this batch: every array and every tap sliced alike."""
+        arrays = {k: None if v is None else v[a:b] for k, v in self.__dict__.items() if k != "taps"}
+        return EmoNetBatch(**arrays, taps={name: tap[a:b] for name, tap in self.taps.items()})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -87,7 +101,9 @@ class EmoNetModel:
             self.class_names = tuple(default_class_names(int(meta.get("num_classes", 8))))
         self.is_random = meta.get("is_random") == "true" or meta.get("checkpoint_source") == "random"
         self.has_taps = "conv1_mean" in runner.output_names
-        self.has_full_taps = "conv1" in runner.output_names
+        # both full maps: an export with `--taps conv1` alone has a `conv1` output but no `emo_conv1`
+        self.has_full_taps = all(name in runner.output_names for name in FULL_TAP_OUTPUTS)
+        self.taps = tap_outputs(runner.output_names)  # module paths this artifact outputs (export --taps)
 
     @property
     def backend(self) -> str:
@@ -113,6 +129,7 @@ class EmoNetModel:
             emo_conv1_mean=out.get("emo_conv1_mean"),
             conv1=out.get("conv1"),
             emo_conv1=out.get("emo_conv1"),
+            taps={name: np.asarray(out[name], np.float32) for name in self.taps},
         )
 
     def close(self) -> None:

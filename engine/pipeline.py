@@ -316,4 +316,4 @@ class Pipeline:
 
 
 def _slice_batch(batch: EmoNetBatch, a: int, b: int) -> EmoNetBatch:
-    return EmoNetBatch(**{k: (None if v is None else v[a:b]) for k, v in batch.__dict__.items()})
+    return batch.rows(a, b)

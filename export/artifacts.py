@@ -38,22 +38,25 @@ def onnx_precision(onnx_path: str | os.PathLike) -> str:
 
 
 def cached_onnx_for(request) -> Path:
-    """Export the request's weights to ONNX once and reuse it: models/emonet<C>-<sha12>[-fulltaps].onnx."""
+    """Export the request's weights to ONNX once and reuse it:
+    models/emonet<C>-<sha12>[-fulltaps][-taps<n>-<hash>].onnx (one artifact per tap set, in any order)."""
     try:
         from emoengine.export.checkpoint import load_emonet
         from emoengine.export.onnx_export import export_onnx, read_metadata
+        from emoengine.export.taps import taps_tag
     except ImportError as e:
         raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass --model "
                              "with an exported .onnx") from e
     loaded = load_emonet(request.weights, request.classes)
     tag = "random" if loaded.is_random else loaded.sha256[:12]
-    path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if request.full_taps else ''}.onnx"
+    taps = sorted(set(request.taps))
+    path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if request.full_taps else ''}{taps_tag(taps)}.onnx"
     from emoengine import __version__
 
     stale = path.is_file() and read_metadata(path).get("emoengine_version") != __version__
     if stale or not path.is_file():   # a different exporter may have made a different graph
         path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(loaded, path, full_taps=request.full_taps, verify=False)
+        export_onnx(loaded, path, full_taps=request.full_taps, verify=False, taps=taps)
     return path
 
 
@@ -68,7 +71,7 @@ def cached_int8_onnx_for(request, calibration_crops: int | None = None, method: 
     method = method or quantize.DEFAULT_METHOD
     keep_float = tuple(sorted(quantize.DEFAULT_KEEP_FLOAT if keep_float is None else keep_float))
     ops = ops or quantize.DEFAULT_OPS
-    fp32 = cached_onnx_for(request)
+    fp32 = cached_onnx_for(request)   # the int8 name and ranges follow its tap tag
     path = fp32.with_name(f"{fp32.stem}-{quantize.recipe_tag(calibration_crops, method, keep_float, ops)}.onnx")
     if path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime and \
             read_metadata(path).get("precision") == "int8":

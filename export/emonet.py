@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from emoengine.contract import CROP_SIZE as INPUT_SIZE
-from emoengine.contract import NUM_LANDMARKS, output_names
+from emoengine.contract import DEFAULT_TAPS, NUM_LANDMARKS, output_names
+from emoengine.export.taps import TapRecorder, check_taps, module_paths
+
+EMO_CONV1 = DEFAULT_TAPS[1]  # emo_net_2.0.conv1: the contract's emo_conv1 outputs
 
 
 class ConvBlock(nn.Module):
@@ -32,16 +35,12 @@ class ConvBlock(nn.Module):
         if in_ch != out_ch:
             self.downsample = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(), nn.Conv2d(in_ch, out_ch, 1, bias=False))
 
-    def forward_with_tap(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block output and the output of `conv1` (the emo-conv1 tap when this is `emo_net_2.0`)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         o1 = self.conv1(F.relu(self.bn1(x)))
         o2 = self.conv2(F.relu(self.bn2(o1)))
         o3 = self.conv3(F.relu(self.bn3(o2)))
         residual = x if self.downsample is None else self.downsample(x)
-        return torch.cat((o1, o2, o3), 1) + residual, o1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_tap(x)[0]
+        return torch.cat((o1, o2, o3), 1) + residual
 
 
 class HourGlass(nn.Module):
@@ -72,6 +71,12 @@ class EmoNet(nn.Module):
     forward(x: float N x 3 x 256 x 256 in [0, 1], RGB) returns a dict: `expression` (N, C) logits,
     `valence` (N,), `arousal` (N,), `heatmap` (N, 68, 64, 64), and the raw taps `conv1` (N, 64, 128, 128;
     before bn1) and `emo_conv1` (N, 128, 64, 64; output of emo_net_2.0.conv1).
+
+    Every module upstream has is a module here under upstream's name, parameterless ones included
+    (`emo_net_2.1` max-pool, `avg_pool_2`, the in-place ReLU `emo_fc_2.2`), and each is called as a module,
+    so a forward hook on any of them sees what it sees upstream (see export.taps). What upstream computes with
+    functional ops (the stem's max-pool, the hourglass pools and upsampling, the ReLUs of blocks) stays
+    functional here: those have no name in upstream's tree.
     """
 
     def __init__(self, num_classes: int = 8) -> None:
@@ -94,9 +99,12 @@ class EmoNet(nn.Module):
         self.al0 = nn.Conv2d(NUM_LANDMARKS, 256, 1)
         self.conv1x1_input_emo_2 = nn.Conv2d(768, 256, 1)
         self.emo_net_2 = nn.Sequential(*[m for _ in range(4) for m in (ConvBlock(256, 256), nn.MaxPool2d(2, 2))])
+        self.avg_pool_2 = nn.AvgPool2d(4)
         self.emo_fc_2 = nn.Sequential(
-            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, num_classes + 2)
+            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Linear(128, num_classes + 2)
         )
+        # the block's first conv is inside emo_net_2.0: its output comes out through a hook (nothing changes it)
+        self.emo_conv1_tap = TapRecorder(self, (EMO_CONV1,), copy=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         conv1 = self.conv1(x)
@@ -118,11 +126,10 @@ class EmoNet(nn.Module):
         mask = heat.sum(dim=1, keepdim=True)
         emo = torch.cat((stem, torch.cat(features, 1) * mask), 1)
         emo = self.conv1x1_input_emo_2(emo)
-        emo, emo_conv1 = self.emo_net_2[0].forward_with_tap(emo)
-        for layer in self.emo_net_2[1:]:
-            emo = layer(emo)
-        emo = F.avg_pool2d(emo, 4).flatten(1)
-        head = self.emo_fc_2(emo)
+        self.emo_conv1_tap.start()
+        emo = self.emo_net_2(emo)
+        (emo_conv1,) = self.emo_conv1_tap.take()
+        head = self.emo_fc_2(self.avg_pool_2(emo).flatten(1))
         c = self.num_classes
         return {
             "expression": head[:, 0:c],
@@ -135,20 +142,27 @@ class EmoNet(nn.Module):
 
 
 class EmoNetGraph(nn.Module):
-    """What we export and what the torch backend runs: uint8 NHWC RGB crops in, the contract's outputs out.
+    """What we export and what the torch backend runs: uint8 NHWC RGB crops in, the contract's outputs out,
+    then one output per tap in `taps` (module paths of `net`), named by its path and holding the full tensor.
 
-    Scaling and the layout change live in the graph so every backend takes the same raw crops.
+    Scaling and the layout change live in the graph so every backend takes the same raw crops. A tap that is
+    already a contract output (`conv1` with full_taps) is not repeated. Unknown tap names raise UserInputError.
     """
 
-    def __init__(self, net: EmoNet, full_taps: bool = False) -> None:
+    def __init__(self, net: EmoNet, full_taps: bool = False, taps=()) -> None:
         super().__init__()
         self.net = net
         self.full_taps = full_taps
-        self.output_names = output_names(full_taps)
+        self.taps = check_taps(taps, module_paths(net))
+        self.output_names = output_names(full_taps, self.taps)
+        self.extra_taps = self.output_names[len(output_names(full_taps)):]
+        self.recorder = TapRecorder(net, self.extra_taps) if self.extra_taps else None
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # the weights' dtype: float32 for export, float16 when a torch backend runs the net in half precision
         x = image.to(self.net.conv1.weight.dtype).div(255.0).permute(0, 3, 1, 2)
+        if self.recorder is not None:
+            self.recorder.start()
         out = self.net(x)
         result = (
             out["expression"], out["valence"], out["arousal"], out["heatmap"],
@@ -156,6 +170,8 @@ class EmoNetGraph(nn.Module):
         )
         if self.full_taps:
             result = result + (out["conv1"], out["emo_conv1"])
+        if self.recorder is not None:
+            result = result + self.recorder.take()
         return result
 
 

@@ -24,7 +24,7 @@ import torch
 import emoengine
 from emoengine.compare import FP32_TOLERANCE as VERIFY_TOLERANCE  # worst |ort - torch| / max |torch|, per output
 from emoengine.compare import relative_diff, within
-from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE
+from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE, REQUIRED_OUTPUTS
 from emoengine.errors import RunFailure, UserInputError
 from emoengine.export.checkpoint import LoadedEmoNet
 from emoengine.export.emonet import EmoNetGraph, synthetic_crops
@@ -55,13 +55,15 @@ def default_output(num_classes: int) -> Path:
 
 
 def export_onnx(loaded: LoadedEmoNet, output: Path | None = None, full_taps: bool = False, opset: int = 17,
-                verify: bool = True, verify_images: np.ndarray | None = None) -> ExportReport:
+                verify: bool = True, verify_images: np.ndarray | None = None, taps=()) -> ExportReport:
     """Export `loaded` to `output` (default models/emonet{C}.onnx); verify under ORT CPU unless verify=False.
 
     `verify_images` (N,256,256,3) uint8 RGB crops replace the 3 synthetic crops used for verification.
+    `taps`: module paths (export.taps) each added as one more output under its path, the full tensor.
     """
     if opset not in SUPPORTED_OPSETS:
         raise UserInputError(f"--opset {opset} is not supported (use {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]})")
+    graph = EmoNetGraph(loaded.model, full_taps, taps).eval()  # first: a bad tap name writes nothing
     output = Path(output) if output is not None else default_output(loaded.num_classes)
     if output.is_dir():
         output = output / default_output(loaded.num_classes).name
@@ -70,7 +72,6 @@ def export_onnx(loaded: LoadedEmoNet, output: Path | None = None, full_taps: boo
     except OSError as e:
         raise UserInputError(f"cannot create the output folder {output.parent}: {e.strerror}") from e
 
-    graph = EmoNetGraph(loaded.model, full_taps).eval()
     metadata = _metadata(loaded, graph, opset)
     temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     report = ExportReport(output, 0, 0.0, decode_metadata(metadata), graph.output_names)
@@ -109,7 +110,9 @@ def _torch_export(graph: EmoNetGraph, path: Path, opset: int) -> None:
 
 
 def _metadata(loaded: LoadedEmoNet, graph: EmoNetGraph, opset: int) -> dict[str, str]:
-    taps = [n for n in graph.output_names if n.startswith(("conv1", "emo_conv1"))]
+    # every output but the required ones: the default taps' outputs, then each extra tap by its module path
+    # (contract.tap_outputs picks the module taps out of this list, as it does out of output names)
+    taps = [n for n in graph.output_names if n not in REQUIRED_OUTPUTS]
     return {
         "class_names": json.dumps(list(loaded.class_names)),
         "num_classes": json.dumps(loaded.num_classes),

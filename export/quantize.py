@@ -30,8 +30,8 @@ DEFAULT_CALIBRATION_CROPS = 64
 DEFAULT_METHOD = "minmax"
 
 # Layer groups, as EmoNet module paths. A node belongs to a group when its name is under the module's scope in
-# the exported graph (`/net/m0/...`) or one of its weights is the module's (`net.m0....`): emo_net_2.0 runs
-# outside its Sequential (it gives the emo_conv1 tap), so the exporter names its convs `/net/conv1_1/Conv`.
+# the exported graph (`/net/m0/...`, `/net/emo_net_2/emo_net_2.0/conv1/Conv`) or one of its weights is the
+# module's (`net.m0....`).
 LAYER_GROUPS: dict[str, tuple[str, ...]] = {
     "stem": ("conv1", "bn1", "conv2", "conv3", "conv4"),
     "hourglass0": ("m0", "top_m_0", "conv_last0", "bn_end0", "l0", "bl0", "al0"),

@@ -37,6 +37,7 @@ class ExportRequest:
     calibration_crops: int = 64
     calibration_method: str = "minmax"
     keep_float: str | None = None            # int8: layer groups left in float, as typed
+    taps: tuple[str, ...] = ()               # more outputs: EmoNet module paths (export.taps), full tensors
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
         raise UserInputError(target.no_onnx if request.onnx is not None else target.no_weights)
     if request.onnx is None and request.weights is None:
         raise UserInputError(target.no_weights)
+    if request.taps:
+        _check_taps(request)
     if request.onnx is not None and not request.onnx.is_file():
         raise UserInputError(f"no such model file: {request.onnx}")
     if "int8" in steps:
@@ -106,6 +109,16 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
 
         check_recipe(request.calibration_crops, request.calibration_method, parse_keep_float(request.keep_float))
     return steps
+
+
+def _check_taps(request: ExportRequest) -> None:
+    """Tap names are checked against the module tree before any file is read."""
+    from emoengine.export.taps import check_taps, emonet_module_paths
+
+    if request.onnx is not None:
+        raise UserInputError("--taps applies to an export from --weights; an --onnx model has the taps it was "
+                             "exported with")
+    check_taps(request.taps, emonet_module_paths())
 
 
 def run_export(request: ExportRequest, say: Callable[[str], None],
@@ -150,7 +163,8 @@ def _final(output: Path | None, default: Path) -> Path:
 def _onnx_step(request: ExportRequest, loaded, source, target: Path, say) -> Exported:
     from emoengine.export.onnx_export import export_onnx
 
-    report = export_onnx(loaded, target, full_taps=request.full_taps, opset=request.opset, verify=request.verify)
+    report = export_onnx(loaded, target, full_taps=request.full_taps, opset=request.opset, verify=request.verify,
+                         taps=request.taps)
     return Exported("onnx", report.path, report)
 
 

@@ -94,6 +94,7 @@ class ModelRequest:
     model: str | None = None
     classes: int | None = None
     full_taps: bool = False
+    taps: tuple[str, ...] = ()       # more outputs: EmoNet module paths (export.taps), each the full tensor
     max_batch: int = 32
     threads: int | None = None
     cache_optimized: bool = False    # ONNX Runtime CPU keeps its optimised graph on disk (OrtRunner)

@@ -49,7 +49,7 @@ def load_graph(request: ModelRequest):
         "checkpoint_source": "random" if loaded.is_random else Path(str(loaded.source)).name,
         "is_random": "true" if loaded.is_random else "false",
     }
-    return EmoNetGraph(loaded.model, full_taps=request.full_taps), meta
+    return EmoNetGraph(loaded.model, full_taps=request.full_taps, taps=request.taps), meta
 
 
 class TorchRunner(Runner):

@@ -38,6 +38,11 @@ BASE_OUTPUTS = (*REQUIRED_OUTPUTS, *MEAN_TAP_OUTPUTS)   # the export's output or
 # run's default taps, by upstream module path, and the file stems they keep (conv1.mp4, emo_conv1.mp4)
 DEFAULT_TAPS = ("conv1", "emo_net_2.0.conv1")
 TAP_FILE_STEMS = {"conv1": "conv1", "emo_net_2.0.conv1": "emo_conv1"}
+_NOT_MODULE_PATHS = set(BASE_OUTPUTS) | (set(FULL_TAP_OUTPUTS) - set(DEFAULT_TAPS))
+
+# a tap from any backend against upstream's, worst |got - golden| / the layer's largest |golden| (issue 13).
+# Kept here until src/emoengine/compare.py (issue 14: one tolerance table) lands; the lead moves it there.
+TAP_TOLERANCE = 1e-3
 
 
 def class_names(num_classes: int) -> tuple[str, ...]:
@@ -47,9 +52,19 @@ def class_names(num_classes: int) -> tuple[str, ...]:
     return CLASS_NAMES_8[:num_classes]
 
 
-def output_names(full_taps: bool = False) -> tuple[str, ...]:
-    """Output order of the exported model (and of the torch graph that stands in for it)."""
-    return BASE_OUTPUTS + (tuple(FULL_TAP_OUTPUTS) if full_taps else ())
+def output_names(full_taps: bool = False, taps=()) -> tuple[str, ...]:
+    """Output order of the exported model (and of the torch graph that stands in for it): the base outputs, the
+    full default taps with `--full-taps`, then one output per extra tap named by its module path (a tap that is
+    already an output, `conv1` with `--full-taps`, is not repeated)."""
+    names = BASE_OUTPUTS + (tuple(FULL_TAP_OUTPUTS) if full_taps else ())
+    return names + tuple(t for t in dict.fromkeys(taps) if t not in names)
+
+
+def tap_outputs(names) -> list[str]:
+    """Which of an export's output names (or of its `taps` metadata) are module taps, in order: every name but
+    the contract's own outputs. `conv1` (`--full-taps`) counts, being the conv1 module's full output; `emo_conv1`
+    is emo_net_2.0.conv1's under another name and does not."""
+    return [n for n in names if n not in _NOT_MODULE_PATHS]
 
 
 def tap_file_stem(module_path: str) -> str:

@@ -7,8 +7,10 @@ class EmoengineError(Exception):
     exit_code = 1
 
 
-class UserInputError(EmoengineError):
-    """Bad usage or bad input: a missing file, not a video, a wrong checkpoint... (exit 2)."""
+class UserInputError(EmoengineError, ValueError):
+    """Bad usage or bad input: a missing file, not a video, a wrong checkpoint... (exit 2).
+
+    Also a ValueError, so Python callers catch bad input the usual way (CONTRACT.md, Python API)."""
 
     exit_code = 2
 
