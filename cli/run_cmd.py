@@ -58,8 +58,14 @@ def run_command(
     smooth: float = typer.Option(0.0, min=0.0, max=0.99, help="Temporal smoothing α per face (0 = off)."),
     face_id: int | None = typer.Option(None, help="Face the feature-map videos follow (default: largest)."),
     no_video: bool = typer.Option(False, "--no-video", help="Write only predictions.csv and summary.json."),
-    taps: bool = typer.Option(True, "--taps/--no-taps", help="Feature-map videos and mean maps."),
-    save_activations: bool = typer.Option(False, help="Per-face channel-mean maps to activations.npz."),
+    taps: str | None = typer.Option(None, "--taps", help="EmoNet modules to show, comma-separated (`emoengine "
+                                    "layers` lists them; default conv1,emo_net_2.0.conv1): a video and a mean "
+                                    "map per map, a CSV per vector."),
+    no_taps: bool = typer.Option(False, "--no-taps", help="No feature-map files."),
+    tap_view: str = typer.Option("mean", "--tap-view", help="mean (channel mean) | grid (the first 64 channels "
+                                 "as tiles)."),
+    save_activations: bool = typer.Option(False, help="Per-face channel-mean maps of every tap to "
+                                                      "activations.npz."),
     full_taps: bool = typer.Option(False, help="With --save-activations: the untouched activations."),
     no_report: bool = typer.Option(False, "--no-report", help="No report.html (see `emoengine report`)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary line."),
@@ -82,9 +88,12 @@ def run_command(
 
 def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
                max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet,
-               resume=False, no_report=False, detect_every=DEFAULT_DETECT_EVERY, min_face=DEFAULT_MIN_FACE):
-    """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it."""
+               resume=False, no_report=False, detect_every=DEFAULT_DETECT_EVERY, min_face=DEFAULT_MIN_FACE,
+               no_taps=False, tap_view="mean"):
+    """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it.
+    `taps`: --taps' text (None: the default taps; a bool, as the older --taps/--no-taps flag, is taken too)."""
     from emoengine.engine.run import RunConfig, default_max_batch
+    from emoengine.engine.tapset import model_taps, run_tap_names
 
     if detect_every < 1:
         raise UserInputError(f"--detect-every must be 1 or more (1: the detector on every frame), not {detect_every}")
@@ -92,18 +101,22 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
         raise UserInputError(f"--crop must be square or upstream, not {crop}")
     if full_taps and not save_activations:
         raise UserInputError("--full-taps only makes sense with --save-activations")
+    tap_names = run_tap_names(taps, tap_view)
     max_batch = max_batch or default_max_batch(resolve_backend(backend, model))
     cfg = RunConfig(input=input, out_dir=out, detector=detector, detector_model=detector_model, crop_mode=crop,
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_faces=max_faces, smooth=smooth,
-                    face_id=face_id, write_video=not no_video, taps=taps, save_activations=save_activations,
+                    face_id=face_id, write_video=not no_video, taps=taps is not False and not no_taps,
+                    tap_names=tap_names, tap_view=tap_view, save_activations=save_activations,
                     full_taps=full_taps, quiet=quiet, warn_random=model is not None,
                     backend=resolve_backend(backend, model), model_id=model_identity(weights, model, classes),
                     resume=resume, report=not no_report, weights=weights or model, detect_every=detect_every,
                     min_face=min_face)
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
+    # from --weights the export is made with the taps; an artifact (--model) has them or the run says how to
+    extra = dict(taps=model_taps(tap_names, tap_view, full_taps)) if weights is not None and cfg.taps else {}
     return cfg, dict(backend=cfg.backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
-                     max_batch=max_batch)
+                     max_batch=max_batch, **extra)
 
 
 def model_identity(weights: str | None, model: str | None, classes: int | None) -> str:

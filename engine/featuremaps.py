@@ -1,6 +1,7 @@
-"""Feature maps as pictures: the conv1 / emo-conv1 channel means of the main face, one video frame each.
+"""Feature maps as pictures: a tap's channel mean of the main face (`--tap-view mean`), or its channels side by
+side (`--tap-view grid`), one video frame each.
 
-Each map is min-max scaled on its own (absolute activations vary a lot from face to face; the pattern is
+Each map (each tile of a grid) is min-max scaled on its own (absolute activations vary a lot from face to face; the pattern is
 what is of interest), coloured with viridis (perceptually uniform, readable in grey), and upscaled with
 nearest neighbour by default so that one map cell stays one visible block.
 """
@@ -16,7 +17,12 @@ import numpy as np
 from emoengine.engine.writers import write_png
 
 COLORMAP = cv2.COLORMAP_VIRIDIS
-_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR}
+_INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
+# --tap-view grid: the first GRID_MAX_TILES channels, GRID_TILE px squares GRID_GAP px apart on black, in a
+# near-square grid of ceil(sqrt(n)) columns (64 or more channels: 8 x 8 tiles, a 526 x 526 video)
+GRID_MAX_TILES = 64
+GRID_TILE = 64
+GRID_GAP = 2
 # COLORMAP as an RGB lookup table: one np.take instead of applyColorMap + a BGR -> RGB conversion
 _RGB_LUT = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), COLORMAP)[0, :, ::-1].copy()
 
@@ -51,8 +57,39 @@ def feature_map_frame(fmap: np.ndarray | None, out_size: tuple[int, int],
     return colorize(fmap, out_size, interpolation)
 
 
+def grid_columns_rows(channels: int) -> tuple[int, int]:
+    """The grid for a tap of `channels` channels: (columns, rows) of the tiles shown."""
+    n = max(1, min(int(channels), GRID_MAX_TILES))
+    cols = int(np.ceil(np.sqrt(n)))
+    return cols, int(np.ceil(n / cols))
+
+
+def grid_size(channels: int) -> tuple[int, int]:
+    """(width, height) in pixels of the grid picture of a tap of `channels` channels (always even)."""
+    cols, rows = grid_columns_rows(channels)
+    return cols * GRID_TILE + (cols - 1) * GRID_GAP, rows * GRID_TILE + (rows - 1) * GRID_GAP
+
+
+def grid_frame(tensor: np.ndarray | None, channels: int) -> np.ndarray:
+    """One video frame of `--tap-view grid`: the first channels of a (C, H, W) tap as tiles, each min-max scaled
+    on its own (as the seed notebook's per-channel pictures); black when there is no face (`tensor is None`)."""
+    w, h = grid_size(channels)
+    out = np.zeros((h, w, 3), np.uint8)
+    if tensor is None:
+        return out
+    maps = np.asarray(tensor)
+    maps = maps[None] if maps.ndim == 2 else maps
+    cols, _ = grid_columns_rows(channels)
+    for i, fmap in enumerate(maps[:GRID_MAX_TILES]):
+        row, col = divmod(i, cols)
+        y, x = row * (GRID_TILE + GRID_GAP), col * (GRID_TILE + GRID_GAP)
+        shrink = max(fmap.shape) > GRID_TILE
+        out[y:y + GRID_TILE, x:x + GRID_TILE] = colorize(fmap, (GRID_TILE, GRID_TILE), "area" if shrink else "nearest")
+    return out
+
+
 class MeanMapAccumulator:
-    """Running mean of raw (un-normalised) maps over the frames that had a face."""
+    """Running mean of raw (un-normalised) maps over the frames that had a face (a (C, H, W) stack of maps too)."""
 
     def __init__(self) -> None:
         self._sum: np.ndarray | None = None

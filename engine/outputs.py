@@ -8,27 +8,26 @@ encoded on their own threads (engine.encoders); `commit(summary)` finishes every
 from __future__ import annotations
 
 import contextlib
-import io
+import json
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from emoengine.engine.annotate import annotate_frame
 from emoengine.engine.encoders import EncoderThread
-from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame
 from emoengine.engine.results import FaceResult, FrameRecord, StageClock
-from emoengine.engine.writers import AtomicOutput, CsvWriter, write_json, write_png
+from emoengine.engine.tap_outputs import ActivationsArchive, TapWriters
+from emoengine.engine.tapset import default_tap_specs
+from emoengine.engine.writers import CsvWriter, write_json, write_png
 from emoengine.errors import RunFailure, UserInputError
 
-FEATURE_VIDEO_SIZE = (256, 256)
-# every name a run may write (CONTRACT.md plus our additions); files of an earlier run not rewritten are removed
+# every name a run may write (CONTRACT.md plus our additions); files of an earlier run not rewritten are removed,
+# and so are the per-tap files its summary.json lists
 OUTPUT_NAMES = frozenset({"predictions.csv", "annotated.mp4", "annotated.png", "annotated", "conv1.mp4",
                           "emo_conv1.mp4", "conv1_mean.png", "emo_conv1_mean.png", "timeline.png", "summary.json",
                           "activations.npz", "images.csv", "report.html"})
-TAPS = (("conv1", "conv1_mean"), ("emo_conv1", "emo_conv1_mean"))
 
 
 class MainFace:
@@ -93,50 +92,6 @@ class TimelineStore:
         return out
 
 
-class ActivationsArchive:
-    """Per-face feature maps streamed into an .npz (one zip entry per array), so memory stays flat.
-
-    Keys: `f<frame>_id<face>_<tap>`; at commit also `frames`, `face_ids`, `time_s` (one entry per face).
-    """
-
-    def __init__(self, path: Path, taps: tuple[str, ...]) -> None:
-        self.out = AtomicOutput(path)
-        self.zip = zipfile.ZipFile(self.out.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self.taps = taps
-        self.index: list[tuple[int, int, float]] = []
-
-    def _put(self, key: str, array: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(array))
-        self.zip.writestr(f"{key}.npy", buf.getvalue())
-
-    def add(self, fr: FrameRecord, face: FaceResult, maps: dict[str, np.ndarray]) -> None:
-        for tap in self.taps:
-            if maps.get(tap) is not None:
-                self._put(f"f{fr.index:06d}_id{face.face_id}_{tap}", maps[tap].astype(np.float16))
-        self.index.append((fr.index, face.face_id, fr.time_s))
-
-    def finish(self) -> None:
-        """Write the index and close the temporary file (renamed by `commit`)."""
-        if self.zip.fp is None:
-            return
-        idx = np.array(self.index, dtype=np.float64).reshape(-1, 3)
-        self._put("frames", idx[:, 0].astype(np.int64))
-        self._put("face_ids", idx[:, 1].astype(np.int64))
-        self._put("time_s", idx[:, 2])
-        self.zip.close()
-
-    def commit(self) -> Path:
-        self.finish()
-        return self.out.commit()
-
-    def abort(self) -> None:
-        try:
-            self.zip.close()
-        finally:
-            self.out.abort()
-
-
 class RunOutputs:
     """The writers of one run.
 
@@ -145,8 +100,10 @@ class RunOutputs:
     """
 
     def __init__(self, out_dir: Path, class_names, fps: float, still: bool, write_video: bool = True,
-                 taps: bool = True, save_activations: bool = False, full_taps: bool = False,
-                 face_id: int | None = None, frame_files: list[str] | None = None, report: bool = True) -> None:
+                 taps=True, save_activations: bool = False, full_taps: bool = False,
+                 face_id: int | None = None, frame_files: list[str] | None = None, report: bool = True,
+                 tap_view: str = "mean") -> None:
+        """`taps`: the run's taps (engine.tapset.TapSpec, in order); True: the default taps; False: none."""
         self.dir = Path(out_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -157,25 +114,30 @@ class RunOutputs:
         self.fps = fps
         self.still = still
         self.write_video = write_video
-        self.taps = taps
+        self.specs = default_tap_specs() if taps is True else tuple(taps or ())
         self.report = report
         self.main = MainFace(face_id)
         self.timeline = TimelineStore(len(self.class_names))
         self._header = csv_header(self.class_names)
         self._videos: dict[str, EncoderThread] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
-        self._means = {tap: MeanMapAccumulator() for tap, _ in TAPS} if taps else {}
-        self._activations = None
+        self._csv = self._activations = self._taps = None
         try:   # the first files opened: a read-only or foreign folder is bad usage, found before any frame
             self._csv = CsvWriter(self.dir / "predictions.csv", self._header)
+            self._taps = TapWriters(self.dir, self.specs, tap_view, files=write_video, still=still, video=self._video)
             if save_activations:
-                keys = tuple(t for t, _ in TAPS) if full_taps else tuple(m for _, m in TAPS)
-                self._activations = ActivationsArchive(self.dir / "activations.npz", keys)
+                self._activations = ActivationsArchive(self.dir / "activations.npz", self.specs, full=full_taps)
         except OSError as e:
-            if getattr(self, "_csv", None) is not None:
-                self._csv.abort()
+            for part in (self._csv, self._taps):
+                if part is not None:
+                    part.abort()
             raise UserInputError(f"cannot write into the output folder {self.dir}: {e.strerror or e}") from None
         self._frames_seen = 0
+
+    @property
+    def needs_full(self) -> bool:
+        """Whether the writers need the taps' untouched tensors (FrameRecord.full_maps), not just FaceResult.taps."""
+        return (self._activations is not None and self._activations.full) or self._taps.needs_full
 
     # -- per frame ------------------------------------------------------------------------------------
     def _video(self, name: str, size: tuple[int, int], picture) -> EncoderThread:
@@ -186,10 +148,6 @@ class RunOutputs:
 
     def _annotated_picture(self, fr: FrameRecord) -> np.ndarray:
         return annotate_frame(fr, self.class_names)
-
-    @staticmethod
-    def _feature_picture(fmap: np.ndarray | None) -> np.ndarray:
-        return feature_map_frame(fmap, FEATURE_VIDEO_SIZE)
 
     def finish_videos(self) -> None:
         """Let the encoders' threads encode what waits for them and close their files (commit renames them)."""
@@ -224,25 +182,17 @@ class RunOutputs:
             if not self.still:
                 self.timeline.add(fr.time_s, f.face_id, f.probs, f.valence, f.arousal)
             if self._activations is not None:
-                maps = {"conv1_mean": f.conv1_mean, "emo_conv1_mean": f.emo_conv1_mean,
-                        **fr.full_maps.get(f.face_id, {})}
-                self._activations.add(fr, f, maps)
+                self._activations.add(fr, f)
         main = self.main.pick(fr.faces)
-        if self.taps and main is not None:
-            for tap, attr in TAPS:
-                self._means[tap].add(getattr(main, attr))
         if not self.write_video:
             return
         if self.still:
             self._still_dir.mkdir(exist_ok=True)
             stem = f"_{Path(self.frame_files[fr.index]).stem}" if self.frame_files else ""
             write_png(self._still_dir / f"{fr.index:06d}{stem}.png", self._annotated_picture(fr))
-            return
-        self._video("annotated.mp4", (w, h), self._annotated_picture).put(fr)
-        if self.taps:
-            for tap, attr in TAPS:
-                fmap = getattr(main, attr) if main is not None else None
-                self._video(f"{tap}.mp4", FEATURE_VIDEO_SIZE, self._feature_picture).put(fmap)
+        else:
+            self._video("annotated.mp4", (w, h), self._annotated_picture).put(fr)
+        self._taps.add(fr, main)
 
     # -- at the end -----------------------------------------------------------------------------------
     def commit(self, summary: dict) -> list[Path]:
@@ -263,14 +213,15 @@ class RunOutputs:
             if self._activations is not None:
                 self._activations.finish()
                 staged.append(self._activations)
+            for csv in self._taps.csvs.values():
+                csv.finish()
+                staged.append(csv)
             if self.frame_files:
                 images = CsvWriter(self.dir / "images.csv", ["frame", "file"])
                 staged.append(images)
                 images.writerows({"frame": i, "file": name} for i, name in enumerate(self.frame_files))
                 images.finish()
-            for tap, acc in (self._means.items() if self.write_video else ()):   # --no-video: CSV + summary
-                # black where no frame had a face, so a run always yields the contract's files
-                written.append(acc.save_png(self.dir / f"{tap}_mean.png", FEATURE_VIDEO_SIZE))
+            written += self._taps.write_means()   # none with --no-video (CSV + summary)
             if not self.still and self.write_video:
                 from emoengine.engine.timeline import plot_timeline
 
@@ -282,7 +233,7 @@ class RunOutputs:
                 written.append(part.commit())
             self._remove_stale(written)
             names = [p.name for p in written] + (["report.html"] if self.report else [])
-            summary = {**summary, "files": sorted(names) + ["summary.json"]}
+            summary = {**summary, "files": sorted(names) + ["summary.json"], "taps": self._taps.summary(names)}
             if self.report:   # from the files now in place, as `emoengine report` rebuilds it
                 from emoengine.engine.report import build_report
 
@@ -305,12 +256,20 @@ class RunOutputs:
     def _remove_stale(self, written: list[Path]) -> None:
         """A second run into the same --out must not leave the first run's files beside its own."""
         keep = {p.name for p in written}
-        for name in OUTPUT_NAMES - keep:
+        for name in (OUTPUT_NAMES | self._files_of_earlier_run()) - keep:
             stale = self.dir / name
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             elif stale.exists():
                 stale.unlink(missing_ok=True)
+
+    def _files_of_earlier_run(self) -> set[str]:
+        """What an earlier run's summary.json lists (its per-tap files have names OUTPUT_NAMES cannot know)."""
+        try:
+            files = json.loads((self.dir / "summary.json").read_text()).get("files") or []
+        except (OSError, ValueError, AttributeError):
+            return set()
+        return {n for n in files if isinstance(n, str) and n == os.path.basename(n) and not n.startswith(".")}
 
     def _commit_stills(self) -> Path:
         pngs = sorted(self._still_dir.iterdir())
@@ -328,7 +287,7 @@ class RunOutputs:
     def abort(self) -> None:
         """Remove every temporary file; nothing appears under a final name."""
         shutil.rmtree(self._still_dir, ignore_errors=True)
-        for closer in [self._csv.abort,
+        for closer in [self._csv.abort, self._taps.abort,
                        *(v.abort for v in self._videos.values()),
                        *([self._activations.abort] if self._activations else [])]:
             with contextlib.suppress(Exception):  # best effort cleanup, the first error is already reported

@@ -24,7 +24,9 @@ class FaceResult:
     """One face in one frame, everything in that frame's pixel coordinates.
 
     probs are softmax(expression logits) (after temporal smoothing when it is on); valence/arousal unclamped.
-    conv1_mean (128,128) / emo_conv1_mean (64,64): channel-mean feature maps of this face's crop (None if taps off).
+    taps: the run's taps (`run --taps`) by module path: this face's channel-mean map (2-D float32) for a map tap,
+    its vector (1-D float32) for a vector tap (engine.tapset). conv1_mean (128,128) / emo_conv1_mean (64,64): the
+    default taps' maps under their older names (None where the run has not got them).
     """
 
     box: np.ndarray                 # (4,) float32 x1 y1 x2 y2
@@ -39,6 +41,7 @@ class FaceResult:
     face_id: int = -1
     conv1_mean: np.ndarray | None = None
     emo_conv1_mean: np.ndarray | None = None
+    taps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,7 +59,8 @@ class FrameRecord:
     crops: np.ndarray | None = None                                 # crop: (K,256,256,3) uint8
     regions: np.ndarray | None = None                               # the frame square each crop shows
     predictions: EmoNetBatch | None = None                          # infer
-    full_maps: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)   # --full-taps, by face id
+    # by face id, module path -> the tap untouched (--full-taps, --tap-view grid): only while the writers need it
+    full_maps: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def num_detections(self) -> int:

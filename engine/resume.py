@@ -15,7 +15,8 @@ from pathlib import Path
 
 # RunConfig fields that change what a run writes (quiet, resume and the like do not)
 SETTINGS = ("detector", "detector_model", "crop_mode", "max_faces", "smooth", "face_id", "write_video", "taps",
-            "save_activations", "full_taps", "backend", "model_id", "detect_every", "min_face")
+            "tap_names", "tap_view", "save_activations", "full_taps", "backend", "model_id", "detect_every",
+            "min_face")
 
 
 def input_fingerprint(source) -> str | None:

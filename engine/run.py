@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emoengine.contract import DEFAULT_TAPS
 from emoengine.engine.backends import BACKENDS
 from emoengine.engine.crops import regions_to_frame
 from emoengine.engine.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE, make_detector
@@ -21,6 +22,7 @@ from emoengine.engine.report import REPORT_NAME, build_report
 from emoengine.engine.results import FaceResult, FrameRecord
 from emoengine.engine.resume import completed_summary, run_fingerprint
 from emoengine.engine.sources import open_source
+from emoengine.engine.tapset import face_full_taps, face_taps, tap_specs_for_run
 from emoengine.engine.tracker import TemporalSmoother
 from emoengine.errors import UserInputError
 
@@ -43,7 +45,9 @@ class RunConfig:
     smooth: float = 0.0
     face_id: int | None = None
     write_video: bool = True
-    taps: bool = True
+    taps: bool = True                 # False: --no-taps
+    tap_names: tuple[str, ...] = DEFAULT_TAPS   # module paths (run --taps a,b), in order
+    tap_view: str = "mean"            # mean | grid (engine.tap_outputs)
     save_activations: bool = False
     full_taps: bool = False
     quiet: bool = False
@@ -64,13 +68,16 @@ class RunConfig:
 
 class FrameAssembler:
     """The render stage's first half: per-id smoothing and `FaceResult`s in frame pixels, added to the record
-    (ids come from the detect/track stage)."""
+    (ids come from the detect/track stage). `taps`: the run's engine.tapset.TapSpecs, each face's share kept in
+    FaceResult.taps; `keep_full`: their untouched tensors too, in record.full_maps (--full-taps, grid view)."""
 
-    def __init__(self, class_names, smooth: float, keep_taps: bool, independent_frames: bool = False) -> None:
+    def __init__(self, class_names, smooth: float, taps=(), keep_full: bool = False,
+                 independent_frames: bool = False) -> None:
         self.class_names = tuple(class_names)
         # a folder of unrelated images: no smoothing across images (ids count faces per image)
         self.smoother = TemporalSmoother(0.0 if independent_frames else smooth)
-        self.keep_taps = keep_taps
+        self.taps = tuple(taps)
+        self.keep_full = keep_full
 
     def __call__(self, record: FrameRecord) -> FrameRecord:
         self.smoother.forget(record.dropped_ids)
@@ -78,19 +85,18 @@ class FrameAssembler:
         if p is None or not len(faces):
             return record
         lm68 = regions_to_frame(p.landmarks, record.regions)
-        taps = self.keep_taps and p.conv1_mean is not None
         for k in range(len(faces)):
             fid = int(record.ids[k])
             probs, val, aro = self.smoother.update(fid, p.probs[k], float(p.valence[k]), float(p.arousal[k]))
+            taps = face_taps(p, k, self.taps)
             record.faces.append(FaceResult(
                 box=faces.boxes[k], det_score=float(faces.scores[k]), landmarks5=faces.landmarks[k],
                 logits=p.logits[k], probs=probs, expression=self.class_names[int(np.argmax(probs))],
                 valence=val, arousal=aro, landmarks68=lm68[k], face_id=fid,
-                conv1_mean=p.conv1_mean[k] if taps else None,
-                emo_conv1_mean=p.emo_conv1_mean[k] if taps and p.emo_conv1_mean is not None else None,
+                conv1_mean=taps.get("conv1"), emo_conv1_mean=taps.get("emo_net_2.0.conv1"), taps=taps,
             ))
-            if p.conv1 is not None:
-                record.full_maps[fid] = {"conv1": p.conv1[k], "emo_conv1": p.emo_conv1[k]}
+            if self.keep_full:
+                record.full_maps[fid] = face_full_taps(p, k, self.taps)
         record.predictions = None   # everything the writers need is in record.faces now
         return record
 
@@ -177,8 +183,9 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
 def open_outputs(cfg: RunConfig, source, model: EmoNetModel) -> RunOutputs:
     still = source.kind in ("image", "images")
     return RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still, write_video=cfg.write_video,
-                      taps=cfg.taps and model.has_taps, save_activations=cfg.save_activations,
-                      full_taps=cfg.full_taps, face_id=cfg.face_id, report=cfg.writes_report,
+                      taps=tap_specs_for_run(cfg, model), tap_view=cfg.tap_view,
+                      save_activations=cfg.save_activations, full_taps=cfg.full_taps, face_id=cfg.face_id,
+                      report=cfg.writes_report,
                       frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
 
 
@@ -199,7 +206,7 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
            options: PipelineOptions) -> PipelineStats:
     """The pipeline from the first frame to the last encoded one; a record is assembled and written in the
     render stage."""
-    assemble = FrameAssembler(model.class_names, cfg.smooth, keep_taps=model.has_taps,
+    assemble = FrameAssembler(model.class_names, cfg.smooth, taps=outputs.specs, keep_full=outputs.needs_full,
                               independent_frames=options.independent_frames)
     on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
     try:

@@ -101,6 +101,12 @@ def taps_tag(taps) -> str:
     return f"-taps{len(unique)}-{digest}"
 
 
+def is_vector_shape(shape) -> bool:
+    """A feature vector rather than a map: rank 1 per crop, or channels over a 1x1 map (avg_pool_2)."""
+    shape = tuple(shape)
+    return len(shape) == 1 or (len(shape) == 3 and shape[1:] == (1, 1))
+
+
 @dataclass(frozen=True)
 class Layer:
     """One module of EmoNet and what it outputs for one 256x256 crop."""
@@ -112,8 +118,7 @@ class Layer:
 
     @property
     def is_vector(self) -> bool:
-        """A feature vector rather than a map: rank 1 per crop, or channels over a 1x1 map (avg_pool_2)."""
-        return len(self.shape) == 1 or (len(self.shape) == 3 and self.shape[1:] == (1, 1))
+        return is_vector_shape(self.shape)
 
 
 def emonet_module_paths(num_classes: int = 8) -> list[str]:
