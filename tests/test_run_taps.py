@@ -1,0 +1,179 @@
+"""`run --taps` (issue 13): per-tap videos, mean PNGs and vector CSVs from a real clip through the real CLI code
+path (in-process), with the golden 8-class weights exported once with the taps these runs ask for.
+
+The clip is the golden crops as 256x256 frames and `--detector none` makes each whole frame the face, so a run's
+crop is the decoded frame itself and its values can be checked against the model run on those frames."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emoengine.cli.main import main as cli_main
+from emoengine.contract import DEFAULT_TAPS
+from emoengine.engine.featuremaps import GRID_GAP, GRID_TILE, colorize, feature_map_frame, grid_size
+
+av = pytest.importorskip("av", reason="PyAV decodes the clip and the tap videos")
+
+MODEL_TAPS = ("conv1", "emo_net_2.0.conv1", "m0", "emo_fc_2.1")   # what the test export outputs in full
+RUN_TAPS = "conv1,emo_net_2.0.conv1,m0,emo_fc_2.1"                 # three maps, one of them deep, and a vector
+
+
+def run_cli(*args: str) -> int:
+    """`emoengine ...` in this process; its exit code."""
+    try:
+        cli_main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def decode_rgb(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def read_png(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def tap_model(golden_pth_8, tmp_path_factory) -> Path:
+    from emoengine.export.checkpoint import load_emonet
+    from emoengine.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("models") / "emonet8-taps.onnx"
+    export_onnx(load_emonet(golden_pth_8), out, verify=False, taps=MODEL_TAPS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip(golden_outputs, tmp_path_factory) -> Path:
+    from emoengine.engine.demo import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("media") / "crops.mp4", golden_outputs(8)["images_rgb"], fps=4)
+
+
+@pytest.fixture(scope="module")
+def expected(tap_model, clip):
+    """The model run on the clip's decoded frames: what the run's crops are (the whole 256x256 frame)."""
+    from emoengine.engine.emonet_model import open_emonet
+
+    frames = decode_rgb(clip)
+    model = open_emonet("ort", model=str(tap_model), max_batch=1)
+    try:
+        return frames, model.predict(frames)
+    finally:
+        model.close()
+
+
+@pytest.fixture(scope="module")
+def mean_run(tap_model, clip, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_mean")
+    code = run_cli("run", str(clip), "--model", str(tap_model), "--detector", "none", "--taps", RUN_TAPS,
+                   "--save-activations", "--out", str(out), "-q")
+    assert code == 0
+    return out
+
+
+def test_every_tap_gets_its_files_and_summary_lists_them(mean_run, clip):
+    summary = json.loads((mean_run / "summary.json").read_text())
+    assert summary["taps"] == [
+        {"name": "conv1", "stem": "conv1", "kind": "map", "video": "conv1.mp4", "mean": "conv1_mean.png"},
+        {"name": "emo_net_2.0.conv1", "stem": "emo_conv1", "kind": "map", "video": "emo_conv1.mp4",
+         "mean": "emo_conv1_mean.png"},
+        {"name": "m0", "stem": "m0", "kind": "map", "video": "m0.mp4", "mean": "m0_mean.png"},
+        {"name": "emo_fc_2.1", "stem": "emo_fc_2.1", "kind": "vector", "video": None, "mean": None}]
+    n_input = len(decode_rgb(clip))
+    for stem in ("conv1", "emo_conv1", "m0"):
+        frames = decode_rgb(mean_run / f"{stem}.mp4")
+        assert frames.shape == (n_input, 256, 256, 3), stem    # one frame per input frame
+    assert not (mean_run / "emo_fc_2.1.mp4").exists() and "emo_fc_2.1.csv" in summary["files"]
+    page = (mean_run / "report.html").read_text()
+    assert "m0.mp4" in page and "m0_mean.png" in page          # the report reads the taps list
+
+
+def test_mean_png_is_the_mean_of_the_per_frame_maps(mean_run, expected):
+    """Tolerance: the model here and in the run see the same decoded frames, so the maps agree to float rounding;
+    after min-max to 0..255 a value may land one grey level over, a few RGB units in viridis: |diff| <= 8."""
+    _, batch = expected
+    for name, stem in (("m0", "m0"), ("emo_net_2.0.conv1", "emo_conv1")):
+        want = feature_map_frame(batch.taps[name].mean(axis=1).mean(axis=0), (256, 256))
+        got = read_png(mean_run / f"{stem}_mean.png")
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 8 and diff.mean() < 0.5, (stem, diff.max(), diff.mean())
+    with np.load(mean_run / "activations.npz") as z:   # --save-activations: every tap, old keys for defaults
+        suffixes = {k.split("_", 2)[2] for k in z.files if k.startswith("f000000_")}
+        assert suffixes == {"conv1_mean", "emo_conv1_mean", "m0_mean", "emo_fc_2.1"}
+        m0 = np.stack([z[f"f{i:06d}_id0_m0_mean"] for i in range(len(batch))]).astype(np.float32)
+    ref = batch.taps["m0"].mean(axis=1)
+    assert np.abs(m0 - ref).max() <= 2e-3 * np.abs(ref).max()    # stored as float16
+
+
+def test_vector_csv_holds_the_models_output_for_each_crop(mean_run, expected):
+    """Tolerance: 1e-3 of the tap's largest magnitude (the CSV keeps 6 significant digits)."""
+    _, batch = expected
+    with open(mean_run / "emo_fc_2.1.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    want = batch.taps["emo_fc_2.1"]
+    assert [int(r["frame"]) for r in rows] == list(range(len(want))) and {r["face_id"] for r in rows} == {"0"}
+    got = np.array([[float(r[f"f{i}"]) for i in range(want.shape[1])] for r in rows])
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+def test_grid_view_tiles_the_channels(tap_model, clip, expected, tmp_path):
+    out = tmp_path / "grid"
+    assert run_cli("run", str(clip), "--model", str(tap_model), "--detector", "none", "--taps", "conv1,m0",
+                   "--tap-view", "grid", "--no-report", "--out", str(out), "-q") == 0
+    frames, batch = expected
+    assert grid_size(64) == (8 * GRID_TILE + 7 * GRID_GAP,) * 2 == (526, 526)   # README: 8 x 8 tiles of 64 px
+    for stem in ("conv1", "m0"):   # 64 and 256 channels: the first 64 as 8 x 8 tiles
+        video = decode_rgb(out / f"{stem}.mp4")
+        assert video.shape == (len(frames), 526, 526, 3)
+        assert read_png(out / f"{stem}_mean.png").shape == (526, 526, 3)
+    # the mean PNG's first tile: channel 0 of m0 averaged over the frames, min-max scaled on its own
+    tile = read_png(out / "m0_mean.png")[:GRID_TILE, :GRID_TILE]
+    want = colorize(batch.taps["m0"][:, 0].mean(axis=0), (GRID_TILE, GRID_TILE))
+    assert np.abs(tile.astype(int) - want.astype(int)).max() <= 8
+    assert [t["name"] for t in json.loads((out / "summary.json").read_text())["taps"]] == ["conv1", "m0"]
+
+
+@pytest.mark.parametrize("taps, words", [
+    ("conv1,emo_net_2.2.conv9", ("unknown tap 'emo_net_2.2.conv9'", "closest: emo_net_2.2.conv3")),
+    ("conv1,emo_fc2.1", ("emo_fc2.1", "emo_fc_2.1"))])
+def test_unknown_tap_exits_2_with_one_line_and_writes_nothing(taps, words, clip, tmp_path, capsys):
+    code = run_cli("run", str(clip), "--weights", "random", "--taps", taps, "--out", str(tmp_path / "o"), "-q")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_tap_the_model_lacks_exits_2_saying_how_to_export_it(tap_model, clip, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = run_cli("run", str(clip), "--model", str(tap_model), "--detector", "none", "--taps", "conv1,avg_pool_2",
+                   "--out", str(out), "-q")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "avg_pool_2" in err and "--taps avg_pool_2" in err, err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_run_config_asks_the_export_for_the_taps(tmp_path):
+    from emoengine.cli.run_cmd import run_config
+
+    options = dict(input="x.mp4", out=tmp_path, model=None, backend=None, classes=None, detector="mtcnn",
+                   detector_model=None, crop=None, max_batch=None, max_wait_ms=40.0, max_faces=None, smooth=0.0,
+                   face_id=None, no_video=False, save_activations=False, full_taps=False, quiet=True)
+    cfg, model_args = run_config(weights="random", taps="m0, emo_fc_2.1,m0", **options)
+    assert cfg.tap_names == ("m0", "emo_fc_2.1") and model_args["taps"] == ("m0", "emo_fc_2.1")
+    cfg, model_args = run_config(weights="random", taps=None, **options)
+    assert cfg.tap_names == DEFAULT_TAPS and model_args["taps"] == ()   # the export's channel means serve them
+    cfg, model_args = run_config(weights="random", taps=None, tap_view="grid", **options)
+    assert model_args["taps"] == DEFAULT_TAPS                            # a grid needs every channel
+    cfg, model_args = run_config(weights="random", taps=None, no_taps=True, **options)
+    assert cfg.taps is False and "taps" not in model_args
