@@ -177,3 +177,34 @@ def test_run_config_asks_the_export_for_the_taps(tmp_path):
     assert model_args["taps"] == DEFAULT_TAPS                            # a grid needs every channel
     cfg, model_args = run_config(weights="random", taps=None, no_taps=True, **options)
     assert cfg.taps is False and "taps" not in model_args
+
+
+def test_writers_keep_no_video_for_a_vector_and_a_later_run_removes_the_earlier_taps_files(tmp_path):
+    """RunOutputs alone on synthetic faces: a map tap's video frames follow the input frames (black without a
+    face), a vector tap is a CSV only, and a second run with the default taps into the same folder leaves none
+    of the first run's tap files behind (their names come from its summary.json)."""
+    from emoengine.engine.outputs import RunOutputs
+    from emoengine.engine.results import FaceResult, FrameRecord
+    from emoengine.engine.tapset import TapSpec
+
+    specs = (TapSpec.of("m0", (4, 8, 8)), TapSpec.of("avg_pool_2", (3, 1, 1)))
+    assert [s.kind for s in specs] == ["map", "vector"]
+    rng = np.random.default_rng(0)
+    outputs = RunOutputs(tmp_path, ("a", "b"), fps=10, still=False, taps=specs, report=False)
+    for i in range(3):
+        faces = [] if i == 1 else [FaceResult(
+            box=np.array([4, 4, 40, 40], np.float32), det_score=0.9, landmarks5=np.zeros((5, 2), np.float32),
+            logits=np.zeros(2, np.float32), probs=np.full(2, 0.5, np.float32), expression="a", valence=0.0,
+            arousal=0.0, landmarks68=np.zeros((68, 2), np.float32), face_id=7,
+            taps={"m0": rng.random((8, 8), dtype=np.float32), "avg_pool_2": np.array([1, 2, 3], np.float32)})]
+        outputs.write(FrameRecord(i, i / 10, np.full((48, 64, 3), 60, np.uint8), faces))
+    outputs.commit({"frames": 3})
+    assert len(decode_rgb(tmp_path / "m0.mp4")) == 3 and not (tmp_path / "avg_pool_2.mp4").exists()
+    with open(tmp_path / "avg_pool_2.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["frame", "time_s", "face_id", "f0", "f1", "f2"],
+                                       ["0", "0.0000", "7", "1", "2", "3"], ["2", "0.2000", "7", "1", "2", "3"]]
+    outputs = RunOutputs(tmp_path, ("a", "b"), fps=10, still=False, report=False)
+    outputs.write(FrameRecord(0, 0.0, np.full((48, 64, 3), 60, np.uint8), []))
+    outputs.commit({"frames": 1})
+    assert not [n for n in ("m0.mp4", "m0_mean.png", "avg_pool_2.csv") if (tmp_path / n).exists()]
+    assert [t["stem"] for t in json.loads((tmp_path / "summary.json").read_text())["taps"]] == ["conv1", "emo_conv1"]
