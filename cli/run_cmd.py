@@ -101,7 +101,7 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
         raise UserInputError(f"--crop must be square or upstream, not {crop}")
     if full_taps and not save_activations:
         raise UserInputError("--full-taps only makes sense with --save-activations")
-    tap_names = run_tap_names(taps, tap_view)
+    tap_names = run_tap_names(taps, tap_view, check=weights is not None)   # --model: checked on the artifact
     max_batch = max_batch or default_max_batch(resolve_backend(backend, model))
     cfg = RunConfig(input=input, out_dir=out, detector=detector, detector_model=detector_model, crop_mode=crop,
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_faces=max_faces, smooth=smooth,

@@ -53,26 +53,35 @@ def default_tap_specs() -> tuple[TapSpec, ...]:
     return tuple(TapSpec.of(name, full[name]) for name in DEFAULT_TAPS)
 
 
-def run_tap_names(taps, tap_view: str = "mean") -> tuple[str, ...]:
+def run_tap_names(taps, tap_view: str = "mean", check: bool = True) -> tuple[str, ...]:
     """`run --taps`'s value checked: module paths, in order, without repeats. None or a bool (the older
     --taps/--no-taps flag): the default taps; a string: comma-separated names; a list: the names. An unknown name
-    or view is a UserInputError (one line, exit 2) naming the closest modules."""
-    from emoengine.export.taps import check_taps, emonet_module_paths, parse_taps
+    or view is a UserInputError (one line, exit 2) naming the closest modules. `check=False` leaves the names to
+    `run_tap_specs`, which checks them against an opened artifact first: EmoNet's module tree needs PyTorch
+    (~200 MB resident), which a run from --weights loads anyway and one from --model need not."""
+    from emoengine.export.taps import parse_taps
 
     if tap_view not in TAP_VIEWS:
         raise UserInputError(f"--tap-view must be {' or '.join(TAP_VIEWS)}, not {tap_view!r}")
     if taps is None or isinstance(taps, bool):
         return DEFAULT_TAPS
-    names = parse_taps(taps) if isinstance(taps, str) else tuple(taps)
+    names = tuple(dict.fromkeys(parse_taps(taps) if isinstance(taps, str) else taps))
     if not names:
         raise UserInputError("--taps needs one module name or more (`emoengine layers` lists them; --no-taps for none)")
-    if set(names) <= set(DEFAULT_TAPS):
-        return tuple(dict.fromkeys(names))
+    if check and not set(names) <= set(DEFAULT_TAPS):
+        check_known(names)
+    return names
+
+
+def check_known(names) -> None:
+    """An unknown module name is a UserInputError naming the closest ones (needs PyTorch; without it, nothing)."""
     try:
+        from emoengine.export.taps import check_taps, emonet_module_paths
+
         known = emonet_module_paths()
-    except ImportError:   # no torch: the model itself says which taps it has (run_tap_specs)
-        return tuple(dict.fromkeys(names))
-    return check_taps(names, known)
+    except ImportError:
+        return
+    check_taps(names, known)
 
 
 def model_taps(names, tap_view: str = "mean", full_taps: bool = False) -> tuple[str, ...]:
@@ -104,6 +113,7 @@ def run_tap_specs(model, names, tap_view: str = "mean", source: str = "the model
     saying how to export a model that does. Shapes of taps other than the defaults are probed on one black crop."""
     missing = [n for n in names if not _has(model, n, tap_view)]
     if missing:
+        check_known(missing)   # a misspelt name: say so, with the closest ones, rather than "re-export"
         wanted = ",".join(model_taps(names, tap_view))
         grid = " (--tap-view grid shows every channel, so the default taps are needed in full too)" \
             if tap_view == "grid" and set(missing) <= set(DEFAULT_OUTPUTS) else ""

@@ -152,12 +152,14 @@ def test_unknown_tap_exits_2_with_one_line_and_writes_nothing(taps, words, clip,
     assert not (tmp_path / "o").exists()
 
 
-def test_tap_the_model_lacks_exits_2_saying_how_to_export_it(tap_model, clip, tmp_path, capsys):
+@pytest.mark.parametrize("taps, words", [("conv1,avg_pool_2", ("avg_pool_2", "--taps avg_pool_2")),
+                                         ("m0,avg_pool2", ("unknown tap 'avg_pool2'", "closest: avg_pool_2"))])
+def test_tap_the_model_lacks_exits_2_saying_how_to_export_it(taps, words, tap_model, clip, tmp_path, capsys):
     out = tmp_path / "o"
-    code = run_cli("run", str(clip), "--model", str(tap_model), "--detector", "none", "--taps", "conv1,avg_pool_2",
+    code = run_cli("run", str(clip), "--model", str(tap_model), "--detector", "none", "--taps", taps,
                    "--out", str(out), "-q")
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "avg_pool_2" in err and "--taps avg_pool_2" in err, err
+    assert code == 2 and err.count("\n") == 1 and all(w in err for w in words), err
     assert not out.exists() or list(out.iterdir()) == []
 
 
