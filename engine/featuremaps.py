@@ -1,9 +1,10 @@
 """Feature maps as pictures: a tap's channel mean of the main face (`--tap-view mean`), or its channels side by
 side (`--tap-view grid`), one video frame each.
 
-Each map (each tile of a grid) is min-max scaled on its own (absolute activations vary a lot from face to face; the pattern is
-what is of interest), coloured with viridis (perceptually uniform, readable in grey), and upscaled with
-nearest neighbour by default so that one map cell stays one visible block.
+Each map (each tile of a grid) is min-max scaled on its own (absolute activations vary a lot from face to face;
+the pattern is what is of interest), coloured with viridis (perceptually uniform, readable in grey), and upscaled
+with nearest neighbour by default so that one map cell stays one visible block (a grid tile larger than its
+square is shrunk by area averaging instead).
 """
 
 from __future__ import annotations
