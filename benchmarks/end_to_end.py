@@ -1,19 +1,22 @@
 """End to end against the model alone: `emoengine run` on a 720p clip vs `emoengine bench`, in one sitting.
 
-    python -m emoengine.benchmarks.end_to_end --weights emonet_8.pth [--clip FILE] [--frames 149] [--rounds 2]
+    python -m emoengine.benchmarks.end_to_end --weights emonet_8.pth [--clip FILE ...] [--frames 149] [--rounds 2]
+    python -m emoengine.benchmarks.end_to_end --clip ../shared/media/demo.mp4      # the unseen clip as well
 
 One round runs, one after the other, each as its own process: the model-only bench (`emoengine bench --backends
-ort`, batches 1, 2, 4, 8), `run` with its defaults and every output, `run --no-video --no-taps`, and
-`run --detect-every 1 --no-video --no-taps` (the reference boxes). Rounds repeat that sequence, so each e2e
-figure has model-only figures measured minutes before and after it on the same machine; the ratio divides the
-e2e frames/s by the best model-only faces/s of the whole sitting (the issue's "best model-only ort faces/s").
+ort`, batches 1, 2, 4, 8 or --model-batches), then on every clip `run` with its defaults and every output,
+`run --no-video --no-taps`, and `run --detect-every 1 --no-video --no-taps` (the reference boxes), then the
+model-only bench again. Rounds repeat that sequence, so each e2e figure has model-only figures measured minutes
+before and after it on the same machine; the ratio divides the e2e frames/s by the best model-only faces/s of the
+whole sitting (the issue's "best model-only ort faces/s").
 
 Per run: frames/s, the ratio, ms per frame of each stage (busy seconds / frames; the stages overlap), CPU
 seconds per frame of the whole process (user + sys: less disturbed than wall time when others share the
 machine), peak RSS (`/usr/bin/time -v` where installed, and summary.json's `peak_rss_mb`), detector and tracked
 frames. Boxes: IoU of the default run's boxes against `--detect-every 1`'s, and frames where one finds a face
-and the other does not. The clip (default) is a 1280x720 face travelling and growing (engine.demo), or --clip.
-The 1-min load average is recorded before and after every run: re-measure on a quiet machine for README figures.
+and the other does not. Clips: a generated 1280x720 face travelling and growing (engine.demo; --no-generated
+leaves it out) and every --clip. The 1-min load average is recorded before and after every run: re-measure on a
+quiet machine for README figures.
 """
 
 from __future__ import annotations
@@ -67,10 +70,10 @@ def _timed(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, dict
     return done, facts
 
 
-def model_only(weights: str, env: dict, out: Path) -> dict:
-    """`emoengine bench --backends ort` at batches 1, 2, 4, 8: {batch: faces/s}, its best, the load."""
+def model_only(weights: str, batches: str, env: dict, out: Path) -> dict:
+    """`emoengine bench --backends ort` at `batches` (1,2,4,8): {batch: faces/s}, its best, the load."""
     cmd = [sys.executable, "-m", "emoengine", "bench", "--weights", weights, "--backends", "ort",
-           "--batch", MODEL_BATCHES, "--parity-inputs", "8", "--json", str(out)]
+           "--batch", batches, "--parity-inputs", "8", "--json", str(out)]
     done, facts = _timed(cmd, env)
     if done.returncode != 0:
         raise SystemExit(f"emoengine bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
@@ -125,35 +128,44 @@ def compare_boxes(test: dict[int, np.ndarray], reference: dict[int, np.ndarray])
             "missed": missed, "missed_fraction": round(missed / max(n, 1), 4), "extra_frames_faces": extra}
 
 
-def one_round(i: int, clip: Path, model: Path, weights: str, env: dict, tmp: Path) -> dict:
-    row = {"model_only_before": model_only(weights, env, tmp / f"bench-{i}a.json")}
-    for name, extra in RUNS.items():
-        row[name] = run_e2e(clip, model, tmp / f"{name}-{i}", extra, env)
-        print(f"round {i} {name}: {row[name]['frames_per_s']:.2f} frames/s, stages ms/frame "
-              f"{row[name]['stage_ms_per_frame']}, peak {row[name].get('time_v_peak_rss_mb')} MB, "
-              f"load {row[name]['load_1m_before']}", flush=True)
-    row["model_only_after"] = model_only(weights, env, tmp / f"bench-{i}b.json")
-    row["boxes_default_vs_detect_every_1"] = compare_boxes(read_boxes(tmp / f"default-{i}" / "predictions.csv"),
-                                                           read_boxes(tmp / f"detect_every_1-{i}" / "predictions.csv"))
+def one_round(i: int, clips: dict[str, Path], model: Path, args, env: dict, tmp: Path) -> dict:
+    """The model alone, each run on each clip, the model alone again."""
+    row = {"model_only_before": model_only(args.weights, args.model_batches, env, tmp / f"bench-{i}a.json")}
+    for label, clip in clips.items():
+        runs = row[label] = {}
+        for name, extra in RUNS.items():
+            runs[name] = run_e2e(clip, model, tmp / f"{label}-{name}-{i}", extra, env)
+            print(f"round {i} {label} {name}: {runs[name]['frames_per_s']:.2f} frames/s, stages ms/frame "
+                  f"{runs[name]['stage_ms_per_frame']}, peak {runs[name].get('time_v_peak_rss_mb')} MB, "
+                  f"load {runs[name]['load_1m_before']}", flush=True)
+        runs["boxes_default_vs_detect_every_1"] = compare_boxes(
+            read_boxes(tmp / f"{label}-default-{i}" / "predictions.csv"),
+            read_boxes(tmp / f"{label}-detect_every_1-{i}" / "predictions.csv"))
+        print(f"round {i} {label}: boxes {runs['boxes_default_vs_detect_every_1']}", flush=True)
+    row["model_only_after"] = model_only(args.weights, args.model_batches, env, tmp / f"bench-{i}b.json")
     print(f"round {i}: model-only best {row['model_only_before']['best']:.2f} / "
-          f"{row['model_only_after']['best']:.2f} faces/s; boxes {row['boxes_default_vs_detect_every_1']}",
-          flush=True)
+          f"{row['model_only_after']['best']:.2f} faces/s", flush=True)
     return row
 
 
-def summarise(rounds: list[dict]) -> dict:
-    """The best figure of each kind over the sitting and the issue's two ratios."""
+def summarise(rounds: list[dict], clips) -> dict:
+    """The best figure of each kind per clip over the sitting, and the issue's two ratios."""
     best_model = max(r[k]["best"] for r in rounds for k in ("model_only_before", "model_only_after"))
-    out = {"model_only_best_faces_per_s": best_model}
-    for name in RUNS:
-        best = max((r[name] for r in rounds), key=lambda x: x["frames_per_s"])
-        out[name] = {"frames_per_s": best["frames_per_s"], "ratio_to_model_only": round(best["frames_per_s"] /
-                                                                                        best_model, 3),
-                     "stage_ms_per_frame": best["stage_ms_per_frame"], "cpu_ms_per_frame": best["cpu_ms_per_frame"],
-                     "stage_cpu_ms_per_frame": best["stage_cpu_ms_per_frame"],
-                     "peak_rss_mb": best.get("time_v_peak_rss_mb") or best["peak_rss_mb"]}
-    out["targets"] = {"default_ratio_0.8": out["default"]["ratio_to_model_only"] >= 0.8,
-                      "no_video_ratio_0.9": out["no_video"]["ratio_to_model_only"] >= 0.9}
+    out: dict = {"model_only_best_faces_per_s": best_model}
+    for label in clips:
+        per_clip = out[label] = {}
+        for name in RUNS:
+            best = max((r[label][name] for r in rounds), key=lambda x: x["frames_per_s"])
+            per_clip[name] = {
+                "frames_per_s": best["frames_per_s"],
+                "ratio_to_model_only": round(best["frames_per_s"] / best_model, 3),
+                "stage_ms_per_frame": best["stage_ms_per_frame"], "cpu_ms_per_frame": best["cpu_ms_per_frame"],
+                "stage_cpu_ms_per_frame": best["stage_cpu_ms_per_frame"],
+                "peak_rss_mb": max(r[label][name].get("time_v_peak_rss_mb") or r[label][name]["peak_rss_mb"]
+                                   for r in rounds)}
+        per_clip["boxes_default_vs_detect_every_1"] = [r[label]["boxes_default_vs_detect_every_1"] for r in rounds]
+        per_clip["targets"] = {"default_ratio_0.8": per_clip["default"]["ratio_to_model_only"] >= 0.8,
+                               "no_video_ratio_0.9": per_clip["no_video"]["ratio_to_model_only"] >= 0.9}
     return out
 
 
@@ -166,31 +178,53 @@ def export_model(weights: str, folder: Path, env: dict) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> Path:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default="random")
-    ap.add_argument("--clip", type=Path, help="a video to run on (default: a generated 720p one-face clip)")
+    ap.add_argument("--clip", type=Path, action="append", default=[],
+                    help="a video to run on as well (repeatable), e.g. ../shared/media/demo.mp4")
+    ap.add_argument("--no-generated", action="store_true", help="only the --clip videos, no generated 720p clip")
     ap.add_argument("--frames", type=int, default=149, help="length of the generated clip")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--model-batches", default=MODEL_BATCHES, help="batches of the model-only bench")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if args.no_generated and not args.clip:
+        ap.error("--no-generated needs at least one --clip")
+    return args
+
+
+def clip_labels(args, tmp: Path) -> dict[str, Path]:
+    """{label: video}: the generated clip (`generated_720p`) unless --no-generated, then each --clip by stem."""
+    clips = {} if args.no_generated else {"generated_720p": make_clip(tmp / "clip720p.mp4", args.frames)}
+    for path in args.clip:
+        label = path.stem
+        while label in clips:
+            label += "_"
+        clips[label] = path
+    return clips
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
     started = datetime.now(timezone.utc)
     machine = machine_facts()
     with tempfile.TemporaryDirectory(prefix="emoengine-e2e-") as tmp_name:
         tmp = Path(tmp_name)
         env = {**os.environ, "EMOENGINE_MODELS": str(tmp / "models")}
-        clip = args.clip or make_clip(tmp / "clip720p.mp4", args.frames)
+        clips = clip_labels(args, tmp)
         model = export_model(args.weights, tmp, env)
-        run_e2e(clip, model, tmp / "warm", ["--no-video"], env)   # untimed: first-use costs are not the figure
+        run_e2e(next(iter(clips.values())), model, tmp / "warm", ["--no-video"], env)   # untimed: first-use costs
         t0 = time.perf_counter()
-        rounds = [one_round(i, clip, model, args.weights, env, tmp) for i in range(args.rounds)]
+        rounds = [one_round(i, clips, model, args, env, tmp) for i in range(args.rounds)]
+    generated = f"engine.demo single face, {SIZE_720P[0]}x{SIZE_720P[1]}, {args.frames} frames, 24 fps"
     report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
               "duration_s": round(time.perf_counter() - t0, 1),
-              "config": {"weights": weights_label(args.weights), "model_only": f"emoengine bench --backends ort "
-                         f"--batch {MODEL_BATCHES}", "clip": str(args.clip) if args.clip else
-                         f"engine.demo single face, {SIZE_720P[0]}x{SIZE_720P[1]}, {args.frames} frames, 24 fps",
+              "config": {"weights": weights_label(args.weights),
+                         "model_only": f"emoengine bench --backends ort --batch {args.model_batches}",
+                         "clips": {k: generated if k == "generated_720p" else str(v) for k, v in clips.items()},
                          "runs": {k: ["run", "--model", "M", *v] for k, v in RUNS.items()}},
-              "summary": summarise(rounds), "rounds": rounds}
+              "summary": summarise(rounds, clips), "rounds": rounds}
     print(json.dumps(report["summary"], indent=1))
     return save_report(report, args.json, prefix="e2e-")
 

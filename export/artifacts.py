@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emoengine.errors import UserInputError, notice
+from emoengine.errors import UserInputError, notice, warn_random_weights
 from emoengine.paths import models_dir, sha256_file
 
 
@@ -40,24 +40,61 @@ def onnx_precision(onnx_path: str | os.PathLike) -> str:
 def cached_onnx_for(request) -> Path:
     """Export the request's weights to ONNX once and reuse it:
     models/emonet<C>-<sha12>[-fulltaps][-taps<n>-<hash>].onnx (one artifact per tap set, in any order)."""
+    if (found := _current_export(request)) is not None:
+        return found
     try:
         from emoengine.export.checkpoint import load_emonet
-        from emoengine.export.onnx_export import export_onnx, read_metadata
-        from emoengine.export.taps import taps_tag
+        from emoengine.export.onnx_export import export_onnx
     except ImportError as e:
         raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass --model "
                              "with an exported .onnx") from e
     loaded = load_emonet(request.weights, request.classes)
-    tag = "random" if loaded.is_random else loaded.sha256[:12]
-    taps = sorted(set(request.taps))
-    path = models_dir() / f"emonet{loaded.num_classes}-{tag}{'-fulltaps' if request.full_taps else ''}{taps_tag(taps)}.onnx"
+    path = _export_path(request, loaded.num_classes, "random" if loaded.is_random else loaded.sha256[:12])
     from emoengine import __version__
 
-    stale = path.is_file() and read_metadata(path).get("emoengine_version") != __version__
+    stale = path.is_file() and _exporter_version(path) != __version__
     if stale or not path.is_file():   # a different exporter may have made a different graph
         path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(loaded, path, full_taps=request.full_taps, verify=False, taps=taps)
+        export_onnx(loaded, path, full_taps=request.full_taps, verify=False, taps=sorted(set(request.taps)))
     return path
+
+
+def _export_path(request, num_classes: int, tag: str) -> Path:
+    from emoengine.export.taps import taps_tag
+
+    full = "-fulltaps" if request.full_taps else ""
+    return models_dir() / f"emonet{num_classes}-{tag}{full}{taps_tag(request.taps)}.onnx"
+
+
+def _current_export(request) -> Path | None:
+    """The export cached_onnx_for made earlier, found without PyTorch, whose import alone keeps ~200 MB resident
+    for the whole run: `random` names its file by class count, a checkpoint by its sha256 (the one file of that
+    hash; the class count is checked when the model opens). None: not made yet, or by another emoengine."""
+    from emoengine import __version__
+
+    weights = str(request.weights)
+    if weights == "random":
+        paths = [_export_path(request, request.classes or 8, "random")]
+    elif Path(weights).is_file():
+        tag = sha256_file(weights)[:12]
+        paths = [_export_path(request, c, tag) for c in ((request.classes,) if request.classes else (5, 8))]
+    else:
+        return None
+    found = [path for path in paths if path.is_file()]
+    if len(found) != 1 or _exporter_version(found[0]) != __version__:
+        return None
+    if weights == "random":
+        warn_random_weights()
+    return found[0]
+
+
+def _exporter_version(path: Path) -> str | None:
+    """The emoengine version an export's metadata records (None: unreadable, so it is exported again)."""
+    try:
+        props = load_onnx(path).metadata_props
+    except UserInputError:
+        return None
+    return next((p.value for p in props if p.key == "emoengine_version"), None)
 
 
 def cached_int8_onnx_for(request, calibration_crops: int | None = None, method: str | None = None,

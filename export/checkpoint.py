@@ -8,7 +8,6 @@ because users hand us whatever `.pth` they downloaded. Loading always goes throu
 from __future__ import annotations
 
 import re
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from emoengine import class_names as _class_names
-from emoengine.errors import UserInputError
+from emoengine.errors import UserInputError, warn_random_weights
 from emoengine.export.emonet import EmoNet, random_emonet
 from emoengine.paths import sha256_file
 
@@ -62,8 +61,7 @@ def load_emonet(weights: str | Path, classes: int | None = None, seed: int = 0) 
 
 
 def _load_random(num_classes: int, seed: int) -> LoadedEmoNet:
-    print(f"emoengine: WARNING: --weights random: seeded RANDOM EmoNet weights (seed {seed}); "
-          "its predictions MEAN NOTHING", file=sys.stderr)
+    warn_random_weights(seed)
     model = random_emonet(num_classes, seed)
     return LoadedEmoNet(model, num_classes, _class_names(num_classes), f"random-seed{seed}", "random", True)
 

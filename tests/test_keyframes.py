@@ -128,3 +128,33 @@ def test_carry_moves_known_ids_and_ages_the_others():
     assert tracker.carry(np.array([1]), np.array([[108, 4, 148, 44]])) == [0]   # id 0 missed a third frame
     assert tracker.active_ids == [1]
     assert tracker.update(np.array([[109, 4, 149, 44]], np.float32)).tolist() == [1]
+
+
+BAD_OPTIONS = {
+    "detect_every_0": (["--detect-every", "0"], "--detect-every"),
+    "detect_every_negative": (["--detect-every", "-3"], "--detect-every"),
+    "min_face_under_mtcnn_cell": (["--min-face", "11"], "below mtcnn's smallest face, 12 px"),
+    "min_face_negative": (["--min-face", "-40"], "below mtcnn's smallest face"),
+    "min_face_nan": (["--min-face", "nan"], "--min-face must be a number of pixels"),
+    "min_face_inf": (["--min-face", "inf"], "--min-face must be a number of pixels"),
+    "min_face_under_scrfd_anchor": (["--detector", "scrfd", "--min-face", "4"], "below scrfd's smallest face"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_detection_options_exit_2_with_one_line(case, tmp_path, capsys):
+    """Refused before anything is opened or written: exit 2, one line on stderr, no traceback."""
+    from emoengine.cli.main import main
+
+    extra, expected = BAD_OPTIONS[case]
+    image, out = tmp_path / "frame.png", tmp_path / "out"
+    cv2.imwrite(str(image), background())
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(image), "--weights", "random", "--out", str(out), *extra])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert exc.value.code == 2, captured.err
+    assert len(lines) == 1 and lines[0].startswith("emoengine: error: "), captured.err
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert not out.exists()

@@ -303,3 +303,31 @@ def test_video_without_faces_still_yields_every_contract_file(tmp_path, random_o
             assert max(int(f.to_ndarray(format="rgb24").max()) for f in c.decode(video=0)) <= 2, video
     s = json.loads((out / "summary.json").read_text())
     assert (s["frames"], s["frames_with_face"], s["faces"]) == (10, 0, 0)
+
+
+OPEN_BY_WEIGHTS = """
+import sys
+from emoengine.engine.emonet_model import open_emonet
+for weights in sys.argv[1:]:
+    model = open_emonet("ort", weights=weights, max_batch=1)
+    print(len(model.class_names), model.is_random)
+    model.close()
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_a_cached_export_opens_without_importing_torch(tmp_path, golden_pth_8):
+    """`--weights` exports once; later runs find that export by name and hash, and never pay PyTorch's ~200 MB
+    resident (the memory budget of `emoengine demo`); random weights still say they are random."""
+    import os
+
+    env = {**os.environ, "EMOENGINE_MODELS": str(tmp_path / "models")}
+    runs = [subprocess.run([sys.executable, "-c", OPEN_BY_WEIGHTS, "random", str(golden_pth_8)], capture_output=True,
+                           text=True, env=env, timeout=600) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[:2] == ["8 True", "8 False"], r.stdout
+        assert "RANDOM EmoNet weights" in r.stderr
+    assert runs[0].stdout.splitlines()[-1] == "torch imported: True"    # the first run exported both
+    assert runs[1].stdout.splitlines()[-1] == "torch imported: False", runs[1].stdout
+    assert len(list((tmp_path / "models").glob("*.onnx"))) == 2

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from emoengine.errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,14 @@ class FaceDetector(Protocol):
     def detect(self, frames: Sequence[np.ndarray]) -> list[Faces]: ...
 
     def close(self) -> None: ...
+
+
+def checked_min_face(value: float, smallest: float, detector: str, why: str = "") -> float:
+    """`--min-face` in frame pixels, or one UserInputError line: not a finite number (nan would silently mean
+    the smallest, inf would find nothing), or below the smallest face `detector` can find at all."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise UserInputError(f"--min-face must be a number of pixels, not {value}")
+    if value < smallest:
+        raise UserInputError(f"--min-face {value:g} is below {detector}'s smallest face, {smallest:g} px{why}")
+    return value

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from emoengine.engine.backends import OrtRunner
-from emoengine.engine.detectors.base import Faces
+from emoengine.engine.detectors.base import Faces, checked_min_face
 from emoengine.engine.detectors.mtcnn_graphs import NET_NAMES, mtcnn_models
 from emoengine.engine.detectors.nms import clip_boxes, ensure_rgb, nms, square_boxes
 from emoengine.errors import UserInputError
@@ -101,13 +101,11 @@ class MTCNNDetector:
         """weights_dir: a folder with pnet/rnet/onet.lz4 (default: the mtcnn wheel's). min_face_size is in frame
         pixels. The working image is the frame downscaled to long side <= max_side; there a face shrinks with the
         frame, and none under 12 px can be found (in a 4K frame at max_side 1280: none under 38 frame pixels)."""
-        if min_face_size < PNET_CELL:
-            raise UserInputError(f"--min-face {min_face_size:g} is below mtcnn's smallest face, {PNET_CELL} px "
-                                 "(P-Net's cell)")
+        min_face_size = checked_min_face(min_face_size, PNET_CELL, "mtcnn", " (P-Net's cell)")
         if not 0 < scale_factor < 1 or max_side < PNET_CELL or len(thresholds) != 3:
             raise UserInputError("mtcnn needs 0 < scale_factor < 1, max_side >= 12 and three thresholds (P-, R-, "
                                  "O-Net)")
-        self.min_face_size, self.scale_factor = float(min_face_size), float(scale_factor)
+        self.min_face_size, self.scale_factor = min_face_size, float(scale_factor)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.max_side, self.max_batch = int(max_side), int(max_batch)
         models = mtcnn_models(str(weights_dir) if weights_dir else None)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from emoengine.engine.backends import OrtRunner
-from emoengine.engine.detectors.base import Faces
+from emoengine.engine.detectors.base import Faces, checked_min_face
 from emoengine.engine.detectors.nms import clip_boxes, ensure_rgb, nms
 from emoengine.errors import UserInputError
 
@@ -104,10 +104,7 @@ class SCRFDDetector:
                  score_threshold: float = 0.5, nms_threshold: float = 0.4, min_face_size: float = MIN_FACE_PX) -> None:
         """input_size is (W, H), used when the model's input size is dynamic; a fixed model size wins.
         min_face_size (frame pixels): smaller detections are dropped."""
-        if min_face_size < self.MIN_FACE_PX:
-            raise UserInputError(f"--min-face {min_face_size:g} is below scrfd's smallest face, "
-                                 f"{self.MIN_FACE_PX:g} px")
-        self.min_face = float(min_face_size)
+        self.min_face = checked_min_face(min_face_size, self.MIN_FACE_PX, "scrfd")
         self.model_path = find_scrfd_model(model_path)
         self.runner = OrtRunner(self.model_path, providers=providers, threads=threads)
         self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)

@@ -32,3 +32,8 @@ def notice(message: str) -> None:
     import sys
 
     print(f"emoengine: {message}", file=sys.stderr, flush=True)
+
+
+def warn_random_weights(seed: int = 0) -> None:
+    """What loading `--weights random` says, also where a cached export of those weights is reused instead."""
+    notice(f"WARNING: --weights random: seeded RANDOM EmoNet weights (seed {seed}); its predictions MEAN NOTHING")
