@@ -28,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "benchmarks" / "pythonpath"
+# the command the README gives for the lent machine's `run` (run from the repository root; carries nothing)
+RUN_COMMAND = "PYTHONUNBUFFERED=1 PYTHONPATH=benchmarks/pythonpath python3 benchmarks/device_check"
 GPU_TESTS = ("tests/test_gpu_backends.py", "tests/test_trt.py")
 DEADLINE_S = 330.0
 TESTS_S = 110.0

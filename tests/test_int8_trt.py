@@ -13,8 +13,9 @@ from emoengine.export.int8_search import search_keep_float
 
 
 @pytest.fixture(scope="module")
-def trt_int8(tmp_path_factory, cli):
+def trt_int8(tmp_path_factory, cli, requires):
     """The real command once: everything int8 is acceptable at --min-agreement 0, so the search tries one recipe."""
+    requires("mtcnn", "insightface")   # calibration crops: MTCNN's faces in the shipped photos
     cwd = tmp_path_factory.mktemp("int8trt")
     out = cwd / "q" / "emonet8-trt.onnx"
     result = cli("export", "--weights", "random", "--precision", "int8", "--target", "trt", "--calibration-crops",
@@ -54,8 +55,9 @@ def test_trt_int8_has_only_signed_int8_qdq_with_zero_points_0_and_float_biases(t
     assert convs and all(init[n.input[2]].dtype == np.float32 for n in convs if n.input[2] in init)
 
 
-def test_ort_int8_keeps_u8s8_with_zero_points(tmp_path):
+def test_ort_int8_keeps_u8s8_with_zero_points(tmp_path, requires):
     """The ONNX Runtime flavour of the same fp32 model stays U8S8 (its fast path): uint8 activations."""
+    requires("mtcnn", "insightface")
     from emoengine.export.checkpoint import load_emonet
     from emoengine.export.onnx_export import export_onnx
     from emoengine.export.quantize import quantize_int8
