@@ -142,10 +142,9 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
                   calibration_crops: int = DEFAULT_CALIBRATION_CROPS, method: str = DEFAULT_METHOD,
                   keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT,
                   calibration_cache: str | os.PathLike | None = None, ops: str = DEFAULT_OPS,
-                  flavour: str = DEFAULT_FORMAT, search: dict | None = None) -> Int8Report:
-    """Quantise an exported fp32 EmoNet to a QDQ int8 model of `flavour` (INT8_FORMATS) at `output`
-    (written under a temporary name first); `search` (how keep_float was chosen, export.int8_search) goes into
-    the recipe in the metadata.
+                  flavour: str = DEFAULT_FORMAT) -> Int8Report:
+    """Quantise an exported fp32 EmoNet to a QDQ int8 model of `flavour` (INT8_FORMATS) at `output` (written
+    under a temporary name first).
 
     `calibration_cache` (default: `<output stem>.calib-<ops>-<method><crops>.json`) holds the activation ranges: when
     it exists it is reused, so the same recipe gives the same model without recalibrating.
@@ -174,8 +173,7 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
         _quantize_static(pre, temp, fp32_path, cache, calibration_crops, method, ops, excluded,
                          INT8_FORMATS[flavour])
         recipe = {"format": INT8_FORMATS[flavour].describe, "flavour": flavour, "method": method,
-                  "calibration_crops": calibration_crops, "keep_float": list(keep_float), "quantized_ops": ops,
-                  **({"search": search} if search else {})}
+                  "calibration_crops": calibration_crops, "keep_float": list(keep_float), "quantized_ops": ops}
         metadata.update(precision="int8", int8_recipe=json.dumps(recipe))
         _set_metadata(temp, metadata)
         os.replace(temp, output)
@@ -222,6 +220,27 @@ def _quantize_static(pre: Path, temp: Path, fp32_path: Path, cache: Path, calibr
             extra_options=dict(fmt.extra_options), **kwargs)
     finally:
         root.setLevel(level)
+
+
+def record_search(report: Int8Report, search: dict, output: Path) -> Int8Report:
+    """A searched recipe's model (export.int8_search made it in a scratch folder), its recipe metadata noting the
+    search, moved to `output` (under a temporary name first: the final name appears only when complete)."""
+    import dataclasses
+    import shutil
+
+    recipe = {**json.loads(report.metadata["int8_recipe"]), "search": search}
+    metadata = {**report.metadata, "int8_recipe": json.dumps(recipe)}
+    _set_metadata(report.path, metadata)
+    output = Path(output)
+    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        shutil.move(report.path, temp)
+        os.replace(temp, output)
+    except OSError as e:
+        raise UserInputError(f"cannot write {output}: {e.strerror or e}") from e
+    finally:
+        temp.unlink(missing_ok=True)
+    return dataclasses.replace(report, path=output, metadata=metadata)
 
 
 def _set_metadata(path: Path, metadata: dict[str, str]) -> None:

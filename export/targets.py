@@ -232,40 +232,42 @@ def _int8_step(request: ExportRequest, loaded, source: Path, target: Path, say, 
     from emoengine.export.quantize import parse_keep_float, quantize_int8
 
     flavour = INT8_STEPS[step]
-    keep, search = parse_keep_float(request.keep_float), None
     if request.min_agreement is not None:
-        keep, search = choose_keep_float(request, source, target, flavour, say)
-    report = quantize_int8(source, target, request.calibration_crops, request.calibration_method, keep,
-                           flavour=flavour, search=search)
+        report = choose_keep_float(request, source, target, flavour, say)
+    else:
+        report = quantize_int8(source, target, request.calibration_crops, request.calibration_method,
+                               parse_keep_float(request.keep_float), flavour=flavour)
     extra = {"agreement": int8_agreement(source, report.path, AGREEMENT_CROPS)} if request.verify else {}
     return Exported(step, report.path, report, extra=extra)
 
 
-def choose_keep_float(request: ExportRequest, source: Path, target: Path, flavour: str, say) -> tuple[tuple, dict]:
+def choose_keep_float(request: ExportRequest, source: Path, target: Path, flavour: str, say):
     """--min-agreement: the layer groups kept in float, searched on the calibration crops (export.int8_search),
-    each candidate quantised into a scratch folder with the calibration ranges shared; (groups, the record)."""
+    each candidate quantised into a scratch folder with the calibration ranges shared; the chosen one, its
+    recipe noting the search, becomes `target` (its Int8Report)."""
     from emoengine.export.face_crops import CALIBRATION_SEED, face_crops
     from emoengine.export.int8_search import AgreementCheck, search_keep_float, search_record
-    from emoengine.export.quantize import quantize_int8
+    from emoengine.export.quantize import quantize_int8, record_search
 
     n = request.calibration_crops
     check = AgreementCheck.against_model(source, face_crops(n, seed=CALIBRATION_SEED))
     cache = target.with_name(f"{target.stem}.calib-conv-{request.calibration_method}{n}.json")
     say(f"choosing the layers kept in float for top-1 agreement >= {request.min_agreement:.1%} on {n} "
         "calibration crops...")
+    target.parent.mkdir(parents=True, exist_ok=True)   # the shared calibration cache goes beside the model
+    reports = {}
     with tempfile.TemporaryDirectory(prefix="emoengine-int8-search-") as tmp:
-        target.parent.mkdir(parents=True, exist_ok=True)   # the shared calibration cache goes beside the model
-
         def make(keep: tuple[str, ...]) -> Path:
             out = Path(tmp) / f"{'+'.join(keep) or 'none'}.onnx"
-            return quantize_int8(source, out, n, request.calibration_method, keep, calibration_cache=cache,
-                                 flavour=flavour).path
+            reports[keep] = quantize_int8(source, out, n, request.calibration_method, keep, calibration_cache=cache,
+                                          flavour=flavour)
+            return out
 
         best, trials = search_keep_float(make, check, request.min_agreement, say=say)
-    if best.agreement < request.min_agreement:
-        say(f"no recipe reaches {request.min_agreement:.1%}: the best, {best.agreement:.1%}, keeps "
-            f"{', '.join(best.keep_float) or 'nothing'} in float")
-    return best.keep_float, search_record(best, trials, request.min_agreement, n)
+        if best.agreement < request.min_agreement:
+            say(f"no recipe reaches {request.min_agreement:.1%}: the best, {best.agreement:.1%}, keeps "
+                f"{', '.join(best.keep_float) or 'nothing'} in float")
+        return record_search(reports[best.keep_float], search_record(best, trials, request.min_agreement, n), target)
 
 
 def _engine_step(request: ExportRequest, loaded, source: Path, target, say) -> Exported:

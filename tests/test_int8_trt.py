@@ -19,7 +19,7 @@ def trt_int8(tmp_path_factory, cli, requires):
     cwd = tmp_path_factory.mktemp("int8trt")
     out = cwd / "q" / "emonet8-trt.onnx"
     result = cli("export", "--weights", "random", "--precision", "int8", "--target", "trt", "--calibration-crops",
-                 "4", "--min-agreement", "0", "-o", str(out), cwd=cwd)
+                 "4", "--min-agreement", "0", "-o", str(out), cwd=cwd, timeout=1200)   # minutes on a busy machine
     assert result.returncode == 0, result.stderr
     return result, out
 
