@@ -110,16 +110,16 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
                              f"not {request.precision!r}")
     _check_int8_options(request)
     runtime = target_runtime(request)
+    target = TARGETS.get((request.precision, runtime, request.trt))
+    if target is None:   # options that contradict each other, whatever is installed
+        raise UserInputError(f"--trt builds a TensorRT engine: drop --target {runtime} (the engine's ONNX is made "
+                             "for TensorRT)")
     if request.trt:
         from emoengine.export.trt_engine import require_tensorrt
 
         if request.max_batch < 1:
             raise UserInputError(f"--max-batch must be at least 1, not {request.max_batch}")
-        require_tensorrt()   # first: without TensorRT nothing else matters
-    target = TARGETS.get((request.precision, runtime, request.trt))
-    if target is None:
-        raise UserInputError(f"--trt builds a TensorRT engine: drop --target {runtime} (the engine's ONNX is made "
-                             "for TensorRT)")
+        require_tensorrt()   # then: without TensorRT nothing else matters
     steps = target.from_onnx if request.onnx is not None else target.from_weights
     if steps is None:
         raise UserInputError(target.no_onnx if request.onnx is not None else target.no_weights)

@@ -1,6 +1,7 @@
 """`export --precision int8 --target trt`: the QDQ model TensorRT builds (signed int8, every zero point 0, float
 biases), checked with `onnx` on the CPU and run by ONNX Runtime CPU; `--min-agreement` and its recorded recipe;
-the greedy search itself on made-up agreements. Random weights, 4 calibration crops (the default is 64)."""
+the greedy search itself on made-up agreements. Random weights, 4 calibration crops (the default is 64). Bad
+--target and --min-agreement values: tests/test_bench.py's table of bad export options."""
 
 from __future__ import annotations
 
@@ -93,27 +94,6 @@ def test_min_agreement_records_the_recipe_in_the_metadata(trt_int8):
     assert search["tried"] == [{"keep_float": [], "top1_agreement": search["top1_agreement"]}]
     assert "float layers chosen for top-1 agreement >= 0.0%" in " ".join(result.stdout.split())
     assert sorted(p.name for p in out.parent.iterdir()) == ["emonet8-trt.calib-conv-minmax4.json", out.name]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--precision", "int8", "--min-agreement", "1.5"], "between 0 and 1"),
-    (["--precision", "int8", "--min-agreement", "-0.1"], "between 0 and 1"),
-    (["--precision", "int8", "--min-agreement", "x"], "min-agreement"),
-    (["--precision", "fp16", "--min-agreement", "0.9"], "add --precision int8"),
-    (["--precision", "int8", "--min-agreement", "0.9", "--keep-float", "fc"], "not both"),
-    (["--precision", "int8", "--target", "tpu"], "--target must be ort or trt"),
-    (["--precision", "int8", "--target", "ort", "--trt"], ""),   # TensorRT missing here, or the wrong target
-])
-def test_bad_int8_target_options_exit_2_with_one_line(args, message, tmp_path, monkeypatch, capsys):
-    from emoengine.cli.main import main
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        main(["export", "--weights", "random", *args])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-    assert list(tmp_path.iterdir()) == []
 
 
 # -- the search on made-up agreements ----------------------------------------------------------------------------
