@@ -259,6 +259,31 @@ def test_with_a_fake_tensorrt_stale_engines_are_rebuilt_before_any_deserializati
     assert events == []
 
 
+def test_with_a_fake_tensorrt_trt_int8_builds_from_the_symmetric_qdq_model_of_its_weights(fake_tensorrt, tmp_path,
+                                                                                          monkeypatch, requires):
+    """`trt:int8` with --weights quantises in TensorRT's flavour by itself (zero points 0), cached apart from
+    ort-int8's U8S8 model, and builds its engine from that file."""
+    requires("mtcnn", "insightface")   # calibration crops
+    import onnx
+    from onnx import numpy_helper
+
+    from emoengine.export import quantize
+
+    monkeypatch.setattr(quantize, "DEFAULT_CALIBRATION_CROPS", 2)   # the default is 64
+    open_trt("trt:int8", weights="random", max_batch=4)
+    models = tmp_path / "models"
+    (qdq,) = [p for p in models.glob("*-int8*.onnx")]
+    assert qdq.name.endswith("-int8conv-minmax2-float-emotion-s8s8.onnx")
+    (engine,) = models.glob("*.engine")
+    assert fake_tensorrt.events == [("build", engine.name), ("deserialize", engine.name)]
+    assert engine.name.startswith(qdq.stem + "-int8-b4-")   # built from the symmetric QDQ model
+    model = onnx.load(str(qdq))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [init[n.input[2]] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+
+
 # --- with TensorRT 10/11 and a GPU: real engines ---------------------------------------------------------------
 
 
