@@ -7,7 +7,7 @@ torch.compile (mode `default`) at batches 1/8/64/256, then ort-cuda and trt wher
 backend cannot run here are left out; the order is the priority, so a time budget cuts the tail. Every row is
 warmed up for a second before it is timed, so the baseline is not measured on a cold GPU. Parity crops: the
 golden crops where the golden data is found, synthetic ones otherwise; timing crops: synthetic. The results are
-written after every spec to benchmarks/results/gpu-bench-<device>-<date>.json (and failed rows' tracebacks to
+written after every row to benchmarks/results/gpu-bench-<device>-<date>.json (and failed rows' tracebacks to
 the .log beside it), so a run cut short keeps its numbers. Nothing here has run on a GPU yet.
 """
 

@@ -8,7 +8,7 @@ total deadline (default 330 s, so that the whole command ends inside 6 minutes o
    JUnit file go to the output folder;
 3. the reduced bench (benchmarks/gpu_bench.py `--plan reduced`: torch-cuda fp32 as the warm baseline, fp16,
    bf16, CUDA graphs and torch.compile at batches 1/8/64/256, each row with its own parity), which writes its JSON
-   after every spec and is killed at the deadline, so what it measured stays.
+   after every row and is killed at the deadline, so what it measured stays.
 Everything goes to one JSON, gpu-bench-<device>-<date>.json, in the output folder ($OUT, else
 benchmarks/results): the bench's report with a `device_check` section added. Without CUDA it exits 2 at once with
 one line ("no CUDA: ...").

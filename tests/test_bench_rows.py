@@ -149,8 +149,10 @@ def test_a_variant_wrong_at_one_batch_size_fails_parity_at_that_batch_only(torch
 
 def test_every_row_of_a_plan_has_its_own_parity_and_first_call_time(torch_cpu):
     _, crops, reference = torch_cpu
+    seen = []
     result = measure.run_plan("random", [("torch", (1, 3))], BenchSettings(runs=1, min_time_s=0.0, warmup=0),
-                              crops, crops, reference)
+                              crops, crops, reference, on_row=lambda rows: seen.append(len(rows)))
+    assert seen[:2] == [1, 2]   # written after every row: a run killed in a long (compiling) spec keeps its rows
     assert [(r["backend"], r["batch"], r["status"]) for r in result.rows] == [("torch", 1, "ok"), ("torch", 3, "ok")]
     assert [r["parity"]["rows"] for r in result.rows] == [4, 6]
     assert all(r["parity"]["pass"] and r["first_call_s"] > 0 and r["device"] == "cpu" for r in result.rows)
