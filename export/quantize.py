@@ -4,12 +4,14 @@
 Two QDQ flavours (INT8_FORMATS), one per runtime (engine.backends.EXPORT_TARGETS). `u8s8` for ONNX Runtime (its
 CPU fast path on x86, fused into QLinearConv): uint8 activations with zero points, int8 weights, int32 bias
 DequantizeLinear. `s8s8` for TensorRT (its explicit quantization refuses non-zero zero points): signed int8
-activations and weights, symmetric (every zero point 0), biases left in float. Common to both: int8 weights quantised per output channel, `reduce_range` off (VNNI does not overflow), only
-Conv and Gemm quantised (quantising the pre-activation BatchNorms, adds and concats as well was both slower and
-less accurate here: every float BatchNorm between two quantised tensors costs a DequantizeLinear/QuantizeLinear
-pair and a layout change), activation ranges calibrated on varied face crops (export.face_crops) and cached as
-JSON next to the model so that a re-export is repeatable. Layer groups that lose too much accuracy stay in float
-(`keep_float`); benchmarks/int8_frontier.py measures the speed/agreement trade-off per group.
+activations and weights, symmetric (every zero point 0), biases left in float. Common to both: int8 weights
+quantised per output channel, `reduce_range` off (VNNI does not overflow), only Conv and Gemm quantised
+(quantising the pre-activation BatchNorms, adds and concats as well was both slower and less accurate here: every
+float BatchNorm between two quantised tensors costs a DequantizeLinear/QuantizeLinear pair and a layout change),
+activation ranges calibrated on varied face crops (export.face_crops) and cached as JSON next to the model so that
+a re-export is repeatable (one cache serves both flavours). Layer groups that lose too much accuracy stay in float
+(`keep_float`, or chosen by measurement: export.int8_search); benchmarks/int8_frontier.py measures the
+speed/agreement trade-off per group.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every export is a chain of steps over one artifact: `onnx` (the checkpoint exported to fp32 ONNX and verified
 against PyTorch), then `fp16` (converted, fp32 kept where measured necessary) or `int8` (static QDQ calibrated
-on face crops: `int8` in ONNX Runtime's U8S8 flavour, `int8-trt` in TensorRT's symmetric S8S8 one), then
+on face crops: `int8-u8s8` for ONNX Runtime, `int8-s8s8`, symmetric, for TensorRT), then
 `engine` (a TensorRT engine, cached per GPU and TensorRT version). A request's precision, `--target` (which
 runtime the ONNX is for: ort, or trt, the default with `--trt`) and `--trt` pick a row of TARGETS; `--onnx FILE`
 enters the chain after the `onnx` step. The CLI only parses into an ExportRequest and prints the reports this
@@ -91,6 +91,8 @@ INT8_STEPS = {step: step.removeprefix("int8-") for t in TARGETS.values() for ste
 # the file name each step's output takes after `emonet<C>[-random]` (from --onnx: after the given file's stem);
 # ONNX Runtime's flavour keeps the name int8 models always had
 SUFFIXES = {"onnx": ".onnx", "fp16": ".fp16.onnx", "int8-u8s8": "-int8.onnx", "int8-s8s8": "-int8-s8s8.onnx"}
+
+
 @dataclass
 class Exported:
     """What one step wrote: the step, the file, the step's own report, and whether the file was a temporary."""
