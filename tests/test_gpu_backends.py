@@ -78,7 +78,8 @@ def test_info_lists_cached_engines_with_what_they_were_built_for(cli, tmp_path):
 
 @pytest.mark.skipif(AVAILABLE["torch-cuda"] is None, reason="a CUDA GPU is usable here: nothing to refuse")
 @pytest.mark.parametrize("backend", ["torch-cuda", "torch-cuda:fp16+compile", "ort-cuda:cudagraph"])
-def test_gpu_backends_without_a_gpu_exit_2_with_one_line(cli, tmp_path, backend):
+def test_gpu_backends_without_a_gpu_exit_2_with_one_line(cli, tmp_path, backend, requires):
+    requires("cv2")
     import cv2
 
     image = tmp_path / "face.png"
