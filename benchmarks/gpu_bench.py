@@ -7,7 +7,7 @@ torch.compile (mode `default`) at batches 1/8/64/256, then ort-cuda and trt wher
 backend cannot run here are left out; the order is the priority, so a time budget cuts the tail. Every row is
 warmed up for a second before it is timed, so the baseline is not measured on a cold GPU. Parity crops: the
 golden crops where the golden data is found, synthetic ones otherwise; timing crops: synthetic. The results are
-written after every spec to benchmarks/results/gpu-bench-<device>-<date>.json (and failed rows' tracebacks to
+written after every row to benchmarks/results/gpu-bench-<device>-<date>.json (and failed rows' tracebacks to
 the .log beside it), so a run cut short keeps its numbers. Nothing here has run on a GPU yet.
 """
 
@@ -40,6 +40,10 @@ GPU_PLAN: tuple[PlanRow, ...] = (
     ("torch-cuda:fp16+channels_last+compile+cudagraph", (1, 256)),   # reduce-overhead: compiles again, last
 )
 GPU_SETTINGS = BenchSettings(runs=5, min_time_s=1.0, warmup=3, warmup_s=1.0, budget_s=300.0)
+# benchmarks/device_check's plan: what the lent machine can run (PyTorch CUDA alone; no onnxruntime-gpu, no
+# TensorRT), every variant at every batch, each row >= 1 s after >= 1 s of warm-up
+PLANS = {"full": GPU_PLAN, "reduced": tuple(row for row in GPU_PLAN if row[0].startswith("torch-cuda")
+                                                and "compile+cudagraph" not in row[0])}
 
 
 def plan(available: dict[str, str | None], table: tuple[PlanRow, ...] = GPU_PLAN) -> list[PlanRow]:
@@ -89,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=GPU_SETTINGS.budget_s,
                         help="open no new backend spec after this many seconds")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full", help="reduced: benchmarks/device_check's")
     parser.add_argument("--dry-run", action="store_true", help="print the plan for this machine and exit")
     args = parser.parse_args(argv)
 
     from emoengine.engine.backends import availability, parse_backend
 
     available = availability()
-    steps = plan(available)
+    steps = plan(available, PLANS[args.plan])
     if args.dry_run:
         for spec, batches in steps:
             print(f"{spec:<50} batches {', '.join(map(str, batches))}")

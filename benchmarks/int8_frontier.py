@@ -7,6 +7,12 @@ in models/, calibration shared), measures expression top-1 agreement and the oth
 fp32 PyTorch reference on the bench's face crops, and times it at batch 1 and 8 (faces/s, plus CPU-ms per face,
 which stays meaningful when other processes share the cores). The fp32 ORT model and torch batch 1 are timed in
 the same run for scale.
+
+    ... --min-agreement 0.97 [--flavour s8s8]
+
+walks the frontier instead of the fixed RECIPES: the greedy search `emoengine export --min-agreement` runs
+(export.int8_search, the same code), judged here against the PyTorch reference on the bench's crops, then times
+the recipe it chose.
 """
 
 from __future__ import annotations
@@ -79,6 +85,45 @@ def torch_reference_and_speed(args, crops: np.ndarray) -> tuple[dict, dict | Non
     return reference, torch_b1
 
 
+def search_frontier(args, request, crops: np.ndarray, reference: dict) -> tuple[tuple[str, ...], dict]:
+    """export --min-agreement's greedy search (export.int8_search), judged against the PyTorch reference."""
+    from emoengine.export.artifacts import cached_int8_onnx_for
+    from emoengine.export.int8_search import AgreementCheck, search_keep_float
+
+    check = AgreementCheck(crops[:args.parity_inputs], reference)
+    best, trials = search_keep_float(
+        lambda keep: cached_int8_onnx_for(request, keep_float=keep, calibration_crops=args.calibration_crops,
+                                          flavour=args.flavour),
+        check, args.min_agreement, say=lambda msg: print(msg, flush=True))
+    return best.keep_float, {"min_agreement": args.min_agreement, "flavour": args.flavour,
+                             "met": best.agreement >= args.min_agreement, "tried": [t.summary() for t in trials]}
+
+
+def recipe_row(args, request, recipe, crops, reference, batches, torch_b1, fp32) -> dict:
+    """One recipe's model (made once, cached in models/), its parity and speed."""
+    from emoengine.engine.backends import OrtRunner
+    from emoengine.export.artifacts import cached_int8_onnx_for
+    from emoengine.export.quantize import recipe_tag
+
+    keep, ops, method = recipe
+    t0 = time.perf_counter()
+    path = cached_int8_onnx_for(request, keep_float=keep, ops=ops, method=method,
+                                calibration_crops=args.calibration_crops, flavour=args.flavour)
+    made_s = time.perf_counter() - t0
+    with OrtRunner(path) as runner:
+        row = measure(runner, crops, reference, args.parity_inputs, args.runs, batches)
+    best = max(row[f"b{b}"]["faces_per_s"] for b in batches)
+    row.update(recipe=recipe_tag(args.calibration_crops, method, keep, ops, args.flavour), keep_float=list(keep),
+               ops=ops, method=method, make_s=round(made_s, 1), best_faces_per_s=best,
+               speedup_vs_torch_b1=round(best / torch_b1["faces_per_s"], 3) if torch_b1 else None,
+               speedup_vs_ort_fp32_cpu=round(fp32["cpu_ms_per_face_b1"] / row["cpu_ms_per_face_b1"], 3),
+               meets_top1=row["parity"]["top1_agreement"] >= INT8_TOP1_TARGET)
+    print(f"{row['recipe']:>48}: top-1 {row['parity']['top1_agreement']:.1%}, best {best:.2f} faces/s "
+          f"({row['speedup_vs_torch_b1']}x torch b1), {row['cpu_ms_per_face_b1']} CPU-ms/face "
+          f"({row['speedup_vs_ort_fp32_cpu']:.2f}x ort fp32 work)", flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True)
@@ -89,11 +134,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--only", type=int, nargs="*", help="indices into RECIPES (default: all)")
     ap.add_argument("--reference-cache", type=Path, help="npz of the torch reference outputs (reused if present)")
     ap.add_argument("--no-torch-timing", action="store_true")
+    ap.add_argument("--min-agreement", type=float, help="search the frontier for this top-1 agreement instead")
+    ap.add_argument("--flavour", default="u8s8", help="QDQ flavour (export.quantize.INT8_FORMATS)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     from emoengine.engine.backends import OrtRunner, request_for
-    from emoengine.export.artifacts import cached_int8_onnx_for, cached_onnx_for
-    from emoengine.export.quantize import recipe_tag
+    from emoengine.export.artifacts import cached_onnx_for
 
     request = request_for("ort", weights=args.weights)
     batches = [int(b) for b in args.batches.split(",")]
@@ -105,33 +151,19 @@ def main(argv: list[str] | None = None) -> Path:
         fp32 = measure(runner, crops, reference, args.parity_inputs, args.runs, batches, "fp32")
     print(f"ort fp32 b1 {fp32['b1']['faces_per_s']:.2f} faces/s, {fp32['cpu_ms_per_face_b1']} CPU-ms/face", flush=True)
 
-    rows = []
-    for i, (keep, ops, method) in enumerate(RECIPES):
-        if args.only and i not in args.only:
-            continue
-        t0 = time.perf_counter()
-        path = cached_int8_onnx_for(request, keep_float=keep, ops=ops, method=method,
-                                    calibration_crops=args.calibration_crops)
-        made_s = time.perf_counter() - t0
-        with OrtRunner(path) as runner:
-            row = measure(runner, crops, reference, args.parity_inputs, args.runs, batches)
-        best = max(row[f"b{b}"]["faces_per_s"] for b in batches)
-        row.update(recipe=recipe_tag(args.calibration_crops, method, keep, ops), keep_float=list(keep), ops=ops,
-                   method=method, make_s=round(made_s, 1), best_faces_per_s=best,
-                   speedup_vs_torch_b1=round(best / torch_b1["faces_per_s"], 3) if torch_b1 else None,
-                   speedup_vs_ort_fp32_cpu=round(fp32["cpu_ms_per_face_b1"] / row["cpu_ms_per_face_b1"], 3),
-                   meets_top1=row["parity"]["top1_agreement"] >= INT8_TOP1_TARGET)
-        rows.append(row)
-        print(f"{row['recipe']:>48}: top-1 {row['parity']['top1_agreement']:.1%}, best {best:.2f} faces/s "
-              f"({row['speedup_vs_torch_b1']}x torch b1), {row['cpu_ms_per_face_b1']} CPU-ms/face "
-              f"({row['speedup_vs_ort_fp32_cpu']:.2f}x ort fp32 work)", flush=True)
+    recipes = [r for i, r in enumerate(RECIPES) if not args.only or i in args.only]
+    search = None
+    if args.min_agreement is not None:
+        keep, search = search_frontier(args, request, crops, reference)
+        recipes = [(keep, "conv", "minmax")]
+    rows = [recipe_row(args, request, recipe, crops, reference, batches, torch_b1, fp32) for recipe in recipes]
     report = {
         "machine": machine, "date": started.isoformat(timespec="seconds"),
         "config": {"weights": weights_label(args.weights),
                    "parity_inputs": args.parity_inputs, "runs": args.runs, "batches": batches,
                    "calibration_crops": args.calibration_crops, "int8_top1_target": INT8_TOP1_TARGET,
                    "reference_logit_margin": margin_summary(logit_margins(reference["expression"]))},
-        "torch_b1": torch_b1, "ort_fp32": fp32, "recipes": rows,
+        "torch_b1": torch_b1, "ort_fp32": fp32, "recipes": rows, "search": search,
     }
     return save_report(report, args.json, prefix="int8-frontier-")
 

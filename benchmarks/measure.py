@@ -153,7 +153,7 @@ def run_plan(weights: str, plan: list[PlanRow], settings: BenchSettings, crops: 
              parity_crops: np.ndarray, reference: dict[str, np.ndarray] | None, progress=None,
              on_row=None) -> PlanResult:
     """Every spec of the plan at each of its batch sizes (see the module docstring); `on_row(rows)` after each
-    spec, so that a run cut short keeps what it measured."""
+    row and each spec, so that a run cut short keeps what it measured."""
     from emoengine.engine.backends import backend_row, parse_backend
     from emoengine.engine.emonet_model import open_emonet
 
@@ -188,6 +188,9 @@ def run_plan(weights: str, plan: list[PlanRow], settings: BenchSettings, crops: 
                 say(f"{options.label}: batch {b}")
                 result.rows.append({**base, "batch": b, **measure_batch(
                     model.runner, crops, parity_crops, reference, b, options.precision, settings), **meta})
+                if on_row:   # every row as it is measured: a run killed in a long spec (compiling) keeps it
+                    add_speedups(result.rows)
+                    on_row(result.rows)
         except Exception as e:  # failing while running is reported too
             done = {r["batch"] for r in result.rows if r["backend"] == base["backend"]}
             _failed(result, base, [b for b in batches if b not in done], "failed while running", e)

@@ -21,8 +21,10 @@ def export_command(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (fp32 kept where measured necessary) | "
-                                  "int8 (static QDQ calibrated on face crops, for ort-int8; with --trt: an engine "
-                                  "from the QDQ model given by --onnx)."),
+                                  "int8 (static QDQ calibrated on face crops, in the flavour --target runs)."),
+    target: str | None = typer.Option(None, "--target", help="The runtime the ONNX is for: ort (int8: U8S8, ONNX "
+                                      "Runtime's CPU fast path) or trt (int8: symmetric S8S8, zero points 0, float "
+                                      "bias, what TensorRT builds). Default: ort; trt with --trt."),
     trt: bool = typer.Option(False, "--trt", help="Also build the TensorRT engine (cached in models/, keyed by GPU, "
                              "TensorRT version and ONNX sha256)."),
     max_batch: int = typer.Option(64, "--max-batch", help="With --trt: the engine takes batches 1..N."),
@@ -33,6 +35,9 @@ def export_command(
                                              "or entropy (these two hold ~0.5 GB per calibration crop in memory)."),
     keep_float: str | None = typer.Option(None, "--keep-float", help="int8: layer groups left in float, "
                                              "comma-separated (stem, hourglass0, hourglass1, emotion, fc; 'none')."),
+    min_agreement: float | None = typer.Option(None, "--min-agreement", help="int8: choose the layer groups left "
+                                                  "in float by measurement: the fewest that keep expression top-1 "
+                                                  "agreement with fp32 >= X (0-1) on the calibration crops."),
 ) -> None:
     """Export EmoNet to ONNX: uint8 NHWC RGB crops in, expression/valence/arousal/heatmap/taps out."""
     try:  # heavy imports here so `emoengine --help` and other commands stay fast
@@ -46,11 +51,13 @@ def export_command(
     from emoengine.export.targets import ExportRequest, run_export
 
     request = ExportRequest(weights=weights, classes=classes, output=output, full_taps=full_taps, opset=opset,
-                            verify=verify, precision=precision, trt=trt, max_batch=max_batch, onnx=onnx_source,
-                            calibration_crops=calibration_crops, calibration_method=calibration_method,
-                            keep_float=keep_float, taps=parse_taps(taps))
+                            verify=verify, precision=precision, trt=trt, target=target, max_batch=max_batch,
+                            onnx=onnx_source, calibration_crops=calibration_crops,
+                            calibration_method=calibration_method, keep_float=keep_float,
+                            min_agreement=min_agreement, taps=parse_taps(taps))
     console = Console(highlight=False, soft_wrap=True)
-    run_export(request, say=console.print, on_step=lambda exported: PRINTERS[exported.step](console, exported))
+    run_export(request, say=console.print,
+               on_step=lambda exported: PRINTERS.get(exported.step, _print_int8)(console, exported))
 
 
 def _print_onnx(console, exported) -> None:
@@ -101,14 +108,23 @@ def _print_fp16(console, exported) -> None:
 
 
 def _print_int8(console, exported) -> None:
+    import json
+
     from emoengine.export.targets import AGREEMENT_CROPS
 
     report = exported.report
-    console.print(f"wrote [bold]{report.path}[/bold] ({report.path.stat().st_size / 1e6:.1f} MB) in "
-                  f"{report.quantize_s:.1f} s: {report.quantized_nodes} Conv/Gemm in int8, {report.float_nodes} "
-                  f"kept float ({', '.join(report.keep_float) or 'none'})")
+    recipe = json.loads(report.metadata["int8_recipe"])
+    console.print(f"wrote [bold]{report.path}[/bold] ({report.path.stat().st_size / 1e6:.1f} MB, "
+                  f"{recipe['format']}) in {report.quantize_s:.1f} s: {report.quantized_nodes} Conv/Gemm in int8, "
+                  f"{report.float_nodes} kept float ({', '.join(report.keep_float) or 'none'})")
     console.print(f"  calibration: {report.method} on {report.calibration_crops} face crops, ranges cached in "
                   f"{report.calibration_cache}")
+    search = recipe.get("search")
+    if search:
+        met = "met" if search["met"] else "NOT met"
+        console.print(f"  float layers chosen for top-1 agreement >= {search['min_agreement']:.1%} ({met}: "
+                      f"{search['top1_agreement']:.1%} on {search['agreement_crops']} calibration crops, "
+                      f"{len(search['tried'])} recipes tried)")
     if "agreement" in exported.extra:
         console.print(f"  expression top-1 agreement with fp32 on {AGREEMENT_CROPS} face crops: "
                       f"{exported.extra['agreement']:.1%} (emoengine bench measures it on more)")
@@ -121,4 +137,4 @@ def _print_engine(console, exported) -> None:
                   f"1..{exported.extra['max_batch']}); sidecar {sidecar_path(exported.path).name}")
 
 
-PRINTERS = {"onnx": _print_onnx, "fp16": _print_fp16, "int8": _print_int8, "engine": _print_engine}
+PRINTERS = {"onnx": _print_onnx, "fp16": _print_fp16, "engine": _print_engine}   # every other step: an int8 one

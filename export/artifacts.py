@@ -98,9 +98,11 @@ def _exporter_version(path: Path) -> str | None:
 
 
 def cached_int8_onnx_for(request, calibration_crops: int | None = None, method: str | None = None,
-                         keep_float: tuple[str, ...] | None = None, ops: str | None = None) -> Path:
-    """The int8 model of the request's weights for a recipe (the default recipe unless given), made once:
-    models/emonet<C>-<sha12>-<recipe>.onnx."""
+                         keep_float: tuple[str, ...] | None = None, ops: str | None = None,
+                         flavour: str | None = None) -> Path:
+    """The int8 model of the request's weights for a recipe (the default recipe unless given) in a QDQ flavour
+    (export.quantize.INT8_FORMATS; default ONNX Runtime's), made once: models/emonet<C>-<sha12>-<recipe>.onnx,
+    the flavour part of the recipe's name so that each flavour is cached apart."""
     from emoengine.export import quantize
     from emoengine.export.onnx_export import read_metadata
 
@@ -108,14 +110,18 @@ def cached_int8_onnx_for(request, calibration_crops: int | None = None, method: 
     method = method or quantize.DEFAULT_METHOD
     keep_float = tuple(sorted(quantize.DEFAULT_KEEP_FLOAT if keep_float is None else keep_float))
     ops = ops or quantize.DEFAULT_OPS
+    flavour = flavour or quantize.DEFAULT_FORMAT
     fp32 = cached_onnx_for(request)   # the int8 name and ranges follow its tap tag
-    path = fp32.with_name(f"{fp32.stem}-{quantize.recipe_tag(calibration_crops, method, keep_float, ops)}.onnx")
+    tag = quantize.recipe_tag(calibration_crops, method, keep_float, ops, flavour)
+    path = fp32.with_name(f"{fp32.stem}-{tag}.onnx")
     if path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime and \
             read_metadata(path).get("precision") == "int8":
         return path
-    # ranges depend on the fp32 model, the method and the crops, not on which layers stay float: shared
+    # ranges depend on the fp32 model, the method and the crops, not on which layers stay float nor on the
+    # flavour: shared
     cache = fp32.with_name(f"{fp32.stem}.calib-{ops}-{method}{calibration_crops}.json")
-    quantize.quantize_int8(fp32, path, calibration_crops, method, keep_float, calibration_cache=cache, ops=ops)
+    quantize.quantize_int8(fp32, path, calibration_crops, method, keep_float, calibration_cache=cache, ops=ops,
+                           flavour=flavour)
     return path
 
 

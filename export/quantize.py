@@ -1,12 +1,17 @@
-"""Static int8 quantisation of an exported EmoNet: `emoengine export --precision int8` and the `ort-int8` backend.
+"""Static int8 quantisation of an exported EmoNet: `emoengine export --precision int8 [--target trt]`, the
+`ort-int8` backend and `trt:int8`.
 
-ONNX Runtime's QDQ format (QuantizeLinear/DequantizeLinear pairs that its CPU provider fuses into QLinearConv):
-uint8 activations, int8 weights quantised per output channel, `reduce_range` off (VNNI does not overflow), only
-Conv and Gemm quantised (quantising the pre-activation BatchNorms, adds and concats as well was both slower and
-less accurate here: every float BatchNorm between two quantised tensors costs a DequantizeLinear/QuantizeLinear
-pair and a layout change), activation ranges calibrated on varied face crops (export.face_crops) and cached as
-JSON next to the model so that a re-export is repeatable. Layer groups that lose too much accuracy stay in float
-(`keep_float`); benchmarks/int8_frontier.py measures the speed/agreement trade-off per group.
+Two QDQ flavours (INT8_FORMATS), one per runtime (engine.backends.EXPORT_TARGETS). `u8s8` for ONNX Runtime (its
+CPU fast path on x86, fused into QLinearConv): uint8 activations with zero points, int8 weights, int32 bias
+DequantizeLinear. `s8s8` for TensorRT (its explicit quantization refuses non-zero zero points): signed int8
+activations and weights, symmetric (every zero point 0), biases left in float. Common to both: int8 weights
+quantised per output channel, `reduce_range` off (VNNI does not overflow), only Conv and Gemm quantised
+(quantising the pre-activation BatchNorms, adds and concats as well was both slower and less accurate here: every
+float BatchNorm between two quantised tensors costs a DequantizeLinear/QuantizeLinear pair and a layout change),
+activation ranges calibrated on varied face crops (export.face_crops) and cached as JSON next to the model so that
+a re-export is repeatable (one cache serves both flavours). Layer groups that lose too much accuracy stay in float
+(`keep_float`, or chosen by measurement: export.int8_search); benchmarks/int8_frontier.py measures the
+speed/agreement trade-off per group.
 """
 
 from __future__ import annotations
@@ -46,6 +51,24 @@ OP_SETS = {"conv": ["Conv", "Gemm"], "all": None}
 DEFAULT_OPS = "conv"
 
 
+@dataclass(frozen=True)
+class Int8Format:
+    """One QDQ flavour: onnxruntime.quantization's activation type and extra options, and how recipes name it."""
+
+    describe: str
+    activation: str                    # onnxruntime.quantization.QuantType member
+    extra_options: tuple[tuple[str, bool], ...] = ()
+    tag: str = ""                      # appended to the recipe's file-name tag
+
+
+INT8_FORMATS: dict[str, Int8Format] = {
+    "u8s8": Int8Format("QDQ U8S8 per-channel", "QUInt8"),
+    "s8s8": Int8Format("QDQ S8S8 symmetric per-channel, zero points 0, float bias", "QInt8",
+                       (("ActivationSymmetric", True), ("WeightSymmetric", True), ("QuantizeBias", False)), "-s8s8"),
+}
+DEFAULT_FORMAT = "u8s8"
+
+
 @dataclass
 class Int8Report:
     path: Path
@@ -57,15 +80,21 @@ class Int8Report:
     float_nodes: int
     quantize_s: float
     metadata: dict[str, str] = field(default_factory=dict)
+    flavour: str = DEFAULT_FORMAT
 
 
-def recipe_tag(calibration_crops: int, method: str, keep_float: tuple[str, ...], ops: str = DEFAULT_OPS) -> str:
-    """Short file-name tag of a recipe: `int8conv-minmax64-float-fc` (`-float-none` when nothing stays float)."""
+def recipe_tag(calibration_crops: int, method: str, keep_float: tuple[str, ...], ops: str = DEFAULT_OPS,
+               flavour: str = DEFAULT_FORMAT) -> str:
+    """Short file-name tag of a recipe: `int8conv-minmax64-float-fc` (`-float-none` when nothing stays float),
+    `...-s8s8` for the symmetric flavour."""
     kept = "+".join(sorted(keep_float)) or "none"
-    return f"int8{ops}-{method}{calibration_crops}-float-{kept}"
+    return f"int8{ops}-{method}{calibration_crops}-float-{kept}{INT8_FORMATS[flavour].tag}"
 
 
-def check_recipe(calibration_crops: int, method: str, keep_float: tuple[str, ...], ops: str = DEFAULT_OPS) -> None:
+def check_recipe(calibration_crops: int, method: str, keep_float: tuple[str, ...], ops: str = DEFAULT_OPS,
+                 flavour: str = DEFAULT_FORMAT) -> None:
+    if flavour not in INT8_FORMATS:
+        raise UserInputError(f"int8 flavour must be one of {', '.join(INT8_FORMATS)}, not {flavour!r}")
     if ops not in OP_SETS:
         raise UserInputError(f"quantised op set must be one of {', '.join(OP_SETS)}, not {ops!r}")
     if method not in CALIBRATION_METHODS:
@@ -114,8 +143,10 @@ class _CropReader:
 def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
                   calibration_crops: int = DEFAULT_CALIBRATION_CROPS, method: str = DEFAULT_METHOD,
                   keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT,
-                  calibration_cache: str | os.PathLike | None = None, ops: str = DEFAULT_OPS) -> Int8Report:
-    """Quantise an exported fp32 EmoNet to a QDQ int8 model at `output` (written under a temporary name first).
+                  calibration_cache: str | os.PathLike | None = None, ops: str = DEFAULT_OPS,
+                  flavour: str = DEFAULT_FORMAT) -> Int8Report:
+    """Quantise an exported fp32 EmoNet to a QDQ int8 model of `flavour` (INT8_FORMATS) at `output` (written
+    under a temporary name first).
 
     `calibration_cache` (default: `<output stem>.calib-<ops>-<method><crops>.json`) holds the activation ranges: when
     it exists it is reused, so the same recipe gives the same model without recalibrating.
@@ -124,7 +155,7 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     keep_float = tuple(sorted(keep_float))
-    check_recipe(calibration_crops, method, keep_float, ops)
+    check_recipe(calibration_crops, method, keep_float, ops, flavour)
     fp32_path, output = Path(fp32_path), Path(output)
     if not fp32_path.is_file():
         raise UserInputError(f"no such model file: {fp32_path}")
@@ -141,9 +172,10 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
         metadata = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
         weighted = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
         excluded = nodes_of_groups(model, keep_float)
-        _quantize_static(pre, temp, fp32_path, cache, calibration_crops, method, ops, excluded)
-        recipe = {"format": "QDQ U8S8 per-channel", "method": method, "calibration_crops": calibration_crops,
-                  "keep_float": list(keep_float), "quantized_ops": ops}
+        _quantize_static(pre, temp, fp32_path, cache, calibration_crops, method, ops, excluded,
+                         INT8_FORMATS[flavour])
+        recipe = {"format": INT8_FORMATS[flavour].describe, "flavour": flavour, "method": method,
+                  "calibration_crops": calibration_crops, "keep_float": list(keep_float), "quantized_ops": ops}
         metadata.update(precision="int8", int8_recipe=json.dumps(recipe))
         _set_metadata(temp, metadata)
         os.replace(temp, output)
@@ -158,13 +190,14 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
         pre.unlink(missing_ok=True)
     kept = sum(1 for n in excluded if n in set(weighted))
     return Int8Report(output, cache, calibration_crops, method, keep_float, len(weighted) - kept, kept,
-                      time.perf_counter() - started, metadata)
+                      time.perf_counter() - started, metadata, flavour)
 
 
 def _quantize_static(pre: Path, temp: Path, fp32_path: Path, cache: Path, calibration_crops: int, method: str,
-                     ops: str, excluded: list[str]) -> None:
-    """onnxruntime's static QDQ quantisation of `pre` into `temp`, calibrated on face crops unless the ranges
-    are cached (and newer than the fp32 model)."""
+                     ops: str, excluded: list[str], fmt: Int8Format) -> None:
+    """onnxruntime's static QDQ quantisation of `pre` into `temp` in flavour `fmt`, calibrated on face crops
+    unless the ranges are cached (and newer than the fp32 model). The ranges are min/max per tensor whatever the
+    flavour (symmetry is applied when quantising), so both flavours share one cache."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from emoengine.export.face_crops import CALIBRATION_SEED, face_crops
@@ -184,10 +217,32 @@ def _quantize_static(pre: Path, temp: Path, fp32_path: Path, cache: Path, calibr
     try:
         quantize_static(
             str(pre), str(temp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=OP_SETS[ops],
-            per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method_enum, **kwargs)
+            per_channel=True, reduce_range=False, activation_type=getattr(QuantType, fmt.activation),
+            weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method_enum,
+            extra_options=dict(fmt.extra_options), **kwargs)
     finally:
         root.setLevel(level)
+
+
+def record_search(report: Int8Report, search: dict, output: Path) -> Int8Report:
+    """A searched recipe's model (export.int8_search made it in a scratch folder), its recipe metadata noting the
+    search, moved to `output` (under a temporary name first: the final name appears only when complete)."""
+    import dataclasses
+    import shutil
+
+    recipe = {**json.loads(report.metadata["int8_recipe"]), "search": search}
+    metadata = {**report.metadata, "int8_recipe": json.dumps(recipe)}
+    _set_metadata(report.path, metadata)
+    output = Path(output)
+    temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        shutil.move(report.path, temp)
+        os.replace(temp, output)
+    except OSError as e:
+        raise UserInputError(f"cannot write {output}: {e.strerror or e}") from e
+    finally:
+        temp.unlink(missing_ok=True)
+    return dataclasses.replace(report, path=output, metadata=metadata)
 
 
 def _set_metadata(path: Path, metadata: dict[str, str]) -> None:

@@ -2,13 +2,16 @@
 
 Every export is a chain of steps over one artifact: `onnx` (the checkpoint exported to fp32 ONNX and verified
 against PyTorch), then `fp16` (converted, fp32 kept where measured necessary) or `int8` (static QDQ calibrated
-on face crops), then `engine` (a TensorRT engine, cached per GPU and TensorRT version). A request's precision
-and `--trt` pick a row of TARGETS; `--onnx FILE` enters the chain after the `onnx` step. The CLI only parses
-into an ExportRequest and prints the reports this returns.
+on face crops: `int8-u8s8` for ONNX Runtime, `int8-s8s8`, symmetric, for TensorRT), then
+`engine` (a TensorRT engine, cached per GPU and TensorRT version). A request's precision, `--target` (which
+runtime the ONNX is for: ort, or trt, the default with `--trt`) and `--trt` pick a row of TARGETS; `--onnx FILE`
+enters the chain after the `onnx` step. The CLI only parses into an ExportRequest and prints the reports this
+returns.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,12 +34,14 @@ class ExportRequest:
     opset: int = 17
     verify: bool = True
     precision: str = "fp32"
-    trt: bool = False
+    trt: bool = False                        # also build the TensorRT engine
+    target: str | None = None                # the runtime the ONNX is for: ort | trt (None: trt with --trt, else ort)
     max_batch: int = 64
     onnx: Path | None = None                 # start from this ONNX instead of exporting --weights
     calibration_crops: int = 64
     calibration_method: str = "minmax"
     keep_float: str | None = None            # int8: layer groups left in float, as typed
+    min_agreement: float | None = None       # int8: choose keep_float by measurement (export.int8_search)
     taps: tuple[str, ...] = ()               # more outputs: EmoNet module paths (export.taps), full tensors
 
 
@@ -50,23 +55,42 @@ class ExportTarget:
     no_onnx: str = "--onnx is the source of --trt (or of --precision fp16); add one of them"
 
 
-# (precision, --trt) -> the chain
-TARGETS: dict[tuple[str, bool], ExportTarget] = {
-    ("fp32", False): ExportTarget(("onnx",), None, no_weights="--weights is required (a .pth checkpoint or 'random')"),
-    ("fp16", False): ExportTarget(("onnx", "fp16"), ("fp16",)),
-    ("int8", False): ExportTarget(("onnx", "int8"), None,
-                                  no_weights="--precision int8 needs --weights (a .pth checkpoint or 'random')",
-                                  no_onnx="--precision int8 here means a TensorRT int8 engine: add --trt and give "
-                                          "the QDQ model with --onnx"),
-    ("fp32", True): ExportTarget(("onnx", "engine"), ("engine",)),
-    ("fp16", True): ExportTarget(("onnx", "fp16", "engine"), ("fp16", "engine")),
-    ("int8", True): ExportTarget(None, ("engine",),
-                                 no_weights="TensorRT int8 builds from the QDQ model of `emoengine export --precision "
-                                            "int8`: pass it with --onnx"),
-}
-PRECISIONS = tuple(dict.fromkeys(p for p, _ in TARGETS))
-# the file name each step's output takes after `emonet<C>[-random]` (from --onnx: after the given file's stem)
-SUFFIXES = {"onnx": ".onnx", "fp16": ".fp16.onnx", "int8": "-int8.onnx"}
+INT8_FROM_WEIGHTS = "--precision int8 needs --weights (a .pth checkpoint or 'random')"
+INT8_FROM_ONNX = ("--precision int8 quantises an export of --weights; for a TensorRT int8 engine from a QDQ model "
+                  "add --trt")
+FP32_FROM_WEIGHTS = "--weights is required (a .pth checkpoint or 'random')"
+
+
+def _table() -> dict[tuple[str, str, bool], ExportTarget]:
+    """(precision, --target, --trt) -> the chain. The targets are the runtimes of engine.backends.EXPORT_TARGETS;
+    an int8 chain quantises in the flavour its runtime runs (step `int8-<flavour>`); only ENGINE_TARGET builds an
+    engine, from an fp32/fp16 export or from its own int8 QDQ model."""
+    from emoengine.engine.backends import ENGINE_TARGET, EXPORT_TARGETS
+
+    table: dict[tuple[str, str, bool], ExportTarget] = {}
+    for runtime, flavour in EXPORT_TARGETS.items():
+        table[("fp32", runtime, False)] = ExportTarget(("onnx",), None, no_weights=FP32_FROM_WEIGHTS)
+        table[("fp16", runtime, False)] = ExportTarget(("onnx", "fp16"), ("fp16",))
+        table[("int8", runtime, False)] = ExportTarget(("onnx", f"int8-{flavour}"), None,
+                                                       no_weights=INT8_FROM_WEIGHTS, no_onnx=INT8_FROM_ONNX)
+    table[("fp32", ENGINE_TARGET, True)] = ExportTarget(("onnx", "engine"), ("engine",))
+    table[("fp16", ENGINE_TARGET, True)] = ExportTarget(("onnx", "fp16", "engine"), ("fp16", "engine"))
+    table[("int8", ENGINE_TARGET, True)] = ExportTarget(
+        ("onnx", f"int8-{EXPORT_TARGETS[ENGINE_TARGET]}", "engine"), ("engine",),
+        no_weights="TensorRT int8 builds from the QDQ model of `export --precision int8 --target "
+                   f"{ENGINE_TARGET}`: give --weights, or that model with --onnx")
+    return table
+
+
+TARGETS = _table()
+TARGET_RUNTIMES = tuple(dict.fromkeys(t for _, t, _ in TARGETS))
+PRECISIONS = tuple(dict.fromkeys(p for p, _, _ in TARGETS))
+# int8 step -> its QDQ flavour (export.quantize.INT8_FORMATS)
+INT8_STEPS = {step: step.removeprefix("int8-") for t in TARGETS.values() for step in t.from_weights or ()
+              if step.startswith("int8-")}
+# the file name each step's output takes after `emonet<C>[-random]` (from --onnx: after the given file's stem);
+# ONNX Runtime's flavour keeps the name int8 models always had
+SUFFIXES = {"onnx": ".onnx", "fp16": ".fp16.onnx", "int8-u8s8": "-int8.onnx", "int8-s8s8": "-int8-s8s8.onnx"}
 
 
 @dataclass
@@ -86,15 +110,18 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
     if request.precision not in PRECISIONS:
         raise UserInputError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
                              f"not {request.precision!r}")
-    if request.keep_float is not None and request.precision != "int8":
-        raise UserInputError("--keep-float chooses the layers an int8 export leaves in float: add --precision int8")
+    _check_int8_options(request)
+    runtime = target_runtime(request)
+    target = TARGETS.get((request.precision, runtime, request.trt))
+    if target is None:   # options that contradict each other, whatever is installed
+        raise UserInputError(f"--trt builds a TensorRT engine: drop --target {runtime} (the engine's ONNX is made "
+                             "for TensorRT)")
     if request.trt:
         from emoengine.export.trt_engine import require_tensorrt
 
         if request.max_batch < 1:
             raise UserInputError(f"--max-batch must be at least 1, not {request.max_batch}")
-        require_tensorrt()   # first: without TensorRT nothing else matters
-    target = TARGETS[(request.precision, request.trt)]
+        require_tensorrt()   # then: without TensorRT nothing else matters
     steps = target.from_onnx if request.onnx is not None else target.from_weights
     if steps is None:
         raise UserInputError(target.no_onnx if request.onnx is not None else target.no_weights)
@@ -104,11 +131,35 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
         _check_taps(request)
     if request.onnx is not None and not request.onnx.is_file():
         raise UserInputError(f"no such model file: {request.onnx}")
-    if "int8" in steps:
-        from emoengine.export.quantize import check_recipe, parse_keep_float
+    for step in steps:
+        if step in INT8_STEPS:
+            from emoengine.export.quantize import check_recipe, parse_keep_float
 
-        check_recipe(request.calibration_crops, request.calibration_method, parse_keep_float(request.keep_float))
+            check_recipe(request.calibration_crops, request.calibration_method, parse_keep_float(request.keep_float),
+                         flavour=INT8_STEPS[step])
     return steps
+
+
+def target_runtime(request: ExportRequest) -> str:
+    """--target as given; else the engine's runtime with --trt, and the first runtime (ONNX Runtime) without."""
+    from emoengine.engine.backends import ENGINE_TARGET
+
+    runtime = request.target or (ENGINE_TARGET if request.trt else TARGET_RUNTIMES[0])
+    if runtime not in TARGET_RUNTIMES:
+        raise UserInputError(f"--target must be {' or '.join(TARGET_RUNTIMES)}, not {runtime!r}")
+    return runtime
+
+
+def _check_int8_options(request: ExportRequest) -> None:
+    """--keep-float and --min-agreement choose an int8 export's float layers: one or the other, int8 only."""
+    from emoengine.export.int8_search import check_min_agreement
+
+    for option, value in (("--keep-float", request.keep_float), ("--min-agreement", request.min_agreement)):
+        if value is not None and request.precision != "int8":
+            raise UserInputError(f"{option} chooses the layers an int8 export leaves in float: add --precision int8")
+    if request.keep_float is not None and request.min_agreement is not None:
+        raise UserInputError("give --keep-float (the float layers) or --min-agreement (measure them), not both")
+    check_min_agreement(request.min_agreement)
 
 
 def _check_taps(request: ExportRequest) -> None:
@@ -179,13 +230,46 @@ def _fp16_step(request: ExportRequest, loaded, source: Path, target: Path, say) 
     return Exported("fp16", report.path, report)
 
 
-def _int8_step(request: ExportRequest, loaded, source: Path, target: Path, say) -> Exported:
+def _int8_step(request: ExportRequest, loaded, source: Path, target: Path, say, step: str) -> Exported:
     from emoengine.export.quantize import parse_keep_float, quantize_int8
 
-    report = quantize_int8(source, target, request.calibration_crops, request.calibration_method,
-                           parse_keep_float(request.keep_float))
+    flavour = INT8_STEPS[step]
+    if request.min_agreement is not None:
+        report = choose_keep_float(request, source, target, flavour, say)
+    else:
+        report = quantize_int8(source, target, request.calibration_crops, request.calibration_method,
+                               parse_keep_float(request.keep_float), flavour=flavour)
     extra = {"agreement": int8_agreement(source, report.path, AGREEMENT_CROPS)} if request.verify else {}
-    return Exported("int8", report.path, report, extra=extra)
+    return Exported(step, report.path, report, extra=extra)
+
+
+def choose_keep_float(request: ExportRequest, source: Path, target: Path, flavour: str, say):
+    """--min-agreement: the layer groups kept in float, searched on the calibration crops (export.int8_search),
+    each candidate quantised into a scratch folder with the calibration ranges shared; the chosen one, its
+    recipe noting the search, becomes `target` (its Int8Report)."""
+    from emoengine.export.face_crops import CALIBRATION_SEED, face_crops
+    from emoengine.export.int8_search import AgreementCheck, search_keep_float, search_record
+    from emoengine.export.quantize import quantize_int8, record_search
+
+    n = request.calibration_crops
+    check = AgreementCheck.against_model(source, face_crops(n, seed=CALIBRATION_SEED))
+    cache = target.with_name(f"{target.stem}.calib-conv-{request.calibration_method}{n}.json")
+    say(f"choosing the layers kept in float for top-1 agreement >= {request.min_agreement:.1%} on {n} "
+        "calibration crops...")
+    target.parent.mkdir(parents=True, exist_ok=True)   # the shared calibration cache goes beside the model
+    reports = {}
+    with tempfile.TemporaryDirectory(prefix="emoengine-int8-search-") as tmp:
+        def make(keep: tuple[str, ...]) -> Path:
+            out = Path(tmp) / f"{'+'.join(keep) or 'none'}.onnx"
+            reports[keep] = quantize_int8(source, out, n, request.calibration_method, keep, calibration_cache=cache,
+                                          flavour=flavour)
+            return out
+
+        best, trials = search_keep_float(make, check, request.min_agreement, say=say)
+        if best.agreement < request.min_agreement:
+            say(f"no recipe reaches {request.min_agreement:.1%}: the best, {best.agreement:.1%}, keeps "
+                f"{', '.join(best.keep_float) or 'nothing'} in float")
+        return record_search(reports[best.keep_float], search_record(best, trials, request.min_agreement, n), target)
 
 
 def _engine_step(request: ExportRequest, loaded, source: Path, target, say) -> Exported:
@@ -197,15 +281,13 @@ def _engine_step(request: ExportRequest, loaded, source: Path, target, say) -> E
     return Exported("engine", engine, extra={"precision": precision, "max_batch": request.max_batch})
 
 
-STEPS = {"onnx": _onnx_step, "fp16": _fp16_step, "int8": _int8_step, "engine": _engine_step}
+STEPS = {"onnx": _onnx_step, "fp16": _fp16_step, "engine": _engine_step,
+         **{step: functools.partial(_int8_step, step=step) for step in INT8_STEPS}}
 
 
 def int8_agreement(fp32_path: Path, int8_path: Path, n: int) -> float:
     """Expression top-1 agreement of the int8 model with the fp32 one on n face crops (export.face_crops)."""
-    from emoengine.compare import compare
-    from emoengine.engine.backends import OrtRunner
     from emoengine.export.face_crops import EVALUATION_SEED, face_crops
+    from emoengine.export.int8_search import AgreementCheck
 
-    crops = face_crops(n, seed=EVALUATION_SEED)
-    with OrtRunner(fp32_path) as reference, OrtRunner(int8_path) as runner:
-        return compare(runner.infer(crops), reference.infer(crops), "int8").top1_agreement
+    return AgreementCheck.against_model(fp32_path, face_crops(n, seed=EVALUATION_SEED))(int8_path)

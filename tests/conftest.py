@@ -3,6 +3,7 @@ per session (an EmoNet export + verification takes a few seconds on CPU, so test
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,73 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# -- optional parts: a test that needs one skips, with the reason, where it is missing ------------------------------
+OPTIONAL_PARTS = {
+    "av": "PyAV is not installed (video decoding and encoding: pip install av)",
+    "mtcnn": "the mtcnn package is not installed (the MTCNN detector's weights ship in it: pip install mtcnn)",
+    "insightface": "insightface is not installed (the test photos t1.jpg and Tom_Hanks_54745.png ship in it)",
+    "cv2": "OpenCV is not installed (pip install opencv-python)",
+}
+# test modules that use a part throughout (videos, the default MTCNN detector, the shipped photos, the face crops
+# export.face_crops cuts from those photos with MTCNN): the whole module skips where one is missing
+NEEDS = {
+    "test_bad_inputs.py": ("av", "cv2", "mtcnn", "insightface"),
+    "test_batch.py": ("av", "cv2", "mtcnn", "insightface"),
+    "test_batch_inputs.py": ("av", "cv2", "mtcnn"),
+    "test_bench.py": ("mtcnn", "insightface"),
+    "test_checkpoint_errors.py": ("insightface",),
+    "test_demo.py": ("av", "cv2", "mtcnn", "insightface"),
+    "test_detectors_mtcnn.py": ("cv2", "mtcnn", "insightface"),
+    "test_detectors_scrfd.py": ("cv2", "insightface"),
+    "test_faults.py": ("av", "cv2", "mtcnn", "insightface"),
+    "test_keyframes.py": ("av", "cv2", "mtcnn", "insightface"),
+    "test_long_run.py": ("av",),
+    "test_pipeline.py": ("av", "cv2", "mtcnn", "insightface"),
+    "test_pipeline_control.py": ("av", "mtcnn", "insightface"),
+    "test_report_browser.py": ("av",),
+    "test_resume.py": ("av", "cv2", "mtcnn", "insightface"),
+    "test_sources.py": ("av", "cv2"),
+    "test_tracker.py": ("av",),
+    "test_writers.py": ("av", "cv2"),
+}
+
+
+def lacking(*modules: str) -> str | None:
+    """Why a test needing these optional modules cannot run here (the first missing one's reason), or None."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return OPTIONAL_PARTS.get(missing[0], f"{missing[0]} is not installed") if missing else None
+
+
+@pytest.fixture(scope="session")
+def requires():
+    """`requires("av", "mtcnn")` in a test or fixture: skip it with the reason where one is not installed."""
+
+    def check(*modules: str) -> None:
+        why = lacking(*modules)
+        if why:
+            pytest.skip(why)
+
+    return check
+
+
+class SkippedModule(pytest.Module):
+    """A test module whose optional part is missing: reported as skipped with the reason, never imported."""
+
+    reason = ""
+
+    def collect(self):
+        pytest.skip(self.reason, allow_module_level=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path, parent):
+    why = lacking(*NEEDS.get(module_path.name, ()))
+    if why:
+        module = SkippedModule.from_parent(parent, path=module_path)
+        module.reason = why
+        return module
+    return None
 
 
 def emoengine_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -86,6 +154,18 @@ def golden_outputs(golden_dir):
         return cache[num_classes]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def golden_crops_8() -> np.ndarray:
+    """The golden 8-class crops where the golden data is, else 4 synthetic crops (for tests that compare two
+    backends with each other, not with the golden outputs)."""
+    if HAVE_GOLDEN:
+        with np.load(GOLDEN / "emonet8.outputs.npz") as z:
+            return z["images_rgb"]
+    from emoengine.export.emonet import synthetic_crops
+
+    return synthetic_crops(4, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -182,6 +182,13 @@ def test_int8_model_runs_as_ort_int8_with_reported_parity(int8_export):
     (["--precision", "int4"], "--precision must be"),
     (["--precision", "int8", "--keep-float", "head"], "unknown layer group"),
     (["--precision", "int8", "--calibration-method", "mse"], "calibration method"),
+    (["--precision", "int8", "--min-agreement", "1.5"], "between 0 and 1"),
+    (["--precision", "int8", "--min-agreement", "-0.1"], "between 0 and 1"),
+    (["--precision", "int8", "--min-agreement", "x"], "min-agreement"),
+    (["--precision", "fp16", "--min-agreement", "0.9"], "add --precision int8"),
+    (["--precision", "int8", "--min-agreement", "0.9", "--keep-float", "fc"], "not both"),
+    (["--precision", "int8", "--target", "tpu"], "--target must be ort or trt"),
+    (["--precision", "int8", "--target", "ort", "--trt"], "drop --target ort"),
 ])
 def test_bad_precision_options_exit_2(args, message, tmp_path, monkeypatch, capsys):
     from emoengine.cli.main import main
@@ -191,5 +198,5 @@ def test_bad_precision_options_exit_2(args, message, tmp_path, monkeypatch, caps
         main(["export", "--weights", "random", *args])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
+    assert len(err) == 1 and message in err[0], err
     assert list(tmp_path.iterdir()) == []

@@ -95,6 +95,26 @@ def test_device_time_is_reported_apart_from_end_to_end_time(clock):
     assert "device_ms" not in cpu and "device_faces_per_s" not in cpu
 
 
+def test_rows_last_a_second_by_default_and_gpu_rows_are_warmed_up_for_a_second_first():
+    """Only a test that says so (BenchSettings(min_time_s=0.0)) shortens a row: `emoengine bench`, the GPU plan and
+    device_check's reduced plan all time >= 1 s per row, and the GPU ones warm up >= 1 s before timing, so the
+    baseline (the first row) is not measured on a cold GPU."""
+    import inspect
+
+    from emoengine.benchmarks.bench import run_bench
+    from emoengine.benchmarks.gpu_bench import GPU_SETTINGS, PLANS
+    from emoengine.cli.bench_cmd import bench_command
+
+    assert BenchSettings().min_time_s >= 1.0
+    assert inspect.signature(run_bench).parameters["min_time_s"].default >= 1.0
+    assert inspect.signature(bench_command).parameters["min_time"].default.default >= 1.0
+    assert GPU_SETTINGS.min_time_s >= 1.0 and GPU_SETTINGS.warmup_s >= 1.0
+    reduced = PLANS["reduced"]
+    assert reduced[0] == ("torch-cuda", (1, 8, 64, 256))   # eager fp32 first: the baseline of both speed-ups
+    assert {parse_backend(s).name for s, _ in reduced} == {"torch-cuda"}   # all the lent machine can run
+    assert [s for s, _ in reduced if "compile" in s] and [s for s, _ in reduced if "cudagraph" in s]
+
+
 # -- parity at every batch ---------------------------------------------------------------------------------------
 def test_parity_runs_every_call_at_exactly_the_rows_batch(torch_cpu, monkeypatch):
     runner, crops, reference = torch_cpu
@@ -129,8 +149,10 @@ def test_a_variant_wrong_at_one_batch_size_fails_parity_at_that_batch_only(torch
 
 def test_every_row_of_a_plan_has_its_own_parity_and_first_call_time(torch_cpu):
     _, crops, reference = torch_cpu
+    seen = []
     result = measure.run_plan("random", [("torch", (1, 3))], BenchSettings(runs=1, min_time_s=0.0, warmup=0),
-                              crops, crops, reference)
+                              crops, crops, reference, on_row=lambda rows: seen.append(len(rows)))
+    assert seen[:2] == [1, 2]   # written after every row: a run killed in a long (compiling) spec keeps its rows
     assert [(r["backend"], r["batch"], r["status"]) for r in result.rows] == [("torch", 1, "ok"), ("torch", 3, "ok")]
     assert [r["parity"]["rows"] for r in result.rows] == [4, 6]
     assert all(r["parity"]["pass"] and r["first_call_s"] > 0 and r["device"] == "cpu" for r in result.rows)

@@ -78,7 +78,8 @@ def test_info_lists_cached_engines_with_what_they_were_built_for(cli, tmp_path):
 
 @pytest.mark.skipif(AVAILABLE["torch-cuda"] is None, reason="a CUDA GPU is usable here: nothing to refuse")
 @pytest.mark.parametrize("backend", ["torch-cuda", "torch-cuda:fp16+compile", "ort-cuda:cudagraph"])
-def test_gpu_backends_without_a_gpu_exit_2_with_one_line(cli, tmp_path, backend):
+def test_gpu_backends_without_a_gpu_exit_2_with_one_line(cli, tmp_path, backend, requires):
+    requires("cv2")
     import cv2
 
     image = tmp_path / "face.png"
@@ -104,10 +105,12 @@ def test_export_trt_without_tensorrt_exits_2_and_writes_nothing(cli, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def reference_8(golden_pth_8, golden_outputs):
+def reference_8(golden_pth_8, golden_crops_8):
+    """The CPU reference of the GPU variants: eager fp32 PyTorch on the golden crops, or (where the golden data did
+    not travel, e.g. to a lent GPU machine) on synthetic crops with seeded random weights."""
     from emoengine.engine.emonet_model import open_emonet
 
-    crops = golden_outputs(8)["images_rgb"]
+    crops = golden_crops_8
     model = open_emonet("torch", weights=str(golden_pth_8))
     try:
         return crops, model.runner.infer(crops)

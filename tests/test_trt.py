@@ -51,8 +51,9 @@ def open_trt(spec: str = "trt", **request):
 
 
 @pytest.fixture(scope="module")
-def small_inputs(tmp_path_factory):
+def small_inputs(tmp_path_factory, requires):
     """A small image and a 3-frame clip to hand to `run`."""
+    requires("cv2", "av")   # the lent GPU machine has neither
     import cv2
 
     from emoengine.engine.demo import write_clip
@@ -258,6 +259,31 @@ def test_with_a_fake_tensorrt_stale_engines_are_rebuilt_before_any_deserializati
     assert events == []
 
 
+def test_with_a_fake_tensorrt_trt_int8_builds_from_the_symmetric_qdq_model_of_its_weights(fake_tensorrt, tmp_path,
+                                                                                          monkeypatch, requires):
+    """`trt:int8` with --weights quantises in TensorRT's flavour by itself (zero points 0), cached apart from
+    ort-int8's U8S8 model, and builds its engine from that file."""
+    requires("mtcnn", "insightface")   # calibration crops
+    import onnx
+    from onnx import numpy_helper
+
+    from emoengine.export import quantize
+
+    monkeypatch.setattr(quantize, "DEFAULT_CALIBRATION_CROPS", 2)   # the default is 64
+    open_trt("trt:int8", weights="random", max_batch=4)
+    models = tmp_path / "models"
+    (qdq,) = [p for p in models.glob("*-int8*.onnx")]
+    assert qdq.name.endswith("-int8conv-minmax2-float-emotion-s8s8.onnx")
+    (engine,) = models.glob("*.engine")
+    assert fake_tensorrt.events == [("build", engine.name), ("deserialize", engine.name)]
+    assert engine.name.startswith(qdq.stem + "-int8-b4-")   # built from the symmetric QDQ model
+    model = onnx.load(str(qdq))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [init[n.input[2]] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+
+
 # --- with TensorRT 10/11 and a GPU: real engines ---------------------------------------------------------------
 
 
@@ -422,7 +448,8 @@ def test_weights_build_their_engine_under_emoengine_models(trt_env, golden_pth_8
     assert len([n for n in names if n.endswith(".engine")]) == 1
 
 
-def test_run_with_trt_builds_on_first_use_and_says_so(trt_env, golden_pth_8, cli, tmp_path):
+def test_run_with_trt_builds_on_first_use_and_says_so(trt_env, golden_pth_8, cli, tmp_path, requires):
+    requires("cv2")
     import cv2
 
     image = tmp_path / "face.png"

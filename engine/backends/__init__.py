@@ -18,7 +18,7 @@ from emoengine.engine.backends.cuda import require
 from emoengine.engine.backends.ort import OrtRunner
 from emoengine.errors import UserInputError
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "BackendOptions", "ModelRequest", "OrtRunner", "Runner",
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "ENGINE_TARGET", "EXPORT_TARGETS", "Backend", "BackendOptions", "ModelRequest", "OrtRunner", "Runner",
            "availability", "backend_for_artifact", "backend_row", "open_runner", "options_help", "parse_backend",
            "request_for"]
 
@@ -82,6 +82,12 @@ BACKENDS: dict[str, Backend] = {row.name: row for row in (
 
 
 DEFAULT_BACKEND = "ort"   # what `run` uses when neither --backend nor a --model suffix says otherwise
+
+# `export --target`: the runtime an exported ONNX is made for -> the int8 QDQ flavour that runtime's int8 backend
+# runs (export.quantize.INT8_FORMATS: ONNX Runtime's U8S8 fast path; TensorRT's symmetric S8S8, zero points 0).
+# The runtimes' names are backend names, so they live here; ENGINE_TARGET is the one `export --trt` builds for.
+EXPORT_TARGETS: dict[str, str] = {"ort": "u8s8", "trt": "s8s8"}
+ENGINE_TARGET = "trt"
 
 
 def backend_row(name: str) -> Backend:

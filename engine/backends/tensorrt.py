@@ -1,7 +1,8 @@
 """The `trt[:opts]` backend at run time: a TensorRT 10/11 engine (built by export.trt_engine) behind the runner
 contract. `--model x.engine` runs that engine once its sidecar says it was built here; `--model x.onnx` or
 `--weights` builds (and caches) the engine first, and says so on stderr. Options: `fp16` (the fp16 conversion
-of the ONNX, export.fp16), `int8` (a QDQ `--model`), `cudagraph` (one CUDA graph per batch size),
+of the ONNX, export.fp16), `int8` (a QDQ `--model`, else the symmetric S8S8 QDQ model of `--weights`, made once
+and cached apart from ort-int8's U8S8 one), `cudagraph` (one CUDA graph per batch size),
 `max_batch=N` (the engine's profile; default the run's max batch).
 
 Device buffers come from PyTorch's CUDA allocator, allocated once for the max batch; all work runs on one CUDA
@@ -190,13 +191,21 @@ def _given_engine(request: ModelRequest) -> bool:
 
 def prepare(row, request: ModelRequest) -> Path:
     """The engine to run: an `.engine` given as it is; else the cached engine of `--model x.onnx` or of the export
-    of `--weights` for this GPU and TensorRT, built first when missing or stale (fp16: from the fp16 ONNX)."""
+    of `--weights` for this GPU and TensorRT, built first when missing or stale (fp16: from the fp16 ONNX; int8:
+    from the export's symmetric QDQ model)."""
     require_tensorrt()   # first: without TensorRT nothing is exported or converted for it
     if _given_engine(request):
         return Path(request.model)
     from emoengine.export import artifacts, trt_engine
 
-    onnx_path = Path(request.model) if request.model is not None else artifacts.cached_onnx_for(request)
+    if request.model is not None:
+        onnx_path = Path(request.model)
+    elif request.backend.precision == "int8":   # the QDQ flavour TensorRT builds: symmetric S8S8, float bias
+        from emoengine.engine.backends import EXPORT_TARGETS
+
+        onnx_path = artifacts.cached_int8_onnx_for(request, flavour=EXPORT_TARGETS["trt"])
+    else:
+        onnx_path = artifacts.cached_onnx_for(request)
     source = artifacts.onnx_precision(onnx_path)
     precision = trt_engine.engine_precision(source, request.backend.precision, onnx_path)
     if precision == "fp16" and source == "fp32":
