@@ -130,8 +130,9 @@ class EmoNetModel:
             landmarks=heatmap_landmarks(out["heatmap"]),
             conv1_mean=out.get("conv1_mean"),
             emo_conv1_mean=out.get("emo_conv1_mean"),
-            conv1=out.get("conv1"),
-            emo_conv1=out.get("emo_conv1"),
+            # the full default maps only from a --full-taps export: `--taps conv1` alone also has a `conv1` output
+            conv1=out["conv1"] if self.has_full_taps else None,
+            emo_conv1=out["emo_conv1"] if self.has_full_taps else None,
             taps={name: np.asarray(out[name], np.float32) for name in self.taps},
             heatmap=out["heatmap"].astype(np.float32) if heatmap else None,
         )

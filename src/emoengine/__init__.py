@@ -20,3 +20,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 from emoengine.contract import CLASS_NAMES_8, class_names  # noqa: F401 - the package's face
+
+# the Python API, imported on first use so that `import emoengine` stays fast (no numpy, typer, ONNX Runtime)
+_API = ("Engine", "Analysis", "FrameStream")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from emoengine import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'emoengine' has no attribute {name!r}")
