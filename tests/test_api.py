@@ -105,9 +105,13 @@ def test_bad_input_is_one_line_value_error_before_anything_opens(engine, golden_
     assert not stage_threads()
 
 
-def test_unknown_tap_names_the_closest(models, golden_pth_8):
+def test_unknown_tap_names_the_closest_and_a_tap_missing_from_an_artifact_says_re_export(engine, models,
+                                                                                        golden_pth_8):
     with pytest.raises(ValueError, match="emo_fc_2.1"):
         emoengine.Engine(weights=str(golden_pth_8), taps="conv1,emo_fc2.1")
+    onnx = str(next(models.glob("emonet8-*-taps13-*.onnx")))
+    with pytest.raises(UserInputError, match="re-export it with `emoengine export --taps m0,emo_fc_2.2`"):
+        emoengine.Engine(model=onnx, taps=["m0", "emo_fc_2.2"], detector="none")
 
 
 @pytest.fixture(scope="module")

@@ -104,19 +104,21 @@ class Engine(Closing):
 
     `weights` (an EmoNet .pth or 'random') or `model` (an exported .onnx/.engine); `backend` as `run --backend`
     (default: ort, or what `model`'s suffix implies); `detector` mtcnn | scrfd | none; `taps`: EmoNet module paths
-    (`emoengine layers`), default conv1 and emo_net_2.0.conv1; `classes`: 5 or 8, checked against the weights.
+    (`emoengine layers`; a list or "a,b"), default conv1 and emo_net_2.0.conv1; `classes`: 5 or 8, checked
+    against the weights. An artifact (`model`) must hold the taps named (`export --taps`); with the default
+    taps, analyze and stream use its channel means and predict returns the taps it has in full, if any.
     Any other keyword is one of `run`'s options by its Python name (smooth, max_faces, face_id, detect_every,
     min_face, crop, max_batch, max_wait_ms, no_video, no_report, save_activations, ...), defaults as in `run`
     except `quiet` (True: no progress bar).
     """
 
     def __init__(self, weights: str | None = None, model: str | None = None, backend: str | None = None,
-                 detector: str = "mtcnn", taps=DEFAULT_TAPS, classes: int | None = None, **options) -> None:
+                 detector: str = "mtcnn", taps=None, classes: int | None = None, **options) -> None:
         from emoengine.cli.run_cmd import run_config
         from emoengine.engine.emonet_model import open_emonet
         from emoengine.engine.run import open_run_detector
 
-        self.taps = tap_names(taps)
+        self.taps = DEFAULT_TAPS if taps is None else tap_names(taps)
         values = checked_options(options)
         cfg, model_args = run_config(input="", out=Path("."), weights=weights, model=model, backend=backend,
                                      classes=classes, detector=detector, taps=_taps_option(self.taps), **values)
@@ -129,7 +131,7 @@ class Engine(Closing):
             self._detector = open_run_detector(cfg)
             self._model = open_emonet(**{**model_args, "taps": self.taps})
             missing = [t for t in self.taps if t not in self._model.taps]
-            if missing:   # an artifact exported without them (weights are exported with every tap asked)
+            if missing and taps is not None:   # an artifact exported without them (weights: exported with them)
                 raise UserInputError(f"{model} has no tap output {', '.join(missing)}; re-export it with "
                                      f"`emoengine export --taps {','.join(self.taps)}`")
         except BaseException:

@@ -244,7 +244,11 @@ class FrameStream:
             raise StopIteration
         if self._thread is None:
             self._start()
-        item = self._channel.queue.get()
+        try:
+            item = self._channel.queue.get()
+        except BaseException:   # Ctrl-C while waiting (a notebook's interrupt): stop the pipeline too
+            self.close()
+            raise
         if isinstance(item, _End):
             self._done, self.summary = True, item.summary
             self.close()
