@@ -70,13 +70,12 @@ def tap_names(taps) -> tuple[str, ...]:
 
 
 def _taps_option(names: tuple[str, ...]):
-    """`run_config`'s `taps` argument for `names`: `--taps/--no-taps` (a bool) on main, `--taps NAME,...` (a
-    string) where run takes names; either way RunConfig.tap_names is set from `names` afterwards."""
-    from emoengine.cli.run_cmd import run_config
+    """`run_config`'s `taps` argument for `names`, in the form `run --taps` declares: a switch
+    (`--taps/--no-taps`, today) or module names (`--taps a,b`); RunConfig.tap_names is set from `names` anyway."""
+    from emoengine.cli.run_cmd import run_command
 
-    default = inspect.signature(run_config).parameters.get("taps")
-    takes_bool = default is None or default.default is inspect.Parameter.empty or isinstance(default.default, bool)
-    return bool(names) if takes_bool else ",".join(names)
+    declared = inspect.signature(run_command).parameters["taps"].default
+    return bool(names) if isinstance(getattr(declared, "default", declared), bool) else ",".join(names)
 
 
 class _Lent:
