@@ -148,11 +148,19 @@ def test_analyze_predictions_equal_runs_csv(engine, face_clip, models, tmp_path)
     assert sorted(p.name for p in saved.iterdir()) == sorted(result.files)
 
 
-def test_analyze_without_out_keeps_files_while_the_result_lives(engine, face_clip, tmp_path):
-    result = engine.analyze(str(face_clip))
-    assert (result.dir / "predictions.csv").is_file() and len(result.predictions) == 3
-    result.save(tmp_path)
-    assert (tmp_path / "predictions.csv").read_bytes() == (result.dir / "predictions.csv").read_bytes()
+def test_analyze_without_out_keeps_files_while_the_result_lives(engine, tmp_path):
+    import cv2
+
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(next(single_face_frames(1, size=(200, 160))), cv2.COLOR_RGB2BGR))
+    result = engine.analyze(photo)   # an image: one frame, annotated.png
+    assert (result.dir / "annotated.png").is_file() and len(result.predictions) == 1
+    assert result.taps["conv1"].shape == (1, 128, 128) and np.isfinite(result.taps["conv1"]).all()
+    result.save(tmp_path / "saved")
+    assert (tmp_path / "saved" / "predictions.csv").read_bytes() == (result.dir / "predictions.csv").read_bytes()
+    folder = result.dir
+    del result
+    assert not folder.exists()
 
 
 @pytest.fixture(scope="module")
