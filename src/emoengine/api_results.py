@@ -85,7 +85,11 @@ class Analysis:
     @property
     def predictions(self):
         if self._predictions is None:
-            import pandas as pd
+            try:
+                import pandas as pd
+            except ImportError as e:   # not one of emoengine's dependencies: the CSV needs none
+                raise ImportError(f"Analysis.predictions is a pandas DataFrame: pip install pandas (or read "
+                                  f"{self.dir / 'predictions.csv'})") from e
 
             self._predictions = pd.read_csv(self.dir / "predictions.csv")
         return self._predictions
