@@ -1,7 +1,8 @@
 """`emoengine`: EmoNet facial-emotion inference for video, with conv1 / emo-conv1 feature-map outputs.
 
 The package's face (src/emoengine): the version, the outside contract in code (contract.py: crop size, tensor
-names and shapes, taps), one comparator and tolerance table (compare.py), errors and where artifacts live.
+names and shapes, taps), one comparator and tolerance table (compare.py), errors and where artifacts live, and
+the Python API (api.py: `emoengine.Engine`, imported on first use).
 Its subpackages come from the top-level folders: `emoengine.export` (build time), `emoengine.engine` (run time),
 `emoengine.cli` (the command), `emoengine.benchmarks`.
 """
