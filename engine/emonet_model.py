@@ -39,6 +39,7 @@ class EmoNetBatch:
     conv1: np.ndarray | None = None
     emo_conv1: np.ndarray | None = None
     taps: dict[str, np.ndarray] = field(default_factory=dict)  # module path -> float32 (N, ...), as exported
+    heatmap: np.ndarray | None = None   # (N, 68, 64, 64), only when asked for (predict(heatmap=True))
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -109,7 +110,9 @@ class EmoNetModel:
     def backend(self) -> str:
         return self.runner.backend
 
-    def predict(self, crops: np.ndarray) -> EmoNetBatch:
+    def predict(self, crops: np.ndarray, heatmap: bool = False) -> EmoNetBatch:
+        """`heatmap=True` keeps the landmark heatmaps (the Python API returns them; the pipeline, which would
+        only carry 1.1 MB a face to the writers for nothing, does not ask)."""
         if crops.ndim != 4 or crops.shape[1:] != INPUT_SHAPE or crops.dtype != np.uint8:
             raise ValueError(f"EmoNet takes uint8 (N,{','.join(map(str, INPUT_SHAPE))}) crops, got {crops.dtype} "
                              f"{crops.shape}")
@@ -127,9 +130,11 @@ class EmoNetModel:
             landmarks=heatmap_landmarks(out["heatmap"]),
             conv1_mean=out.get("conv1_mean"),
             emo_conv1_mean=out.get("emo_conv1_mean"),
-            conv1=out.get("conv1"),
-            emo_conv1=out.get("emo_conv1"),
+            # the full default maps only from a --full-taps export: `--taps conv1` alone also has a `conv1` output
+            conv1=out["conv1"] if self.has_full_taps else None,
+            emo_conv1=out["emo_conv1"] if self.has_full_taps else None,
             taps={name: np.asarray(out[name], np.float32) for name in self.taps},
+            heatmap=out["heatmap"].astype(np.float32) if heatmap else None,
         )
 
     def close(self) -> None:

@@ -132,7 +132,8 @@ def open_run_detector(cfg: RunConfig):
 
 
 def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
-                 open_detector: Callable[[], object] | None = None) -> dict:
+                 open_detector: Callable[[], object] | None = None,
+                 observe: Callable[[FrameRecord], None] | None = None) -> dict:
     """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
 
     The input and detector are opened before the model, so bad input fails fast, before any export.
@@ -141,6 +142,8 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     A video with frames that would not decode is processed without them, its outputs are written, and
     then a UserInputError (exit 2) says how many were lost (summary.json lists them too).
     With `cfg.resume`, a complete earlier run of the same input and settings is returned as is.
+    `observe(record)` (the Python API) sees every assembled record (faces filled), in frame order, before the
+    writers, in the render stage's thread; what it raises ends the run like a failing stage.
     """
     source = open_source(cfg.input)
     fingerprint = run_fingerprint(cfg, source)
@@ -162,7 +165,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
             print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
         outputs = open_outputs(cfg, source, model)
         options = pipeline_options(cfg, source)
-        stats = _drive(cfg, source, detector, model, outputs, options)
+        stats = _drive(cfg, source, detector, model, outputs, options, observe)
         summary = make_summary(cfg, source, model, detector, stats, options, outputs.encoder_clocks())
         summary["fingerprint"] = fingerprint
         outputs.commit(summary)
@@ -203,14 +206,21 @@ def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
 
 
 def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
-           options: PipelineOptions) -> PipelineStats:
+           options: PipelineOptions, observe: Callable[[FrameRecord], None] | None = None) -> PipelineStats:
     """The pipeline from the first frame to the last encoded one; a record is assembled and written in the
     render stage."""
     assemble = FrameAssembler(model.class_names, cfg.smooth, taps=outputs.specs, keep_full=outputs.needs_full,
                               independent_frames=options.independent_frames)
     on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
+
+    def sink(record: FrameRecord) -> None:
+        record = assemble(record)
+        if observe is not None:
+            observe(record)
+        outputs.write(record)
+
     try:
-        stats = Pipeline(source, detector, model, lambda record: outputs.write(assemble(record)), options,
+        stats = Pipeline(source, detector, model, sink, options,
                          on_frame=on_frame, live=source.kind == "stream").run()
         t0 = time.perf_counter()
         outputs.finish_videos()   # the encoders' last queued frames belong to the run's time

@@ -1,7 +1,8 @@
 """`emoengine`: EmoNet facial-emotion inference for video, with conv1 / emo-conv1 feature-map outputs.
 
 The package's face (src/emoengine): the version, the outside contract in code (contract.py: crop size, tensor
-names and shapes, taps), one comparator and tolerance table (compare.py), errors and where artifacts live.
+names and shapes, taps), one comparator and tolerance table (compare.py), errors and where artifacts live, and
+the Python API (api.py: `emoengine.Engine`, imported on first use).
 Its subpackages come from the top-level folders: `emoengine.export` (build time), `emoengine.engine` (run time),
 `emoengine.cli` (the command), `emoengine.benchmarks`.
 """
@@ -20,3 +21,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 _os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 from emoengine.contract import CLASS_NAMES_8, class_names  # noqa: F401 - the package's face
+
+# the Python API, imported on first use so that `import emoengine` stays fast (no numpy, typer, ONNX Runtime)
+_API = ("Engine", "Analysis", "FrameStream")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from emoengine import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'emoengine' has no attribute {name!r}")
