@@ -24,11 +24,14 @@ from pathlib import Path
 import numpy as np
 
 FRAME_SIZE = (64, 48)   # w, h: small, so an hour of frames runs in minutes
+FACE_FRAMES = 9           # frames a face stays: more than one keyframe interval (run detects every 8th)
 
 
 def make_stream(path: Path, frames: int, fps: int = 25, size: tuple[int, int] = FRAME_SIZE,
-                face_every: int = 500) -> Path:
-    """An H.264 MPEG-TS of `frames` frames: a moving gradient, with a face for one frame every `face_every`."""
+                face_every: int = 500, face_frames: int = FACE_FRAMES) -> Path:
+    """An H.264 MPEG-TS of `frames` frames: a moving gradient, with a face for `face_frames` frames every
+    `face_every` (more than one keyframe interval, as `run` detects on every 8th frame and a one-frame face
+    would fall between keyframes)."""
     import av
     import cv2
 
@@ -46,7 +49,7 @@ def make_stream(path: Path, frames: int, fps: int = 25, size: tuple[int, int] = 
         for i in range(frames):
             img[...] = 90
             img[..., 0] = (xx + i) % 256
-            if i % face_every == 0:
+            if i % face_every < face_frames:
                 y0, x0 = (h - side) // 2, (w - side) // 2
                 img[y0:y0 + side, x0:x0 + side] = face
             for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus (shared; load avg "
                    f"{os.getloadavg()[0]:.1f} at the end)",
         "stream": {"frames": a.frames, "fps": a.fps, "seconds_of_video": a.frames / a.fps,
-                   "size": list(FRAME_SIZE), "face_every": a.face_every, "generate_s": round(made_s, 1)},
+                   "size": list(FRAME_SIZE), "face_every": a.face_every, "face_frames": FACE_FRAMES,
+                   "generate_s": round(made_s, 1)},
         "command": "emoengine " + " ".join(run_args),
         **{k: v for k, v in result.items() if k != "stderr"},
         "stderr": result["stderr"].strip().splitlines()[-3:],

@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import gc
 import math
-import resource
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from emoengine.compare import compare
 from emoengine.contract import INPUT_NAME
 from emoengine.errors import EmoengineError, first_line
+from emoengine.memory import peak_rss_mb
 
 PlanRow = tuple[str, tuple[int, ...]]   # (backend spec, batch sizes)
 
@@ -117,16 +116,6 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError):
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process-wide peak
-
-
 # -- a plan ------------------------------------------------------------------------------------------------------
 @dataclass
 class PlanResult:
@@ -146,7 +135,7 @@ def measure_batch(runner, crops: np.ndarray, parity_crops, reference, batch: int
     gc.collect()
     _reset_peak_rss()   # the row's own peak: the model plus the timed calls, not the parity scratch
     timing = time_calls(lambda c: runner.infer({INPUT_NAME: c}), x, settings, lambda: runner.last_device_ms)
-    return {"status": "ok", **timing, "first_call_s": first_call_s, "peak_rss_mb": _peak_rss_mb(), "parity": par}
+    return {"status": "ok", **timing, "first_call_s": first_call_s, "peak_rss_mb": peak_rss_mb(), "parity": par}
 
 
 def run_plan(weights: str, plan: list[PlanRow], settings: BenchSettings, crops: np.ndarray,

@@ -30,11 +30,12 @@ _RGB_LUT = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(1, 256), COL
 
 def normalise(fmap: np.ndarray) -> np.ndarray:
     """uint8 0..255 after per-map min-max; a constant (or all non-finite) map is all 0, never a 0/0."""
-    a = np.nan_to_num(np.asarray(fmap, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    # float64: a float32 range near its limits (±3e38, or a subnormal width) would overflow to inf
+    a = np.nan_to_num(np.asarray(fmap, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = float(a.min()), float(a.max())
     if not hi > lo:
         return np.zeros(a.shape, np.uint8)
-    return np.round((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return np.clip(np.round((a - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
 
 
 def colorize(fmap: np.ndarray, out_size: tuple[int, int], interpolation: str = "nearest") -> np.ndarray:

@@ -25,6 +25,7 @@ from emoengine.engine.sources import open_source
 from emoengine.engine.tapset import face_full_taps, face_taps, tap_specs_for_run
 from emoengine.engine.tracker import TemporalSmoother
 from emoengine.errors import UserInputError
+from emoengine.memory import peak_rss_mb
 
 CPU_MAX_BATCH = 1        # see default_max_batch
 GPU_MAX_BATCH = 32
@@ -307,11 +308,3 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
                     "smooth": cfg.smooth, "crop": options.crop_mode, "face_id": cfg.face_id,
                     "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None)},
     }
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MiB (what `/usr/bin/time -v` calls maximum resident set)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)   # bytes on macOS, KiB on Linux
