@@ -20,11 +20,22 @@ REPO = Path(__file__).resolve().parents[1]
 DEVICE_CHECK = REPO / "benchmarks" / "device_check"
 
 
-def uninstalled(*pythonpath: Path) -> dict[str, str]:
-    """An environment in which `python -S` sees the installed third-party packages (site-packages on
-    PYTHONPATH, whose .pth files, the editable install's among them, are never run) but not emoengine."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """site-packages as links, less emoengine: CI installs the project for real (`pip install .`), so its
+    site-packages holds an `emoengine` folder that would hide whether the shim finds the tree."""
+    folder = tmp_path_factory.mktemp("site")
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().startswith(("emoengine", "__editable__")):
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+def uninstalled(site: Path, *pythonpath: Path) -> dict[str, str]:
+    """An environment in which `python -S` sees the installed third-party packages (the `site` links on
+    PYTHONPATH, whose .pth files are never run) but not emoengine, installed editable or not."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EMOENGINE_GOLDEN")}
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), sysconfig.get_paths()["purelib"]])
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(site)])
     return env
 
 
@@ -36,15 +47,15 @@ def cuda_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def test_the_source_tree_shim_imports_the_tree_without_the_editable_install(tmp_path):
+def test_the_source_tree_shim_imports_the_tree_without_the_editable_install(tmp_path, site):
     code = ("import sys, emoengine, emoengine.contract, emoengine.engine.backends, emoengine.benchmarks.gpu_bench\n"
             "print(emoengine.engine.backends.__file__, emoengine.benchmarks.gpu_bench.__file__)\n"
             "assert not [m for m in sys.modules if 'editable' in m]\n")
-    plain = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=uninstalled(),
+    plain = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=uninstalled(site),
                            capture_output=True, text=True, timeout=120)
     assert plain.returncode != 0 and "No module named 'emoengine'" in plain.stderr   # truly uninstalled
     shimmed = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path,
-                             env=uninstalled(REPO / "benchmarks" / "pythonpath"), capture_output=True, text=True,
+                             env=uninstalled(site, REPO / "benchmarks" / "pythonpath"), capture_output=True, text=True,
                              timeout=120)
     assert shimmed.returncode == 0, shimmed.stderr
     files = shimmed.stdout.split()
@@ -53,8 +64,8 @@ def test_the_source_tree_shim_imports_the_tree_without_the_editable_install(tmp_
 
 @pytest.mark.skipif(cuda_usable(), reason="a CUDA GPU is usable here: device_check would run")
 @pytest.mark.parametrize("shim", [True, False], ids=["readme-pythonpath", "no-pythonpath"])
-def test_device_check_without_cuda_exits_2_with_one_line_within_30_s(tmp_path, shim):
-    env = uninstalled(*([REPO / "benchmarks" / "pythonpath"] if shim else []))
+def test_device_check_without_cuda_exits_2_with_one_line_within_30_s(tmp_path, site, shim):
+    env = uninstalled(site, *([REPO / "benchmarks" / "pythonpath"] if shim else []))
     env["OUT"] = str(tmp_path / "out")
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-S", str(DEVICE_CHECK)], cwd=REPO, env=env, capture_output=True,
