@@ -142,7 +142,7 @@ def bench_inputs(n: int) -> np.ndarray:
 def torch_reference(weights: str, parity_crops: np.ndarray) -> tuple[dict | None, str | None]:
     """(outputs of eager fp32 PyTorch on the CPU, None), or (None, why not) where it cannot run here."""
     from emoengine.benchmarks.measure import reference_label
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     try:
         model = open_emonet(reference_label("cpu"), weights=weights, max_batch=16)
@@ -265,7 +265,7 @@ def log_path(json_path: Path) -> Path:
 
 def write_results(report: dict, path: Path) -> Path:
     """The JSON (each failed row keeps its one-line reason) and, where rows failed, their tracebacks beside it."""
-    from emoengine.engine.writers import write_json, write_text_atomic
+    from emoengine.engine.outputs.writers import write_json, write_text_atomic
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     report = dict(report)
@@ -279,7 +279,7 @@ def write_results(report: dict, path: Path) -> Path:
 
 
 def write_markdown(report: dict, path: Path) -> Path:
-    from emoengine.engine.writers import write_text_atomic
+    from emoengine.engine.outputs.writers import write_text_atomic
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(path, markdown_table(report))

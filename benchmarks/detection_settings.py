@@ -6,7 +6,7 @@ On each clip (default: three made from the photos in insightface's wheel — one
 720p, six faces panning and zooming at 720p, and the demo's 640x360 half-and-half — plus any --clip):
 - min-face: MTCNN's CPU milliseconds per frame (one ORT thread, the calling thread's CPU time, so other load on
   the machine changes it little) and the faces it finds, against min-face 20, for 20, 32, 40, 48, 64 px;
-- detect every N: at the default min-face, the boxes of engine.detectors.keyframes against per-frame detection
+- detect every N: at the default min-face, the boxes of engine.tracking.keyframes against per-frame detection
   (each per-frame face's best IoU; faces missed; frames where a face is carried that per-frame detection does not
   find), detector calls, and CPU milliseconds per frame of detection plus flow, for N = 1, 2, 4, 8, 12, 16.
 """
@@ -27,7 +27,7 @@ EVERY = (1, 2, 4, 8, 12, 16)
 
 
 def generated_clips() -> dict[str, list[np.ndarray]]:
-    from emoengine.engine.demo import demo_frames, group_in_view_frames, single_face_frames
+    from emoengine.engine.run.demo import demo_frames, group_in_view_frames, single_face_frames
 
     return {"one_face_720p": list(single_face_frames(96, (1280, 720), face_px=(220, 380))),
             "six_faces_720p": list(group_in_view_frames(96, (1280, 720))),
@@ -35,7 +35,7 @@ def generated_clips() -> dict[str, list[np.ndarray]]:
 
 
 def decoded(path: Path) -> list[np.ndarray]:
-    from emoengine.engine.sources import open_source
+    from emoengine.engine.sources.opener import open_source
 
     with open_source(path) as source:
         return [f.rgb for f in source]
@@ -48,8 +48,8 @@ def cpu_ms(fn, frames) -> tuple[list, float]:
 
 
 def min_face_rows(frames: list[np.ndarray]) -> list[dict]:
-    from emoengine.engine.detectors import make_detector
-    from emoengine.engine.tracker import iou_matrix
+    from emoengine.engine.tracking.detectors import make_detector
+    from emoengine.engine.tracking.tracker import iou_matrix
 
     rows, reference = [], None
     for min_face in MIN_FACES:
@@ -66,9 +66,9 @@ def min_face_rows(frames: list[np.ndarray]) -> list[dict]:
 
 
 def every_rows(frames: list[np.ndarray]) -> list[dict]:
-    from emoengine.engine.detectors import DEFAULT_MIN_FACE, make_detector
-    from emoengine.engine.detectors.keyframes import KeyframeTracker
-    from emoengine.engine.tracker import iou_matrix
+    from emoengine.engine.tracking.detectors import DEFAULT_MIN_FACE, make_detector
+    from emoengine.engine.tracking.keyframes import KeyframeTracker
+    from emoengine.engine.tracking.tracker import iou_matrix
 
     detector = make_detector("mtcnn", threads=1, min_face=DEFAULT_MIN_FACE)
     rows, reference = [], None

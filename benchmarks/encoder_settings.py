@@ -2,8 +2,9 @@
 
     python -m emoengine.benchmarks.encoder_settings [--frames 48] [--json FILE]
 
-The frames are what `run` encodes: a generated 1280x720 clip of a moving face (engine.demo), or --clip's, with the
-annotation panel drawn (engine.annotate). Each setting encodes them through engine.writers.VideoWriter; CPU time is the
+The frames are what `run` encodes: a generated 1280x720 clip of a moving face (engine.run.demo), or --clip's, with the
+annotation panel drawn (engine.outputs.annotate). Each setting encodes them through
+engine.outputs.writers.VideoWriter; CPU time is the
 process's (x264's own threads included), so it stays meaningful on a busy machine where wall time does not;
 PSNR is against the frames that went in (decoded back with PyAV).
 """
@@ -29,10 +30,10 @@ THREADS = (1, 0)   # 0: x264 picks (1.5 x cores)
 
 def annotated_frames(n: int, clip: Path | None = None) -> list[np.ndarray]:
     """n frames of `clip` (default: a generated 720p face) with the annotation panel drawn."""
-    from emoengine.engine.annotate import annotate_frame
-    from emoengine.engine.demo import single_face_frames
-    from emoengine.engine.results import FrameRecord
-    from emoengine.engine.sources import open_source
+    from emoengine.engine.outputs.annotate import annotate_frame
+    from emoengine.engine.run.demo import single_face_frames
+    from emoengine.engine.run.records import FrameRecord
+    from emoengine.engine.sources.opener import open_source
 
     if clip is None:
         frames = single_face_frames(n, size=SIZE_720P, face_px=(220, 380))
@@ -57,7 +58,7 @@ def psnr(path: Path, frames: list[np.ndarray]) -> float:
 
 
 def encode(frames: list[np.ndarray], path: Path, preset: str, crf: int, threads: int) -> dict:
-    from emoengine.engine.writers import VideoWriter
+    from emoengine.engine.outputs.writers import VideoWriter
 
     c0, t0 = cpu_s(), time.perf_counter()
     size = (frames[0].shape[1], frames[0].shape[0])
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> Path:
                     print(row, flush=True)
     report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
               "config": {"frames": len(frames), "size": [frames[0].shape[1], frames[0].shape[0]],
-                         "content": (str(args.clip) if args.clip else "engine.demo single face")
-                         + ", annotation panel drawn", "rgb_to_yuv": "OpenCV (engine.writers.VideoWriter)"},
+                         "content": (str(args.clip) if args.clip else "engine.run.demo single face")
+                         + ", annotation panel drawn", "rgb_to_yuv": "OpenCV (engine.outputs.writers.VideoWriter)"},
               "results": rows}
     return save_report(report, args.json, prefix="encoder-settings-")
 

@@ -14,7 +14,7 @@ Per run: frames/s, the ratio, ms per frame of each stage (busy seconds / frames;
 seconds per frame of the whole process (user + sys: less disturbed than wall time when others share the
 machine), peak RSS (`/usr/bin/time -v` where installed, and summary.json's `peak_rss_mb`), detector and tracked
 frames. Boxes: IoU of the default run's boxes against `--detect-every 1`'s, and frames where one finds a face
-and the other does not. Clips: a generated 1280x720 face travelling and growing (engine.demo; --no-generated
+and the other does not. Clips: a generated 1280x720 face travelling and growing (engine.run.demo; --no-generated
 leaves it out) and every --clip. The 1-min load average is recorded before and after every run: re-measure on a
 quiet machine for README figures.
 """
@@ -49,7 +49,7 @@ def load_1m() -> float:
 
 def make_clip(path: Path, frames: int) -> Path:
     """One face travelling left to right and growing from 220 to 380 px over a 1280x720 gradient, 24 fps."""
-    from emoengine.engine.demo import single_face_frames, write_clip
+    from emoengine.engine.run.demo import single_face_frames, write_clip
 
     return write_clip(path, single_face_frames(frames, SIZE_720P, face_px=(220, 380)), fps=24.0)
 
@@ -112,7 +112,7 @@ def read_boxes(csv_path: Path) -> dict[int, np.ndarray]:
 
 def compare_boxes(test: dict[int, np.ndarray], reference: dict[int, np.ndarray]) -> dict:
     """Each reference face's best IoU among the test boxes of its frame, and faces found by one run only."""
-    from emoengine.engine.tracker import iou_matrix
+    from emoengine.engine.tracking.tracker import iou_matrix
 
     ious, missed = [], 0
     for frame, ref in reference.items():
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> Path:
         run_e2e(next(iter(clips.values())), model, tmp / "warm", ["--no-video"], env)   # untimed: first-use costs
         t0 = time.perf_counter()
         rounds = [one_round(i, clips, model, args, env, tmp) for i in range(args.rounds)]
-    generated = f"engine.demo single face, {SIZE_720P[0]}x{SIZE_720P[1]}, {args.frames} frames, 24 fps"
+    generated = f"engine.run.demo single face, {SIZE_720P[0]}x{SIZE_720P[1]}, {args.frames} frames, 24 fps"
     report = {"machine": machine, "date": started.isoformat(timespec="seconds"),
               "duration_s": round(time.perf_counter() - t0, 1),
               "config": {"weights": weights_label(args.weights),

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 def finish(json_path: Path, facts: dict, golden: Path | None, tests: dict, bench: dict, wall_s: float) -> int:
     """The bench's JSON with the device_check section added (the bench's alone, or this alone, where one is
     missing); exit 0 only when the tests passed and every bench row measured and passed parity."""
-    from emoengine.engine.writers import write_json
+    from emoengine.engine.outputs.writers import write_json
 
     report = json.loads(json_path.read_text()) if json_path.is_file() else {}
     facts["nvidia_smi_after"] = nvidia_smi()

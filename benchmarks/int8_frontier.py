@@ -65,7 +65,7 @@ def measure(runner, crops, reference, parity_inputs, runs, batches, precision: s
 def torch_reference_and_speed(args, crops: np.ndarray) -> tuple[dict, dict | None]:
     """The fp32 PyTorch outputs on the parity crops (from --reference-cache where it exists) and, unless
     --no-torch-timing, its batch-1 speed."""
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     torch_model = open_emonet("torch", weights=args.weights)
     try:

@@ -35,7 +35,7 @@ def make_stream(path: Path, frames: int, fps: int = 25, size: tuple[int, int] = 
     import av
     import cv2
 
-    from emoengine.engine.demo import shipped_photo
+    from emoengine.engine.run.demo import shipped_photo
 
     w, h = size
     side = min(w, h) - 8

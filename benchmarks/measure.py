@@ -144,7 +144,7 @@ def run_plan(weights: str, plan: list[PlanRow], settings: BenchSettings, crops: 
     """Every spec of the plan at each of its batch sizes (see the module docstring); `on_row(rows)` after each
     row and each spec, so that a run cut short keeps what it measured."""
     from emoengine.engine.backends import backend_row, parse_backend
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     say = progress or (lambda _msg: None)
     result = PlanResult([], [])

@@ -48,8 +48,8 @@ def _run_options(kwargs: dict) -> dict:
 def batch(**kwargs) -> None:
     """Run many videos through `run`'s pipeline on Ray Data; per-video outputs, predictions.parquet,
     batch_summary.json. A re-run skips videos whose outputs are complete."""
-    from emoengine.engine.batch import list_inputs, prepare_model
-    from emoengine.engine.ray_batch import require_ray, run_batch
+    from emoengine.engine.batch.ray_driver import require_ray, run_batch
+    from emoengine.engine.batch.videos import list_inputs, prepare_model
 
     require_ray()
     items = list_inputs(kwargs["inputs"])

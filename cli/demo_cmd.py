@@ -19,8 +19,8 @@ def demo_command(
 ) -> None:
     """Run everything on a generated clip (photos from insightface's wheel; no network needed)."""
     from emoengine.cli.run_cmd import open_model, summary_line
-    from emoengine.engine.demo import demo_frames, write_clip
-    from emoengine.engine.run import RunConfig, default_max_batch, run_pipeline
+    from emoengine.engine.run.demo import demo_frames, write_clip
+    from emoengine.engine.run.driver import RunConfig, default_max_batch, run_pipeline
 
     out.mkdir(parents=True, exist_ok=True)
     clip = write_clip(out / "demo_input.mp4", demo_frames(frames))

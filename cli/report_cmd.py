@@ -12,6 +12,6 @@ def report_command(
     out_dir: str = typer.Argument(..., help="The --out folder of a finished `run` (or of a `batch`)."),
 ) -> None:
     """Write report.html from a run's files, also for runs made before reports existed (a batch: index.html)."""
-    from emoengine.engine.report import rebuild
+    from emoengine.engine.outputs.report import rebuild
 
     typer.echo(f"emoengine: wrote {rebuild(out_dir)}", err=True)

@@ -1,4 +1,4 @@
-"""`emoengine run`: parse options, call engine.run.run_pipeline, print one summary line."""
+"""`emoengine run`: parse options, call engine.run.driver.run_pipeline, print one summary line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from emoengine.cli.main import app
 from emoengine.engine.backends import BACKENDS, DEFAULT_BACKEND
-from emoengine.engine.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE
+from emoengine.engine.tracking.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE
 from emoengine.errors import UserInputError
 
 
@@ -23,7 +23,7 @@ def resolve_backend(backend: str | None, model: str | None) -> str:
 
 def open_model(backend: str | None, weights: str | None, model: str | None, classes: int | None,
                full_taps: bool, max_batch: int):
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     backend = resolve_backend(backend, model)
     return open_emonet(backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
@@ -78,8 +78,8 @@ def run_command(
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
-    from emoengine.engine.emonet_model import open_emonet
-    from emoengine.engine.run import run_pipeline
+    from emoengine.engine.model.emonet_model import open_emonet
+    from emoengine.engine.run.driver import run_pipeline
 
     summary = run_pipeline(cfg, lambda: open_emonet(**model_args))
     if not quiet and not summary.get("resumed"):
@@ -92,8 +92,8 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
                no_taps=False, tap_view="mean"):
     """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it.
     `taps`: --taps' text (None: the default taps; a bool, as the older --taps/--no-taps flag, is taken too)."""
-    from emoengine.engine.run import RunConfig, default_max_batch
-    from emoengine.engine.tapset import model_taps, run_tap_names
+    from emoengine.engine.model.tapset import model_taps, run_tap_names
+    from emoengine.engine.run.driver import RunConfig, default_max_batch
 
     if detect_every < 1:
         raise UserInputError(f"--detect-every must be 1 or more (1: the detector on every frame), not {detect_every}")

@@ -127,7 +127,7 @@ def cached_int8_onnx_for(request, calibration_crops: int | None = None, method: 
 
 def cached_fp16_onnx(fp32_path: Path, announce=None) -> Path:
     """<stem>.fp16.onnx beside the fp32 model, converted once (and again when the fp32 model changes)."""
-    from emoengine.engine.writers import write_bytes_atomic
+    from emoengine.engine.outputs.writers import write_bytes_atomic
     from emoengine.export.fp16 import export_fp16
 
     out = fp32_path.with_name(f"{fp32_path.stem}.fp16.onnx")

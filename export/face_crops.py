@@ -22,8 +22,8 @@ EVALUATION_SEED = 2    # `bench` measures parity on these
 @lru_cache(maxsize=1)
 def _shipped_faces() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """(photo, box) for every face MTCNN finds in the shipped photos (7: six in t1.jpg, one Tom Hanks)."""
-    from emoengine.engine.demo import shipped_photo
-    from emoengine.engine.detectors.mtcnn import MTCNNDetector
+    from emoengine.engine.run.demo import shipped_photo
+    from emoengine.engine.tracking.detectors.mtcnn import MTCNNDetector
 
     photos = [shipped_photo("t1.jpg"), shipped_photo("Tom_Hanks_54745.png")]
     detector = MTCNNDetector()

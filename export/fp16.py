@@ -364,7 +364,7 @@ def export_fp16(fp32_path: str | os.PathLike, output: str | os.PathLike, images:
             worst = max(bad, key=bad.get)
             raise RunFailure(f"fp16 model disagrees with fp32: {worst} off by {bad[worst]:.2e} of its magnitude "
                              f"(tolerance {report.tolerance[worst]:g}); not written")
-    from emoengine.engine.writers import write_bytes_atomic
+    from emoengine.engine.outputs.writers import write_bytes_atomic
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from emoengine.engine.backends.tensorrt import require_tensorrt
-from emoengine.engine.writers import write_bytes_atomic
+from emoengine.engine.outputs.writers import write_bytes_atomic
 from emoengine.errors import RunFailure, UserInputError, notice
 from emoengine.paths import models_dir, sha256_file
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emoengine.engine.annotate import (
+from emoengine.engine.outputs.annotate import (
     BoxAnnotator,
     CircumplexAnnotator,
     LabelAnnotator,
@@ -14,9 +14,9 @@ from emoengine.engine.annotate import (
     annotate_frame,
     face_color,
 )
-from emoengine.engine.featuremaps import MeanMapAccumulator, feature_map_frame, normalise
-from emoengine.engine.results import FaceResult, FrameRecord
-from emoengine.engine.timeline import plot_timeline
+from emoengine.engine.outputs.featuremaps import MeanMapAccumulator, feature_map_frame, normalise
+from emoengine.engine.outputs.timeline import plot_timeline
+from emoengine.engine.run.records import FaceResult, FrameRecord
 
 CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"]
 

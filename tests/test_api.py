@@ -14,7 +14,7 @@ import pytest
 
 import emoengine
 from emoengine.contract import TAP_TOLERANCE
-from emoengine.engine.demo import single_face_frames, write_clip
+from emoengine.engine.run.demo import single_face_frames, write_clip
 from emoengine.errors import UserInputError
 
 pytest.importorskip("torch", reason="the golden .pth and the exports need PyTorch")
@@ -125,7 +125,7 @@ def test_analyze_predictions_equal_runs_csv(engine, face_clip, models, tmp_path)
     import pandas as pd
 
     from emoengine.cli.main import main as cli_main
-    from emoengine.engine.results import FaceResult
+    from emoengine.engine.run.records import FaceResult
 
     result = engine.analyze(face_clip, out=tmp_path / "api")
     onnx = next(models.glob("emonet8-*-taps13-*.onnx"))   # the Engine's export: the same graph for both
@@ -174,7 +174,7 @@ def long_clip(tmp_path_factory) -> Path:
 @pytest.fixture
 def frames_read(monkeypatch) -> dict[str, int]:
     """How many frames the run's source has decoded so far."""
-    import emoengine.engine.run as run_module
+    import emoengine.engine.run.driver as run_module
 
     count = {"read": 0}
     real_open = run_module.open_source
@@ -213,8 +213,8 @@ def test_stream_is_lazy_and_closing_it_ends_the_pipeline(engine, long_clip, fram
 
 
 def test_stream_holds_a_bounded_number_of_frames(engine, long_clip, monkeypatch):
-    import emoengine.engine.pipeline as pipeline_module
-    from emoengine.engine.results import FrameRecord
+    import emoengine.engine.run.pipeline as pipeline_module
+    from emoengine.engine.run.records import FrameRecord
 
     lock, live = threading.Lock(), {"now": 0}
 

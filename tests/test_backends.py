@@ -16,7 +16,7 @@ import pytest
 from emoengine import CLASS_NAMES_8
 from emoengine.contract import CROP_SIZE
 from emoengine.engine.backends import Runner, backend_for_artifact
-from emoengine.engine.emonet_model import EmoNetModel, heatmap_landmarks, open_emonet, softmax
+from emoengine.engine.model.emonet_model import EmoNetModel, heatmap_landmarks, open_emonet, softmax
 from emoengine.errors import UserInputError
 from emoengine.export.emonet import output_names
 

@@ -28,7 +28,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from emoengine.engine.demo import shipped_photo, single_face_frames, write_clip
+from emoengine.engine.run.demo import shipped_photo, single_face_frames, write_clip
 from emoengine.export.emonet import EmoNet
 
 CLIP_FRAMES = 24
@@ -166,7 +166,7 @@ def hostile_mtcnn_folder(tmp_path_factory) -> tuple[Path, Path]:
 
     import joblib
 
-    from emoengine.engine.detectors.mtcnn_graphs import default_weights_dir
+    from emoengine.engine.tracking.detectors.mtcnn_graphs import default_weights_dir
 
     d = tmp_path_factory.mktemp("hostile_mtcnn")
     for name in ("rnet", "onet"):

@@ -18,9 +18,9 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install \"emo
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (pip install \"emoengine[cluster]\")")
 
 from emoengine.cli.main import main
-from emoengine.engine import ray_batch
-from emoengine.engine.batch import VideoWorker
-from emoengine.engine.demo import single_face_frames, write_clip
+from emoengine.engine.batch import ray_driver as ray_batch
+from emoengine.engine.batch.videos import VideoWorker
+from emoengine.engine.run.demo import single_face_frames, write_clip
 
 CLIP_FRAMES = {"clip_a": 8, "clip_b": 12, "clip_c": 16}
 RUN_FILES = ("predictions.csv", "annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png",

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from emoengine.engine.batch import list_inputs
-from emoengine.engine.resume import complete_summary
+from emoengine.engine.batch.videos import list_inputs
+from emoengine.engine.run.resume import complete_summary
 from emoengine.errors import UserInputError
 
 

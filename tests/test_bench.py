@@ -155,7 +155,7 @@ def test_int8_export_writes_a_qdq_model_and_caches_calibration(int8_export):
 
 def test_int8_model_runs_as_ort_int8_with_reported_parity(int8_export):
     from emoengine.benchmarks.measure import parity
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
     from emoengine.export.face_crops import face_crops
 
     _, out, _ = int8_export

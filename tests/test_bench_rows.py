@@ -24,7 +24,7 @@ from emoengine.export.emonet import synthetic_crops
 @pytest.fixture(scope="module")
 def torch_cpu():
     """The `torch` CPU backend (random weights) and its outputs on 4 crops: the reference of these tests."""
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     model = open_emonet("torch", weights="random")
     crops = synthetic_crops(4, seed=5)

@@ -71,7 +71,7 @@ def test_bad_weights_exit_2_with_one_line(case, command, bad_files, cli, tmp_pat
     if command == "run":
         import cv2
 
-        from emoengine.engine.demo import shipped_photo
+        from emoengine.engine.run.demo import shipped_photo
 
         photo = tmp_path / "face.jpg"
         cv2.imwrite(str(photo), shipped_photo("Tom_Hanks_54745.png")[:, :, ::-1])

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emoengine.engine.crops import DEFAULT_MARGIN, crop_faces, regions_to_frame
+from emoengine.engine.model.crops import DEFAULT_MARGIN, crop_faces, regions_to_frame
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from emoengine.engine.detectors import DETECTOR_NAMES, make_detector
-from emoengine.engine.detectors.mtcnn import MTCNNDetector
-from emoengine.engine.detectors.mtcnn_graphs import mtcnn_models
+from emoengine.engine.tracking.detectors import DETECTOR_NAMES, make_detector
+from emoengine.engine.tracking.detectors.mtcnn import MTCNNDetector
+from emoengine.engine.tracking.detectors.mtcnn_graphs import mtcnn_models
 from emoengine.errors import UserInputError
 
 IMAGES = Path(importlib.util.find_spec("insightface").submodule_search_locations[0]) / "data" / "images"
@@ -153,7 +153,7 @@ def test_onnx_graphs_match_keras_semantics():
     import onnxruntime as ort
     import torch.nn.functional as F
 
-    from emoengine.engine.detectors.mtcnn_graphs import load_weights
+    from emoengine.engine.tracking.detectors.mtcnn_graphs import load_weights
 
     weights, models = load_weights(), mtcnn_models()
 

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from emoengine.engine.detectors import make_detector
-from emoengine.engine.detectors.scrfd import SCRFDDetector, anchor_centres, find_scrfd_model, letterbox
+from emoengine.engine.tracking.detectors import make_detector
+from emoengine.engine.tracking.detectors.scrfd import SCRFDDetector, anchor_centres, find_scrfd_model, letterbox
 from emoengine.errors import UserInputError
 
 SIZE = 640

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emoengine.engine.demo import shipped_photo, write_clip
-from emoengine.engine.detectors.base import Faces
-from emoengine.engine.emonet_model import EmoNetBatch
-from emoengine.engine.pipeline import Pipeline, PipelineOptions
-from emoengine.engine.sources import Frame
+from emoengine.engine.model.emonet_model import EmoNetBatch
+from emoengine.engine.run.demo import shipped_photo, write_clip
+from emoengine.engine.run.pipeline import Pipeline, PipelineOptions
+from emoengine.engine.sources.opener import Frame
+from emoengine.engine.tracking.detectors.base import Faces
 from emoengine.errors import RunFailure
 
 
@@ -98,7 +98,7 @@ def emoengine_threads(settle_s: float = 2.0) -> list[str]:
 @pytest.mark.parametrize("stage", ["decode", "detect", "crop", "infer", "render"])
 def test_a_stage_that_raises_stops_every_stage_and_leaves_no_thread(stage, monkeypatch):
     """Fakes feed an endless input so every other stage is busy or blocked on a full queue when one fails."""
-    import emoengine.engine.pipeline as pipeline_module
+    import emoengine.engine.run.pipeline as pipeline_module
 
     rendered = []
 
@@ -192,7 +192,7 @@ def test_injected_enospc_on_video_write_exits_1_and_leaves_nothing(tmp_path, fac
                                                                   monkeypatch, capsys):
     """An OSError(ENOSPC) injected into the muxer after a few frames (the test name says it is injected),
     through the real entry point in-process: exit 1, one error line, an empty output folder."""
-    import emoengine.engine.writers as writers
+    import emoengine.engine.outputs.writers as writers
     from emoengine.cli.main import main
 
     real_init = writers.VideoWriter.__init__
@@ -227,9 +227,9 @@ def test_injected_enospc_on_video_write_exits_1_and_leaves_nothing(tmp_path, fac
 
 def test_failure_at_commit_removes_what_the_commit_already_put_in_place(tmp_path, monkeypatch):
     """All or nothing: the summary (written last) fails, so the CSV and PNGs renamed before it go again."""
-    import emoengine.engine.outputs as outputs_module
-    from emoengine.engine.outputs import RunOutputs
-    from emoengine.engine.results import FrameRecord
+    import emoengine.engine.outputs.run_outputs as outputs_module
+    from emoengine.engine.outputs.run_outputs import RunOutputs
+    from emoengine.engine.run.records import FrameRecord
 
     outputs = RunOutputs(tmp_path, tuple("abcdefgh"), fps=10, still=False)
     for i in range(3):
@@ -252,7 +252,7 @@ def test_face_cut_by_the_frame_edge_is_cropped_centred_on_the_whole_face():
     crop is a square around the unclipped box (black where the frame ends), not around the visible part."""
     import cv2
 
-    from emoengine.engine.detectors import make_detector
+    from emoengine.engine.tracking.detectors import make_detector
 
     face = cv2.resize(shipped_photo("Tom_Hanks_54745.png"), (150, 150))
     frame = np.full((220, 300, 3), 120, np.uint8)
@@ -276,8 +276,8 @@ def test_face_cut_by_the_frame_edge_is_cropped_centred_on_the_whole_face():
 
 
 def test_summary_of_a_clean_run_reports_no_damage(tmp_path, faceless_clip, golden_pth_8):
-    from emoengine.engine.emonet_model import open_emonet
-    from emoengine.engine.run import RunConfig, run_pipeline
+    from emoengine.engine.model.emonet_model import open_emonet
+    from emoengine.engine.run.driver import RunConfig, run_pipeline
 
     summary = run_pipeline(RunConfig(input=str(faceless_clip), out_dir=tmp_path, quiet=True, write_video=False),
                            lambda: open_emonet("torch", weights=str(golden_pth_8)))
@@ -292,11 +292,11 @@ def test_sigterm_while_a_stage_is_still_in_native_code_exits_130_not_abort(tmp_p
     Here the grace period is 0 s (patched in a wrapper around the real entry point), so that always happens."""
     import signal
 
-    from emoengine.engine.demo import single_face_frames
+    from emoengine.engine.run.demo import single_face_frames
 
     clip = write_clip(tmp_path / "faces.mp4", single_face_frames(48, size=(320, 240), face_px=(100, 140)), fps=24)
     wrapper = tmp_path / "no_grace.py"
-    wrapper.write_text("import sys\nimport emoengine.engine.pipeline as p\np.STOP_GRACE_S = 0.0\n"
+    wrapper.write_text("import sys\nimport emoengine.engine.run.pipeline as p\np.STOP_GRACE_S = 0.0\n"
                        "from emoengine.cli.main import main\nsys.argv[0] = 'emoengine'\nmain()\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(wrapper), "run", str(clip), "--weights", str(golden_pth_8),

@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from emoengine.engine.crops import CROP_SIZE, crop_faces, regions_to_frame
-from emoengine.engine.detectors.nms import ensure_rgb
-from emoengine.engine.emonet_model import heatmap_landmarks, softmax
-from emoengine.engine.featuremaps import feature_map_frame, normalise
-from emoengine.engine.tracker import IouTracker, TemporalSmoother, iou_matrix
-from emoengine.engine.writers import fit_frame
+from emoengine.engine.model.crops import CROP_SIZE, crop_faces, regions_to_frame
+from emoengine.engine.model.emonet_model import heatmap_landmarks, softmax
+from emoengine.engine.outputs.featuremaps import feature_map_frame, normalise
+from emoengine.engine.outputs.writers import fit_frame
+from emoengine.engine.tracking.detectors.nms import ensure_rgb
+from emoengine.engine.tracking.tracker import IouTracker, TemporalSmoother, iou_matrix
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -80,7 +80,7 @@ def test_enormous_regions_do_not_allocate_their_padded_patch(scale):
 
 def test_warped_crop_matches_the_padded_resize():
     """The path for enormous regions samples like the ordinary one (compared on a region 2x the frame)."""
-    from emoengine.engine.crops import _warped_crop
+    from emoengine.engine.model.crops import _warped_crop
 
     frame = np.random.default_rng(3).integers(0, 256, (90, 120, 3), np.uint8)
     padded, regions = crop_faces(frame, np.array([[-60, -50, 150, 130]], np.float32))

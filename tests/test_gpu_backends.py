@@ -108,7 +108,7 @@ def test_export_trt_without_tensorrt_exits_2_and_writes_nothing(cli, tmp_path):
 def reference_8(golden_pth_8, golden_crops_8):
     """The CPU reference of the GPU variants: eager fp32 PyTorch on the golden crops, or (where the golden data did
     not travel, e.g. to a lent GPU machine) on synthetic crops with seeded random weights."""
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     crops = golden_crops_8
     model = open_emonet("torch", weights=str(golden_pth_8))
@@ -131,7 +131,7 @@ def assert_close(got, ref, precision: str):
     "torch-cuda:fp16+compile",
 ])
 def test_torch_cuda_variants_match_the_cpu_reference(golden_pth_8, reference_8, spec):
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     crops, ref = reference_8
     model = open_emonet(spec, weights=str(golden_pth_8), max_batch=4)
@@ -147,7 +147,7 @@ def test_torch_cuda_variants_match_the_cpu_reference(golden_pth_8, reference_8, 
 @needs["ort-cuda"]
 @pytest.mark.parametrize("spec", ["ort-cuda", "ort-cuda:cudagraph", "ort-cuda:conv_search=HEURISTIC"])
 def test_ort_cuda_io_binding_matches_the_cpu_reference(golden_pth_8, reference_8, spec, tmp_path, monkeypatch):
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))  # the cached ONNX export goes there
     crops, ref = reference_8

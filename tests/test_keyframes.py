@@ -1,5 +1,5 @@
 """Detection on keyframes and optical flow between them: real MTCNN on real encoded clips made from the photos in
-insightface's wheel (engine.demo), decoded back through engine.sources, against per-frame detection."""
+insightface's wheel (engine.run.demo), decoded back through engine.sources.opener, against per-frame detection."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from emoengine.engine.demo import group_in_view_frames, shipped_photo, single_face_frames, write_clip
-from emoengine.engine.detectors import DEFAULT_MIN_FACE, make_detector
-from emoengine.engine.detectors.keyframes import KeyframeTracker
-from emoengine.engine.sources import open_source
-from emoengine.engine.tracker import IouTracker, iou_matrix
+from emoengine.engine.run.demo import group_in_view_frames, shipped_photo, single_face_frames, write_clip
+from emoengine.engine.sources.opener import open_source
+from emoengine.engine.tracking.detectors import DEFAULT_MIN_FACE, make_detector
+from emoengine.engine.tracking.keyframes import KeyframeTracker
+from emoengine.engine.tracking.tracker import IouTracker, iou_matrix
 
 EVERY = 8
 

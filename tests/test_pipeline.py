@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from emoengine.engine.demo import shipped_photo, single_face_frames, write_clip
+from emoengine.engine.run.demo import shipped_photo, single_face_frames, write_clip
 
 CONTRACT_VIDEO_FILES = ("predictions.csv", "annotated.mp4", "conv1.mp4", "emo_conv1.mp4", "conv1_mean.png",
                         "emo_conv1_mean.png", "timeline.png", "summary.json")
@@ -166,8 +166,8 @@ def test_stream_of_5000_small_frames_runs_with_flat_memory(tmp_path, random_onnx
     """An MPEG-TS stream opened through the stream path (file:// URL), faces in some frames."""
     import psutil
 
-    from emoengine.engine.emonet_model import open_emonet
-    from emoengine.engine.run import RunConfig, run_pipeline
+    from emoengine.engine.model.emonet_model import open_emonet
+    from emoengine.engine.run.driver import RunConfig, run_pipeline
 
     face = single_face_frames(1, size=(160, 160), face_px=(100, 100)).__next__()
     blank = np.full_like(face, 90)
@@ -207,7 +207,7 @@ def test_stream_of_5000_small_frames_runs_with_flat_memory(tmp_path, random_onnx
 def test_a_stage_that_raises_ends_the_run_within_seconds_with_exit_1(tmp_path, random_onnx, moving_face_clip,
                                                                       monkeypatch, capsys):
     """A failing detector (a fake: the failure is what is under test) stops every stage promptly."""
-    import emoengine.engine.run as run_module
+    import emoengine.engine.run.driver as run_module
     from emoengine.cli.main import main
 
     class ExplodingDetectorFake:
@@ -218,7 +218,7 @@ def test_a_stage_that_raises_ends_the_run_within_seconds_with_exit_1(tmp_path, r
             ExplodingDetectorFake.calls += 1
             if ExplodingDetectorFake.calls == 5:
                 raise RuntimeError("detector blew up")
-            from emoengine.engine.detectors.base import Faces
+            from emoengine.engine.tracking.detectors.base import Faces
             return [Faces.empty() for _ in frames]
 
         def close(self):
@@ -307,7 +307,7 @@ def test_video_without_faces_still_yields_every_contract_file(tmp_path, random_o
 
 OPEN_BY_WEIGHTS = """
 import sys
-from emoengine.engine.emonet_model import open_emonet
+from emoengine.engine.model.emonet_model import open_emonet
 for weights in sys.argv[1:]:
     model = open_emonet("ort", weights=weights, max_batch=1)
     print(len(model.class_names), model.is_random)

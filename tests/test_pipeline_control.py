@@ -17,11 +17,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from emoengine.engine.demo import shipped_photo
-from emoengine.engine.detectors.base import Faces
-from emoengine.engine.emonet_model import EmoNetBatch
-from emoengine.engine.pipeline import Pipeline, PipelineOptions
-from emoengine.engine.sources import Frame
+from emoengine.engine.model.emonet_model import EmoNetBatch
+from emoengine.engine.run.demo import shipped_photo
+from emoengine.engine.run.pipeline import Pipeline, PipelineOptions
+from emoengine.engine.sources.opener import Frame
+from emoengine.engine.tracking.detectors.base import Faces
 
 
 class OneFaceEveryNDetectorFake:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from emoengine.contract import CLASS_NAMES_8
-from emoengine.engine.outputs import RunOutputs, csv_header
-from emoengine.engine.report import build_report
-from emoengine.engine.report.rundata import TIMELINE_BUCKETS, RunFiles, run_taps, timeline_data
-from emoengine.engine.results import FrameRecord
+from emoengine.engine.outputs.report import build_report
+from emoengine.engine.outputs.report.rundata import TIMELINE_BUCKETS, RunFiles, run_taps, timeline_data
+from emoengine.engine.outputs.run_outputs import RunOutputs, csv_header
+from emoengine.engine.run.records import FrameRecord
 
 SIZE_LIMIT = 3 * 1024 * 1024
 
@@ -85,7 +85,7 @@ def test_decimated_points_are_the_means_and_ranges_of_their_frames(tmp_path):
     run = RunFiles.load(folder)
     pred = run.predictions
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("emoengine.engine.report.rundata.TIMELINE_BUCKETS", 100)   # 1200 face-frames → 12 a point
+        mp.setattr("emoengine.engine.outputs.report.rundata.TIMELINE_BUCKETS", 100)   # 1200 face-frames → 12 a point
         data = timeline_data(pred, fps=25.0)
     assert data["bucket_frames"] == 12
     face = data["faces"][1]
@@ -221,8 +221,8 @@ def test_report_command_rebuilds_and_refuses_a_folder_without_a_summary(tmp_path
 
 def test_batch_index_links_each_report_and_lists_failures(tmp_path, page_links):
     pq = pytest.importorskip("pyarrow.parquet", reason="the batch index reads predictions.parquet (pyarrow)")
-    from emoengine.engine.batch import write_predictions_parquet
-    from emoengine.engine.report.index import write_batch_index
+    from emoengine.engine.batch.videos import write_predictions_parquet
+    from emoengine.engine.outputs.report.index import write_batch_index
 
     out = tmp_path / "batch"
     for name, seed in (("clip a", 1), ("clip_b", 2)):

@@ -140,7 +140,7 @@ class Chromium:
 @pytest.fixture(scope="module")
 def clip_run(tmp_path_factory, cli) -> Path:
     """A real `emoengine run` (random weights, MTCNN, ort) on a 24-frame 320×240 clip of one moving face."""
-    from emoengine.engine.demo import single_face_frames, write_clip
+    from emoengine.engine.run.demo import single_face_frames, write_clip
 
     root = tmp_path_factory.mktemp("report_run")
     clip = write_clip(root / "one face.mp4", single_face_frames(FRAMES, size=(320, 240), face_px=(90, 140)), fps=FPS)

@@ -7,7 +7,7 @@ import os
 
 import cv2
 
-from emoengine.engine.demo import shipped_photo
+from emoengine.engine.run.demo import shipped_photo
 
 
 def test_resume_skips_a_complete_run_and_reruns_on_any_change(tmp_path, cli, golden_pth_8):

@@ -15,7 +15,7 @@ import pytest
 
 from emoengine.cli.main import main as cli_main
 from emoengine.contract import DEFAULT_TAPS
-from emoengine.engine.featuremaps import GRID_GAP, GRID_TILE, colorize, feature_map_frame, grid_size
+from emoengine.engine.outputs.featuremaps import GRID_GAP, GRID_TILE, colorize, feature_map_frame, grid_size
 
 av = pytest.importorskip("av", reason="PyAV decodes the clip and the tap videos")
 
@@ -53,7 +53,7 @@ def tap_model(golden_pth_8, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip(golden_outputs, tmp_path_factory) -> Path:
-    from emoengine.engine.demo import write_clip
+    from emoengine.engine.run.demo import write_clip
 
     return write_clip(tmp_path_factory.mktemp("media") / "crops.mp4", golden_outputs(8)["images_rgb"], fps=4)
 
@@ -61,7 +61,7 @@ def clip(golden_outputs, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def expected(tap_model, clip):
     """The model run on the clip's decoded frames: what the run's crops are (the whole 256x256 frame)."""
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     frames = decode_rgb(clip)
     model = open_emonet("ort", model=str(tap_model), max_batch=1)
@@ -183,9 +183,9 @@ def test_writers_keep_no_video_for_a_vector_and_a_later_run_removes_the_earlier_
     """RunOutputs alone on synthetic faces: a map tap's video frames follow the input frames (black without a
     face), a vector tap is a CSV only, and a second run with the default taps into the same folder leaves none
     of the first run's tap files behind (their names come from its summary.json)."""
-    from emoengine.engine.outputs import RunOutputs
-    from emoengine.engine.results import FaceResult, FrameRecord
-    from emoengine.engine.tapset import TapSpec
+    from emoengine.engine.model.tapset import TapSpec
+    from emoengine.engine.outputs.run_outputs import RunOutputs
+    from emoengine.engine.run.records import FaceResult, FrameRecord
 
     specs = (TapSpec.of("m0", (4, 8, 8)), TapSpec.of("avg_pool_2", (3, 1, 1)))
     assert [s.kind for s in specs] == ["map", "vector"]

@@ -14,8 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from emoengine.engine import container_checks, sources, video_sources
-from emoengine.engine.sources import Frame, open_source
+from emoengine.engine.sources import container_checks
+from emoengine.engine.sources import opener as sources
+from emoengine.engine.sources import video as video_sources
+from emoengine.engine.sources.opener import Frame, open_source
 from emoengine.errors import RunFailure, UserInputError
 
 W, H, N = 160, 112, 20

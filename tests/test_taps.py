@@ -14,7 +14,7 @@ import torch
 from emoengine.cli.main import main as cli_main
 from emoengine.contract import TAP_TOLERANCE, output_names, tap_outputs
 from emoengine.engine.backends import OrtRunner
-from emoengine.engine.emonet_model import EmoNetModel
+from emoengine.engine.model.emonet_model import EmoNetModel
 from emoengine.errors import UserInputError
 from emoengine.export.checkpoint import load_emonet
 from emoengine.export.emonet import EmoNet, EmoNetGraph

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emoengine.engine.tracker import IouTracker, TemporalSmoother, iou_matrix
+from emoengine.engine.tracking.tracker import IouTracker, TemporalSmoother, iou_matrix
 
 
 def box(x: float, y: float, size: float = 40.0) -> list[float]:
@@ -110,7 +110,7 @@ def test_tracker_and_smoother_together():
 
 def test_fast_moving_face_under_the_iou_threshold_keeps_its_id_by_centre_distance():
     """demo.mp4 has a 34 px jump of a ~100 px face (IoU 0.29): same face, same id; a far face is new."""
-    from emoengine.engine.tracker import IouTracker, iou_matrix
+    from emoengine.engine.tracking.tracker import IouTracker, iou_matrix
 
     t = IouTracker()
     a = np.array([[100, 100, 200, 200]], np.float32)

@@ -56,7 +56,7 @@ def small_inputs(tmp_path_factory, requires):
     requires("cv2", "av")   # the lent GPU machine has neither
     import cv2
 
-    from emoengine.engine.demo import write_clip
+    from emoengine.engine.run.demo import write_clip
 
     folder = tmp_path_factory.mktemp("trt-inputs")
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def test_run_with_trt_where_tensorrt_is_missing_exits_2_with_one_line(cli, tmp_p
 @needs_no_trt
 def test_python_entry_points_refuse_without_tensorrt(tmp_path, small_inputs, capsys):
     from emoengine.engine.backends.tensorrt import TrtRunner
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
     from emoengine.export.trt_engine import build_engine
 
     calls = [
@@ -326,7 +326,7 @@ def trt_runner(engine_b8):
 
 @pytest.fixture(scope="module")
 def torch_reference(golden_pth_8, golden_outputs):
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     model = open_emonet("torch", weights=str(golden_pth_8))
     try:
@@ -368,7 +368,7 @@ def test_batches_beyond_the_profile_are_split(trt_runner, torch_reference, golde
 
 def test_emonet_model_on_an_engine(engine_b8, golden_outputs, torch_reference):
     from emoengine import CLASS_NAMES_8
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     model = open_emonet("trt", model=str(engine_b8))
     try:
@@ -438,7 +438,7 @@ def test_cuda_graph_replay_matches_eager(engine_b8, golden_outputs):
 
 
 def test_weights_build_their_engine_under_emoengine_models(trt_env, golden_pth_8, tmp_path, monkeypatch):
-    from emoengine.engine.emonet_model import open_emonet
+    from emoengine.engine.model.emonet_model import open_emonet
 
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
     model = open_emonet("trt", weights=str(golden_pth_8))

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from emoengine.engine.writers import (
+from emoengine.engine.outputs.writers import (
     AtomicOutput,
     AtomicTextWriter,
     CsvWriter,

@@ -2,7 +2,7 @@
 
 The runner contract is modelled on Polygraphy's runners: open once, `infer(feeds) -> {name: array}`, close. A
 runner knows its input and output names and nothing about faces; pre/post-processing lives in the model classes
-that own a runner (engine.emonet_model, the detectors). Batches larger than a runner takes in one call are
+that own a runner (engine.model.emonet_model, the detectors). Batches larger than a runner takes in one call are
 split here, once, for every backend.
 """
 

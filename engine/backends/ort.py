@@ -138,7 +138,7 @@ def prepare(row, request: ModelRequest) -> Path:
     from emoengine.export import artifacts
 
     if request.model is not None:
-        from emoengine.engine.model_check import check_onnx_contract
+        from emoengine.engine.model.model_check import check_onnx_contract
 
         check_onnx_contract(request.model)
         return Path(request.model)

@@ -114,8 +114,8 @@ class Engine(Closing):
     def __init__(self, weights: str | None = None, model: str | None = None, backend: str | None = None,
                  detector: str = "mtcnn", taps=None, classes: int | None = None, **options) -> None:
         from emoengine.cli.run_cmd import run_config
-        from emoengine.engine.emonet_model import open_emonet
-        from emoengine.engine.run import open_run_detector
+        from emoengine.engine.model.emonet_model import open_emonet
+        from emoengine.engine.run.driver import open_run_detector
 
         self.taps = DEFAULT_TAPS if taps is None else tap_names(taps)
         values = checked_options(options)
@@ -170,7 +170,7 @@ class Engine(Closing):
         """Run on `source` (what `run` takes: a video, an image, a folder, a camera index, a stream URL) and
         write `run`'s files into `out` (default: a temporary folder that lives as long as the result; `save()`
         copies them). The result holds `.predictions`, `.summary` and `.taps` (see Analysis)."""
-        from emoengine.engine.run import run_pipeline
+        from emoengine.engine.run.driver import run_pipeline
 
         holder = tempfile.TemporaryDirectory(prefix="emoengine-") if out is None else None
         out_dir = Path(holder.name if holder else out)

@@ -37,10 +37,10 @@ def face_taps(face, names) -> dict[str, np.ndarray]:
 
 class MainFaceTaps:
     """An observer that keeps, per frame, the main face's tap maps: the face the feature-map videos follow
-    (engine.outputs.MainFace with the run's face_id, picked from the same records in the same order)."""
+    (engine.outputs.run_outputs.MainFace with the run's face_id, picked from the same records in the same order)."""
 
     def __init__(self, names, face_id: int | None) -> None:
-        from emoengine.engine.outputs import MainFace
+        from emoengine.engine.outputs.run_outputs import MainFace
 
         self.names = tuple(names)
         self.main = MainFace(face_id)
@@ -143,8 +143,8 @@ def _mean_png(maps: np.ndarray) -> bytes:
     """The mean over frames of a (frames, H, W) stack, drawn as the run draws its mean maps."""
     import cv2
 
-    from emoengine.engine.featuremaps import feature_map_frame
-    from emoengine.engine.outputs import FEATURE_VIDEO_SIZE
+    from emoengine.engine.outputs.featuremaps import feature_map_frame
+    from emoengine.engine.outputs.run_outputs import FEATURE_VIDEO_SIZE
 
     seen = maps[~np.isnan(maps).all(axis=(1, 2))]
     rgb = feature_map_frame(seen.mean(axis=0) if len(seen) else None, FEATURE_VIDEO_SIZE)
@@ -214,7 +214,7 @@ class _Channel:
 
 def _pump(channel: _Channel, cfg, loans, names) -> None:
     """The stream's background thread: the run, each frame into the channel, then its end (summary or error)."""
-    from emoengine.engine.run import run_pipeline
+    from emoengine.engine.run.driver import run_pipeline
 
     end = _End()
     try:

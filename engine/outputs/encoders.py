@@ -1,0 +1,110 @@
+"""Video encoders on their own threads, so drawing and x264 run beside inference instead of inside the render stage.
+
+The render stage hands each encoder the frame's record (or a feature map) through a bounded queue and moves on;
+the encoder's thread draws the picture and encodes it. The queue bounds memory (a slow encoder slows the
+pipeline down rather than piling up frames), the thread keeps frame order, and an error in the thread comes
+back as the next `put`'s or `finish`'s exception, so a full disk still fails the run at once.
+
+Settings, measured (benchmarks/encoder_settings.py, results in benchmarks/results/): x264 `superfast` at CRF 23
+with one thread per encoder; see VIDEO_PRESET below for the numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from emoengine.engine.outputs.writers import VideoWriter
+from emoengine.engine.run.pipeline import lower_this_thread_priority
+from emoengine.engine.run.records import StageClock
+
+VIDEO_PRESET = "superfast"
+VIDEO_CRF = 23
+ENCODER_THREADS = 1           # x264 threads per encoder: the pipeline has threads enough, x264's own cost CPU
+QUEUE_FRAMES = 4
+_END = object()
+_POLL_S = 0.05
+
+
+class EncoderThread:
+    """A `VideoWriter` fed from its own thread: `put(item)`, then `finish()` + `commit()`, or `abort()`.
+
+    `picture(item)` makes the (H, W, 3) uint8 RGB frame to encode; it runs in the thread.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int],
+                 picture: Callable[[object], np.ndarray], maxsize: int = QUEUE_FRAMES) -> None:
+        self.writer = VideoWriter(path, fps, size, crf=VIDEO_CRF, preset=VIDEO_PRESET, threads=ENCODER_THREADS)
+        self.final_path = self.writer.final_path
+        self.picture = picture
+        self.clock = StageClock()
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"emoengine-encode-{Path(path).stem}", daemon=True)
+        self._thread.start()
+
+    def put(self, item) -> None:
+        """Hand one item over, in order; blocks while the queue is full; raises the thread's error."""
+        t0 = time.perf_counter()
+        while True:
+            self._raise_error()
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                break
+            except queue.Full:
+                if not self._thread.is_alive():
+                    self._raise_error()
+                    raise RuntimeError(f"the encoder of {self.final_path.name} stopped") from None
+        self.clock.wait_out_s += time.perf_counter() - t0
+
+    def finish(self) -> bool:
+        """Encode what is queued, flush, close the temporary file (not yet renamed); False if no frame came."""
+        if self._thread.is_alive():
+            self.put(_END)
+            self._thread.join()
+        self._raise_error()
+        return self.writer.finish()
+
+    def commit(self) -> Path:
+        return self.writer.commit()
+
+    def abort(self) -> None:
+        """Stop the thread without encoding what waits, and remove the temporary file."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.writer.abort()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        lower_this_thread_priority()
+        clock, cpu0 = self.clock, time.thread_time()
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    item = self._queue.get(timeout=_POLL_S)
+                except queue.Empty:
+                    clock.wait_in_s += time.perf_counter() - t0
+                    continue
+                t1 = time.perf_counter()
+                clock.wait_in_s += t1 - t0
+                if item is _END:
+                    return
+                self.writer.write(self.picture(item))
+                clock.busy_s += time.perf_counter() - t1
+                clock.items += 1
+        except Exception as e:   # handed to the thread that puts or finishes
+            self._error = e
+        finally:
+            clock.cpu_s = time.thread_time() - cpu0

@@ -1,0 +1,311 @@
+"""`emoengine run` as a function: open input, detector, model and writers, drive the pipeline, summarise."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emoengine.contract import DEFAULT_TAPS
+from emoengine.engine.backends import BACKENDS
+from emoengine.engine.model.crops import regions_to_frame
+from emoengine.engine.model.emonet_model import EmoNetModel
+from emoengine.engine.model.tapset import face_full_taps, face_taps, tap_specs_for_run
+from emoengine.engine.outputs.report import REPORT_NAME, build_report
+from emoengine.engine.outputs.run_outputs import RunOutputs
+from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats
+from emoengine.engine.run.records import FaceResult, FrameRecord
+from emoengine.engine.run.resume import completed_summary, run_fingerprint
+from emoengine.engine.sources.opener import open_source
+from emoengine.engine.tracking.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE, make_detector
+from emoengine.engine.tracking.tracker import TemporalSmoother
+from emoengine.errors import UserInputError
+from emoengine.memory import peak_rss_mb
+
+CPU_MAX_BATCH = 1        # see default_max_batch
+GPU_MAX_BATCH = 32
+GPU_DETECT_BATCH = 8     # frames per detector call on a GPU when every frame is detected
+QUEUE_BYTES = 16 << 20   # decoded frames one pipeline queue may hold (see queue_frames)
+
+
+@dataclass
+class RunConfig:
+    input: str
+    out_dir: Path
+    detector: str = "mtcnn"
+    detector_model: str | None = None
+    crop_mode: str | None = None      # None: "upstream" (plain resize) for --detector none, else "square"
+    max_batch: int | None = None     # None: by the backend's device (default_max_batch)
+    max_wait_ms: float = 40.0
+    max_faces: int | None = None
+    smooth: float = 0.0
+    face_id: int | None = None
+    write_video: bool = True
+    taps: bool = True                 # False: --no-taps
+    tap_names: tuple[str, ...] = DEFAULT_TAPS   # module paths (run --taps a,b), in order
+    tap_view: str = "mean"            # mean | grid (engine.outputs.tap_outputs)
+    save_activations: bool = False
+    full_taps: bool = False
+    quiet: bool = False
+    backend: str = "ort"              # decides where the detector runs (GPU when EmoNet does)
+    warn_random: bool = True          # False where loading the checkpoint already said it
+    model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
+    resume: bool = False              # skip when --out already holds this run's complete outputs
+    detect_every: int = DEFAULT_DETECT_EVERY   # detector on every N-th frame, optical flow between
+    min_face: float = DEFAULT_MIN_FACE   # smallest face to find, frame pixels
+    report: bool = True               # report.html (off: --no-report)
+    weights: str | None = None        # what --weights/--model named, as given (summary.json's `weights`)
+
+    @property
+    def writes_report(self) -> bool:
+        """--no-video promises predictions.csv and summary.json only (`emoengine report` can add the page)."""
+        return self.report and self.write_video
+
+
+class FrameAssembler:
+    """The render stage's first half: per-id smoothing and `FaceResult`s in frame pixels, added to the record
+    (ids come from the detect/track stage). `taps`: the run's engine.model.tapset.TapSpecs, each face's share kept in
+    FaceResult.taps; `keep_full`: their untouched tensors too, in record.full_maps (--full-taps, grid view)."""
+
+    def __init__(self, class_names, smooth: float, taps=(), keep_full: bool = False,
+                 independent_frames: bool = False) -> None:
+        self.class_names = tuple(class_names)
+        # a folder of unrelated images: no smoothing across images (ids count faces per image)
+        self.smoother = TemporalSmoother(0.0 if independent_frames else smooth)
+        self.taps = tuple(taps)
+        self.keep_full = keep_full
+
+    def __call__(self, record: FrameRecord) -> FrameRecord:
+        self.smoother.forget(record.dropped_ids)
+        faces, p = record.detections, record.predictions
+        if p is None or not len(faces):
+            return record
+        lm68 = regions_to_frame(p.landmarks, record.regions)
+        for k in range(len(faces)):
+            fid = int(record.ids[k])
+            probs, val, aro = self.smoother.update(fid, p.probs[k], float(p.valence[k]), float(p.arousal[k]))
+            taps = face_taps(p, k, self.taps)
+            record.faces.append(FaceResult(
+                box=faces.boxes[k], det_score=float(faces.scores[k]), landmarks5=faces.landmarks[k],
+                logits=p.logits[k], probs=probs, expression=self.class_names[int(np.argmax(probs))],
+                valence=val, arousal=aro, landmarks68=lm68[k], face_id=fid,
+                conv1_mean=taps.get("conv1"), emo_conv1_mean=taps.get("emo_net_2.0.conv1"), taps=taps,
+            ))
+            if self.keep_full:
+                record.full_maps[fid] = face_full_taps(p, k, self.taps)
+        record.predictions = None   # everything the writers need is in record.faces now
+        return record
+
+
+def _progress(total: int | None, quiet: bool):
+    """A rich progress bar on a terminal; nothing otherwise. Returns (on_frame, close)."""
+    if quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("[bold]emoengine"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=True)
+    task = progress.add_task("run", total=total, rate="")
+    progress.start()
+    t0 = time.perf_counter()
+
+    def on_frame(stats: PipelineStats) -> None:
+        dt = max(time.perf_counter() - t0, 1e-6)
+        progress.update(task, completed=stats.frames,
+                        rate=f"{stats.frames / dt:.1f} frames/s {stats.faces / dt:.1f} faces/s")
+
+    return on_frame, progress.stop
+
+
+def open_run_detector(cfg: RunConfig):
+    """The detector `cfg` asks for, on the GPU when EmoNet runs there. On the CPU it gets one thread: it runs
+    beside EmoNet, whose ONNX Runtime already uses every core, and two pools fighting for them cost both."""
+    providers = detector_providers(cfg.backend)
+    return make_detector(cfg.detector, model_path=cfg.detector_model, providers=providers,
+                         min_face=cfg.min_face, threads=None if providers else 1)
+
+
+def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
+                 open_detector: Callable[[], object] | None = None,
+                 observe: Callable[[FrameRecord], None] | None = None) -> dict:
+    """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
+
+    The input and detector are opened before the model, so bad input fails fast, before any export.
+    `open_detector` (default: `open_run_detector(cfg)`) lets a caller that runs many inputs (batch workers)
+    hand in a detector opened once; the parts it hands out are closed here, so it hands out non-closing views.
+    A video with frames that would not decode is processed without them, its outputs are written, and
+    then a UserInputError (exit 2) says how many were lost (summary.json lists them too).
+    With `cfg.resume`, a complete earlier run of the same input and settings is returned as is.
+    `observe(record)` (the Python API) sees every assembled record (faces filled), in frame order, before the
+    writers, in the render stage's thread; what it raises ends the run like a failing stage.
+    """
+    source = open_source(cfg.input)
+    fingerprint = run_fingerprint(cfg, source)
+    if cfg.resume and (done := completed_summary(cfg.out_dir, fingerprint)) is not None:
+        source.close()
+        if cfg.writes_report and not (Path(cfg.out_dir) / REPORT_NAME).is_file():   # made before reports existed
+            build_report(cfg.out_dir)
+        if done.get("bad_frames"):   # the same damaged input: the same answer
+            raise UserInputError(damaged_input_message(done, cfg.out_dir))
+        if not cfg.quiet:
+            print(f"emoengine: {cfg.out_dir} already holds the complete outputs of this run (--resume); "
+                  "skipped", file=sys.stderr)
+        return {**done, "resumed": True}
+    detector = model = outputs = None
+    try:
+        detector = open_detector() if open_detector is not None else open_run_detector(cfg)
+        model = open_model()
+        if model.is_random and cfg.warn_random:
+            print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
+        outputs = open_outputs(cfg, source, model)
+        options = pipeline_options(cfg, source)
+        stats = _drive(cfg, source, detector, model, outputs, options, observe)
+        summary = make_summary(cfg, source, model, detector, stats, options, outputs.encoder_clocks())
+        summary["fingerprint"] = fingerprint
+        outputs.commit(summary)
+    except BaseException:
+        if outputs is not None:
+            outputs.abort()
+        raise
+    finally:
+        for part in (model, detector, source):
+            if part is not None:
+                with contextlib.suppress(Exception):  # e.g. a decoder still blocked in a stalled stream
+                    part.close()
+    if summary.get("bad_frames"):
+        raise UserInputError(damaged_input_message(summary, cfg.out_dir))
+    return summary
+
+
+def open_outputs(cfg: RunConfig, source, model: EmoNetModel) -> RunOutputs:
+    still = source.kind in ("image", "images")
+    return RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still, write_video=cfg.write_video,
+                      taps=tap_specs_for_run(cfg, model), tap_view=cfg.tap_view,
+                      save_activations=cfg.save_activations, full_taps=cfg.full_taps, face_id=cfg.face_id,
+                      report=cfg.writes_report,
+                      frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
+
+
+def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
+    """What the pipeline needs of `cfg`, with the defaults that depend on the backend and the input."""
+    on_gpu = backend_device(cfg.backend) == "cuda"
+    return PipelineOptions(max_batch=cfg.max_batch or default_max_batch(cfg.backend), max_wait_ms=cfg.max_wait_ms,
+                           max_faces=cfg.max_faces,
+                           crop_mode=cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square"),
+                           queue_size=queue_frames(source.size),
+                           # the whole frame as the face: nothing to carry between keyframes
+                           detect_every=1 if cfg.detector == "none" else cfg.detect_every,
+                           detect_batch=GPU_DETECT_BATCH if on_gpu else 1,
+                           independent_frames=source.kind in ("image", "images"))
+
+
+def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
+           options: PipelineOptions, observe: Callable[[FrameRecord], None] | None = None) -> PipelineStats:
+    """The pipeline from the first frame to the last encoded one; a record is assembled and written in the
+    render stage."""
+    assemble = FrameAssembler(model.class_names, cfg.smooth, taps=outputs.specs, keep_full=outputs.needs_full,
+                              independent_frames=options.independent_frames)
+    on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
+
+    def sink(record: FrameRecord) -> None:
+        record = assemble(record)
+        if observe is not None:
+            observe(record)
+        outputs.write(record)
+
+    try:
+        stats = Pipeline(source, detector, model, sink, options,
+                         on_frame=on_frame, live=source.kind == "stream").run()
+        t0 = time.perf_counter()
+        outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
+        stats.wall_s += time.perf_counter() - t0
+    finally:
+        close_progress()
+    if cfg.face_id is not None and not outputs.main.fixed_seen:
+        print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
+              "(ids are in predictions.csv)", file=sys.stderr)
+    return stats
+
+
+def damaged_input_message(summary: dict, out_dir: Path) -> str:
+    """A video with frames that would not decode: the good ones were processed and written (exit 2)."""
+    first = summary["decode_errors"][0] if summary.get("decode_errors") else {}
+    where = f" (first after frame {first['after_frame']}: {first['error']})" if first else ""
+    return (f"damaged video: {summary['input']}: {summary['bad_frames']} frame(s) could not be decoded{where}; "
+            f"the outputs in {out_dir} hold the {summary['frames']} frames that could (see summary.json)")
+
+
+def backend_device(backend: str) -> str:
+    """Where EmoNet runs for this backend spec: "cpu" or "cuda" (an unknown name: "cpu"; open_emonet says no)."""
+    spec = BACKENDS.get(backend.partition(":")[0].strip())   # `torch-cuda:fp16` -> torch-cuda's row
+    return "cpu" if spec is None else spec.device
+
+
+def queue_frames(size: tuple[int, int]) -> int:
+    """Frames each pipeline queue may hold: 8, fewer for big frames, so that the queues together stay near
+    QUEUE_BYTES x 5 (640x360: 8 frames; 720p: 6; 1080p: 2; 4K: 2)."""
+    frame_bytes = max(1, size[0] * size[1] * 3)
+    return int(np.clip(QUEUE_BYTES // frame_bytes, 2, 8))
+
+
+def default_max_batch(backend: str) -> int:
+    """Faces per EmoNet call when --max-batch is not given: a GPU wants big batches; on a CPU a batch is no
+    faster per face than one face (measured: benchmarks/results/), and its activations cost memory."""
+    return GPU_MAX_BATCH if backend_device(backend) == "cuda" else CPU_MAX_BATCH
+
+
+def detector_providers(backend: str) -> list[str] | None:
+    """Detect on the GPU when EmoNet runs there and ONNX Runtime here has CUDA; CPU otherwise."""
+    if backend_device(backend) != "cuda":
+        return None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return None
+
+
+def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: PipelineStats,
+                 options: PipelineOptions, encoders: dict | None = None) -> dict:
+    """`encoders`: the writers' own threads' clocks (engine.outputs.run_outputs), reported beside the
+        pipeline's stages."""
+    wall = max(stats.wall_s, 1e-9)
+    clocks = {**stats.stages, **(encoders or {})}
+    return {
+        "input": str(cfg.input),
+        "input_kind": source.kind,
+        "fps": source.fps,
+        "frames": stats.frames,
+        "frames_with_face": stats.frames_with_face,
+        "faces": stats.faces,
+        "backend": model.backend,
+        "detector": detector.name,
+        "classes": list(model.class_names),
+        "random_weights": model.is_random,
+        "weights": cfg.weights,
+        "weights_sha256": model.runner.metadata.get("checkpoint_sha256"),   # of the .pth (exports keep it)
+        "ended_by_user": stats.ended_by_user,
+        "skipped_inputs": list(getattr(source, "skipped", [])),
+        "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)
+        "decode_errors": list(getattr(source, "decode_errors", [])),   # the first few of them
+        "wall_s": round(stats.wall_s, 4),
+        "stages": {name: round(c.busy_s, 4) for name, c in clocks.items()},
+        "stages_cpu_s": {name: round(c.cpu_s, 4) for name, c in clocks.items()},
+        "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}
+                         for name, c in clocks.items()},
+        "faces_per_s": round(stats.faces / wall, 3),
+        "frames_per_s": round(stats.frames / wall, 3),
+        "detect_frames": stats.detect_frames,
+        "tracked_frames": stats.tracked_frames,
+        "peak_rss_mb": peak_rss_mb(),
+        "options": {"max_batch": options.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
+                    "smooth": cfg.smooth, "crop": options.crop_mode, "face_id": cfg.face_id,
+                    "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None)},
+    }
