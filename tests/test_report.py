@@ -18,7 +18,8 @@ import pytest
 from emoengine.contract import CLASS_NAMES_8
 from emoengine.engine.outputs.report import build_report
 from emoengine.engine.outputs.report.rundata import TIMELINE_BUCKETS, RunFiles, run_taps, timeline_data
-from emoengine.engine.outputs.run_outputs import RunOutputs, csv_header
+from emoengine.engine.outputs.run_outputs import RunOutputs
+from emoengine.engine.outputs.schema import predictions_header
 from emoengine.engine.run.records import FrameRecord
 
 SIZE_LIMIT = 3 * 1024 * 1024
@@ -35,7 +36,7 @@ def synthetic_run(folder: Path, frames: int, faces: int, fps: float = 25.0, seed
     va = np.clip(np.cumsum(rng.normal(0, 0.02, (frames, faces, 2)), axis=0), -1, 1)
     with open(folder / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(csv_header(CLASS_NAMES_8))
+        w.writerow(predictions_header(CLASS_NAMES_8))
         for i in range(frames):
             for k in range(faces):
                 p = probs[i, k]

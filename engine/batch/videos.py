@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -18,12 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
+from emoengine.engine.outputs.schema import (
+    BATCH_SUMMARY,
+    INT_COLUMNS,
+    PREDICTIONS_NAME,
+    PREDICTIONS_PARQUET,
+    STR_COLUMNS,
+    read_batch_summary,
+    read_predictions_header,
+)
 from emoengine.errors import EmoengineError, UserInputError, first_line, notice
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
                             ".wmv", ".flv", ".3gp"})
-BATCH_SUMMARY = "batch_summary.json"
-PREDICTIONS_PARQUET = "predictions.parquet"
+__all__ = ["BATCH_SUMMARY", "PREDICTIONS_PARQUET", "BatchItem", "VideoWorker", "list_inputs"]
 
 
 @dataclass(frozen=True)
@@ -185,20 +192,19 @@ class VideoWorker:
 
 
 # -- aggregation --------------------------------------------------------------------------------------------
-CSV_INT_COLUMNS = ("frame", "face_id")
-CSV_STR_COLUMNS = ("expression",)
-
-
 def read_predictions(csv_path: Path, video: str):
-    """One video's predictions.csv as an Arrow table with a leading `video` column (typed even when empty)."""
+    """One video's predictions.csv as an Arrow table with a leading `video` column (typed even when empty);
+    a damaged one is a UserInputError naming it (engine.outputs.schema)."""
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
-    with open(csv_path, newline="") as f:
-        header = f.readline().strip().split(",")
-    types = {c: pa.int64() if c in CSV_INT_COLUMNS else pa.string() if c in CSV_STR_COLUMNS else pa.float64()
+    header = read_predictions_header(csv_path)
+    types = {c: pa.int64() if c in INT_COLUMNS else pa.string() if c in STR_COLUMNS else pa.float64()
              for c in header}
-    table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=types))
+    try:
+        table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=types))
+    except pa.ArrowInvalid as e:
+        raise UserInputError(f"{csv_path} is damaged: {first_line(e)}") from None
     return table.add_column(0, "video", pa.array([video] * table.num_rows, pa.string()))
 
 
@@ -209,7 +215,7 @@ def write_predictions_parquet(out_dir: Path, videos: list[str]) -> Path:
 
     from emoengine.engine.outputs.writers import AtomicOutput
 
-    tables = [read_predictions(out_dir / v / "predictions.csv", v) for v in videos]
+    tables = [read_predictions(out_dir / v / PREDICTIONS_NAME, v) for v in videos]
     table = (pa.concat_tables(tables, promote_options="permissive") if tables
              else pa.table({"video": pa.array([], pa.string())}))
     with AtomicOutput(out_dir / PREDICTIONS_PARQUET) as out:
@@ -219,10 +225,7 @@ def write_predictions_parquet(out_dir: Path, videos: list[str]) -> Path:
 
 def previous_failures(out_dir: Path) -> dict[str, dict]:
     """Input failures (exit-2 kind: corrupt, not a video) of the last batch into `out_dir`, by video name."""
-    try:
-        summary = json.loads((out_dir / BATCH_SUMMARY).read_text())
-    except (OSError, ValueError):
-        return {}
+    summary = read_batch_summary(out_dir, missing_ok=True) or {}
     return {v["video"]: v for v in summary.get("videos", []) if v.get("status") == "failed"
             and v.get("kind") == "input"}
 

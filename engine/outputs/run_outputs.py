@@ -18,6 +18,7 @@ import numpy as np
 from emoengine.engine.model.tapset import default_tap_specs
 from emoengine.engine.outputs.annotate import annotate_frame
 from emoengine.engine.outputs.encoders import EncoderThread
+from emoengine.engine.outputs.schema import PREDICTIONS_NAME, SUMMARY_NAME, predictions_header
 from emoengine.engine.outputs.tap_outputs import ActivationsArchive, TapWriters
 from emoengine.engine.outputs.writers import CsvWriter, write_json, write_png
 from emoengine.engine.run.records import FaceResult, FrameRecord, StageClock
@@ -50,11 +51,6 @@ class MainFace:
             largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
             self.current = largest.face_id
         return by_id[self.current]
-
-
-def csv_header(class_names) -> list[str]:
-    return (["frame", "time_s", "face_id", "x1", "y1", "x2", "y2", "det_score", "expression"]
-            + [f"p_{c}" for c in class_names] + ["valence", "arousal"])
 
 
 def csv_row(fr: FrameRecord, f: FaceResult) -> list:
@@ -118,12 +114,12 @@ class RunOutputs:
         self.report = report
         self.main = MainFace(face_id)
         self.timeline = TimelineStore(len(self.class_names))
-        self._header = csv_header(self.class_names)
+        self._header = predictions_header(self.class_names)
         self._videos: dict[str, EncoderThread] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
         self._csv = self._activations = self._taps = None
         try:   # the first files opened: a read-only or foreign folder is bad usage, found before any frame
-            self._csv = CsvWriter(self.dir / "predictions.csv", self._header)
+            self._csv = CsvWriter(self.dir / PREDICTIONS_NAME, self._header)
             self._taps = TapWriters(self.dir, self.specs, tap_view, files=write_video, still=still, video=self._video)
             if save_activations:
                 self._activations = ActivationsArchive(self.dir / "activations.npz", self.specs, full=full_taps)
@@ -233,12 +229,12 @@ class RunOutputs:
                 written.append(part.commit())
             self._remove_stale(written)
             names = [p.name for p in written] + (["report.html"] if self.report else [])
-            summary = {**summary, "files": sorted(names) + ["summary.json"], "taps": self._taps.summary(names)}
+            summary = {**summary, "files": sorted(names) + [SUMMARY_NAME], "taps": self._taps.summary(names)}
             if self.report:   # from the files now in place, as `emoengine report` rebuilds it
                 from emoengine.engine.outputs.report import build_report
 
                 written.append(build_report(self.dir, summary))
-            written.append(write_json(self.dir / "summary.json", summary))
+            written.append(write_json(self.dir / SUMMARY_NAME, summary))
         except BaseException as e:
             for path in written:
                 if path.is_dir():
@@ -266,7 +262,7 @@ class RunOutputs:
     def _files_of_earlier_run(self) -> set[str]:
         """What an earlier run's summary.json lists (its per-tap files have names OUTPUT_NAMES cannot know)."""
         try:
-            files = json.loads((self.dir / "summary.json").read_text()).get("files") or []
+            files = json.loads((self.dir / SUMMARY_NAME).read_text()).get("files") or []
         except (OSError, ValueError, AttributeError):
             return set()
         return {n for n in files if isinstance(n, str) and n == os.path.basename(n) and not n.startswith(".")}

@@ -13,6 +13,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from emoengine.engine.outputs.schema import read_summary_if_any
+
 # RunConfig fields that change what a run writes (quiet, resume and the like do not)
 SETTINGS = ("detector", "detector_model", "crop_mode", "max_faces", "smooth", "face_id", "write_video", "taps",
             "tap_names", "tap_view", "save_activations", "full_taps", "backend", "model_id", "detect_every",
@@ -45,12 +47,10 @@ def run_fingerprint(cfg, source) -> str | None:
 
 def complete_summary(out_dir: Path) -> dict | None:
     """The summary of a complete earlier run in `out_dir` (summary.json, written last, and every file it lists
-    present), else None. `batch` skips such a video; `run --resume` also compares the fingerprint."""
-    try:
-        summary = json.loads((Path(out_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict):
+    present), else None. `batch` skips such a video; `run --resume` also compares the fingerprint. A damaged
+    summary.json is a UserInputError naming it (engine.outputs.schema), not a silent re-run over it."""
+    summary = read_summary_if_any(out_dir)
+    if summary is None:
         return None
     if not all((Path(out_dir) / name).exists() for name in summary.get("files", [])):
         return None

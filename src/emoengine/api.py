@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import tempfile
 import threading
 from pathlib import Path
@@ -170,6 +169,7 @@ class Engine(Closing):
         """Run on `source` (what `run` takes: a video, an image, a folder, a camera index, a stream URL) and
         write `run`'s files into `out` (default: a temporary folder that lives as long as the result; `save()`
         copies them). The result holds `.predictions`, `.summary` and `.taps` (see Analysis)."""
+        from emoengine.engine.outputs.schema import read_summary_if_any
         from emoengine.engine.run.driver import run_pipeline
 
         holder = tempfile.TemporaryDirectory(prefix="emoengine-") if out is None else None
@@ -182,8 +182,7 @@ class Engine(Closing):
                 holder.cleanup()
             raise
         # summary.json as written (its `files` are added at commit, after run_pipeline's own dict was made)
-        written = out_dir / "summary.json"
-        summary = json.loads(written.read_text()) if written.is_file() else summary
+        summary = read_summary_if_any(out_dir) or summary
         return Analysis(out_dir, summary, collect.arrays(), self.taps, holder)
 
     def stream(self, source) -> FrameStream:

@@ -63,7 +63,8 @@ def build_report(folder: str | Path, summary: dict | None = None) -> Path:
 
 def rebuild(folder: str | Path) -> Path:
     """`emoengine report FOLDER`: a run's report.html, or a batch's index.html (and nothing else changes)."""
-    from emoengine.engine.outputs.report.index import BATCH_SUMMARY, write_batch_index
+    from emoengine.engine.outputs.report.index import write_batch_index
+    from emoengine.engine.outputs.schema import BATCH_SUMMARY
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emoengine.engine.batch.videos import BATCH_SUMMARY, PREDICTIONS_PARQUET
 from emoengine.engine.outputs.report.page import esc, href, num, render_page, table
-from emoengine.engine.outputs.report.rundata import REPORT_NAME, SUMMARY_NAME
+from emoengine.engine.outputs.report.rundata import REPORT_NAME
+from emoengine.engine.outputs.schema import BATCH_SUMMARY, PREDICTIONS_PARQUET, SUMMARY_NAME, read_batch_summary
 from emoengine.engine.outputs.writers import write_text_atomic
-from emoengine.errors import UserInputError
 
 INDEX_NAME = "index.html"
 
@@ -72,9 +71,6 @@ def write_batch_index(folder: str | Path, summary: dict | None = None) -> Path:
     """FOLDER/index.html (atomically) from batch_summary.json's content (read from the folder when not given)."""
     folder = Path(folder)
     if summary is None:
-        try:
-            summary = json.loads((folder / BATCH_SUMMARY).read_text())
-        except (OSError, ValueError) as e:
-            raise UserInputError(f"cannot read {folder / BATCH_SUMMARY}: {e}") from None
+        summary = read_batch_summary(folder)
     return write_text_atomic(folder / INDEX_NAME, render_index(folder, summary))
 

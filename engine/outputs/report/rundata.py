@@ -6,7 +6,6 @@ before reports existed) both come through `RunFiles.load`, so the page never dep
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -15,9 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.contract import TAP_FILE_STEMS
+from emoengine.engine.outputs.schema import (
+    PREDICTIONS_NAME,
+    SUMMARY_NAME,
+    prob_columns,
+    read_predictions_header,
+    read_summary,
+)
 from emoengine.errors import UserInputError
 
-SUMMARY_NAME = "summary.json"
+__all__ = ["REPORT_NAME", "SUMMARY_NAME", "Predictions", "RunFiles", "Tap", "read_summary"]
+
 REPORT_NAME = "report.html"
 # every face's timeline points together: bounds report.html (~1.5 MB) whatever the length or number of faces
 TIMELINE_BUCKETS = 20000
@@ -76,22 +83,9 @@ class RunFiles:
         if summary is None:
             summary = read_summary(folder)
         classes = tuple(summary.get("classes") or ())
-        return cls(folder=folder, summary=summary, predictions=read_predictions(folder / "predictions.csv", classes),
+        return cls(folder=folder, summary=summary, predictions=read_predictions(folder / PREDICTIONS_NAME, classes),
                    taps=run_taps(folder, summary), annotated_video=present(folder, "annotated.mp4"),
                    stills=still_images(folder), image_files=read_images_csv(folder / "images.csv"))
-
-
-def read_summary(folder: Path) -> dict:
-    path = Path(folder) / SUMMARY_NAME
-    try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"no {SUMMARY_NAME} in {folder}: not the output folder of a finished run") from None
-    except (OSError, ValueError) as e:
-        raise UserInputError(f"cannot read {path}: {e}") from None
-    if not isinstance(summary, dict):
-        raise UserInputError(f"{path} is not an emoengine summary")
-    return summary
 
 
 def present(folder: Path, name: str | None) -> str | None:
@@ -100,21 +94,21 @@ def present(folder: Path, name: str | None) -> str | None:
 
 
 def read_predictions(path: Path, classes: tuple[str, ...]) -> Predictions:
-    """The numeric columns of predictions.csv (numpy's C parser: an hour of video reads in about a second)."""
-    try:
-        with open(path, newline="") as f:
-            header = f.readline().strip().split(",")
-    except FileNotFoundError:
-        header = []
-    prob_cols = [c for c in header if c.startswith("p_")]
+    """The numeric columns of predictions.csv (numpy's C parser: an hour of video reads in about a second);
+    a file without them, or with a value that is not a number, is a UserInputError naming it."""
+    header = read_predictions_header(path, missing_ok=True)
+    prob_cols = prob_columns(header)
     classes = tuple(c[2:] for c in prob_cols) or classes
     if not header:
         data = np.zeros((0, 5 + len(classes)))
     else:
         cols = [header.index(c) for c in ("frame", "time_s", "face_id", *prob_cols, "valence", "arousal")]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)   # a run without faces: a header and no rows
-            data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=cols, ndmin=2, dtype=np.float64)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)   # a run without faces: a header and no rows
+                data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=cols, ndmin=2, dtype=np.float64)
+        except ValueError as e:
+            raise UserInputError(f"{path} is damaged: {str(e).strip().splitlines()[0]}") from None
     return Predictions(classes=classes, frame=data[:, 0].astype(np.int64), time_s=data[:, 1],
                        face_id=data[:, 2].astype(np.int64), probs=data[:, 3:-2], valence=data[:, -2],
                        arousal=data[:, -1])
