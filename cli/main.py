@@ -101,6 +101,9 @@ def _exit_past_lingering_stages(code, settle_s: float = 2.0) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
+    from emoengine.log import install_stderr_handler
+
+    install_stderr_handler()   # the library logs; the command shows its lines as `emoengine: ...` on stderr
     _register_commands()
     args = sys.argv[1:] if argv is None else argv
     DEBUG["on"] = "--debug" in args
@@ -120,7 +123,7 @@ def _main(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         typer.echo("emoengine: interrupted", err=True)
         raise SystemExit(130) from None
-    except Exception as e:  # click usage errors and the unexpected
+    except Exception as e:  # noqa: BLE001  click usage errors and the unexpected
         click_exception, abort = _click_types()
         if isinstance(e, abort):
             typer.echo("emoengine: interrupted", err=True)

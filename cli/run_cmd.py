@@ -78,10 +78,11 @@ def run_command(
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
+    from emoengine.cli.progress import progress_bar
     from emoengine.engine.model.emonet_model import open_emonet
-    from emoengine.engine.run.driver import run_pipeline
+    from emoengine.engine.run.driver import no_progress, run_pipeline
 
-    summary = run_pipeline(cfg, lambda: open_emonet(**model_args))
+    summary = run_pipeline(cfg, lambda: open_emonet(**model_args), progress=no_progress if quiet else progress_bar)
     if not quiet and not summary.get("resumed"):
         typer.echo(summary_line(summary, out), err=True)
 

@@ -8,10 +8,13 @@ engine.backends.ModelRequest), so that a new property of a model is one new fiel
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
-from emoengine.errors import UserInputError, notice, warn_random_weights
+from emoengine.errors import UserInputError, warn_random_weights
+
+log = logging.getLogger(__name__)
 from emoengine.paths import models_dir, sha256_file
 
 
@@ -135,7 +138,7 @@ def cached_fp16_onnx(fp32_path: Path, announce=None) -> Path:
     sha = sha256_file(fp32_path)
     if out.is_file() and stamp.is_file() and stamp.read_text().strip() == sha:
         return out
-    (announce or notice)(f"converting {fp32_path.name} to fp16 (fp32 kept where measured necessary)...")
+    (announce or log.info)(f"converting {fp32_path.name} to fp16 (fp32 kept where measured necessary)...")
     export_fp16(fp32_path, out)
     try:
         write_bytes_atomic(stamp, sha.encode())

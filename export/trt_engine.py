@@ -17,13 +17,16 @@ Written against the documented API; not yet run on a GPU (no TensorRT where it w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 from emoengine.engine.backends.tensorrt import require_tensorrt
 from emoengine.engine.outputs.writers import write_bytes_atomic
-from emoengine.errors import RunFailure, UserInputError, notice
+from emoengine.errors import RunFailure, UserInputError
+
+log = logging.getLogger(__name__)
 from emoengine.paths import models_dir, sha256_file
 
 SIDECAR_FORMAT = "emoengine-trt-1"
@@ -192,7 +195,7 @@ def ensure_engine(onnx_path: Path, precision: str, max_batch: int, announce=None
 
     # the ONNX's metadata goes into the sidecar; parsed only when building, not on every cache hit
     meta = {p.key: p.value for p in load_onnx(onnx_path).metadata_props}
-    say = announce or notice
+    say = announce or log.info
     if engine_path.is_file():
         say(f"rebuilding the TensorRT engine: {why}")
     say(f"building a TensorRT {trt.__version__} {precision} engine for {device} (batch 1..{max_batch}) from "

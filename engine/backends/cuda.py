@@ -49,7 +49,7 @@ def tensorrt_missing() -> str | None:
         return "TensorRT is not installed (pip install tensorrt, TensorRT 10 or 11)"
     try:
         import tensorrt as trt
-    except Exception as e:  # the wheel without its CUDA libraries raises OSError
+    except Exception as e:  # noqa: BLE001  the wheel without its CUDA libraries raises OSError
         return f"TensorRT is installed but cannot load: {(str(e).splitlines() or [type(e).__name__])[0]}"
     if int(str(trt.__version__).split(".")[0]) < 10:
         return f"TensorRT {trt.__version__} is too old (need 10+)"

@@ -68,7 +68,7 @@ class TrtRunner(Runner):
         self.runtime = trt.Runtime(self.logger)
         try:
             self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-        except Exception:  # some versions raise instead of returning None
+        except Exception:  # noqa: BLE001  some versions raise instead of returning None
             self.engine = None
         if self.engine is None:
             raise UserInputError(f"TensorRT cannot load {path} (not an engine, or built by another TensorRT "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +26,8 @@ from emoengine.engine.batch.videos import (
 from emoengine.engine.outputs.report.index import write_batch_index
 from emoengine.engine.run.resume import complete_summary
 from emoengine.errors import RunFailure, UserInputError, first_line
+
+log = logging.getLogger(__name__)
 
 CLUSTER_HINT = 'emoengine batch needs Ray Data and pyarrow: pip install "emoengine[cluster]"'
 
@@ -52,7 +53,7 @@ def start_ray(address: str | None, quiet: bool) -> tuple[bool, dict]:
         check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
-        except Exception as e:  # ConnectionError and Ray's own kinds: one line, the real cause
+        except Exception as e:  # noqa: BLE001  ConnectionError and Ray's own kinds: one line, the real cause
             cause = e.__cause__ or e
             raise UserInputError(f"cannot join the Ray cluster at {address}: {type(cause).__name__}: "
                                  f"{first_line(cause)}") from None
@@ -148,7 +149,7 @@ def run_on_ray(todo: list[BatchItem], out_dir: Path, template, model_args: dict,
             row = {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
             rows[row["video"]] = row
             on_row(row)
-    except Exception as e:  # whatever Ray raises, the videos it finished are kept
+    except Exception as e:  # noqa: BLE001  whatever Ray raises, the videos it finished are kept
         reason = f"Ray: {type(e).__name__}: {first_line(e)}"
     else:
         reason = f"lost: the worker process running it died {retries + 1} time(s)"
@@ -173,7 +174,7 @@ def run_batch(items: list[BatchItem], out_dir: Path, template, model_args: dict,
         raise UserInputError(f"cannot create the output folder {out_dir}: {e.strerror or e}") from None
     t0 = time.perf_counter()
     settled, todo = plan(items, out_dir, retry_failed)
-    say = (lambda msg: None) if quiet else (lambda msg: print(f"emoengine: {msg}", file=sys.stderr, flush=True))
+    say = (lambda msg: None) if quiet else log.info
     say(f"batch: {len(items)} videos, {len(settled)} already settled, {len(todo)} to run")
     ray_info: dict = {"address": None}
     ran: list[dict] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -26,7 +27,10 @@ from emoengine.engine.outputs.schema import (
     read_batch_summary,
     read_predictions_header,
 )
-from emoengine.errors import EmoengineError, UserInputError, first_line, notice
+from emoengine.errors import EmoengineError, UserInputError, first_line
+from emoengine.log import install_stderr_handler
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
                             ".wmv", ".flv", ".3gp"})
@@ -143,6 +147,7 @@ class VideoWorker:
         from emoengine.engine.model.emonet_model import open_emonet
         from emoengine.engine.run.driver import open_run_detector
 
+        install_stderr_handler()   # a Ray actor is a process of its own: its lines read like the command's
         self.template = template
         self.out_dir = Path(out_dir)
         self.setup_error: tuple[str, int] | None = None
@@ -151,7 +156,7 @@ class VideoWorker:
             self.detector = open_run_detector(template)
             self.model = open_emonet(**model_args, threads=threads)
             if self.model.is_random and template.warn_random:
-                notice("WARNING: random EmoNet weights — predictions are meaningless")
+                log.warning("WARNING: random EmoNet weights — predictions are meaningless")
         except EmoengineError as e:   # every item reports it: one line per video, not a dead actor pool
             self.setup_error = (first_line(e), e.exit_code)
 
@@ -175,7 +180,7 @@ class VideoWorker:
             summary = run_pipeline(cfg, lambda: _Kept(self.model), lambda: _Kept(self.detector))
         except EmoengineError as e:
             row.update(reason=first_line(e), kind="input" if e.exit_code == 2 else "run", exit_code=e.exit_code)
-        except Exception as e:  # one video's bug must not stop the batch; the reason is kept
+        except Exception as e:  # noqa: BLE001  one video's bug must not stop the batch; the reason is kept
             row.update(reason=f"{type(e).__name__}: {first_line(e)}", kind="run", exit_code=1)
         else:
             row.update(status="done", frames=int(summary["frames"]), faces=int(summary["faces"]))
@@ -187,7 +192,7 @@ class VideoWorker:
             try:
                 if part is not None:
                     part.close()
-            except Exception:  # interpreter shutdown
+            except Exception:  # noqa: BLE001  interpreter shutdown: nothing left to tell
                 pass
 
 

@@ -114,8 +114,8 @@ class EmoNetModel:
         """`heatmap=True` keeps the landmark heatmaps (the Python API returns them; the pipeline, which would
         only carry 1.1 MB a face to the writers for nothing, does not ask)."""
         if crops.ndim != 4 or crops.shape[1:] != INPUT_SHAPE or crops.dtype != np.uint8:
-            raise ValueError(f"EmoNet takes uint8 (N,{','.join(map(str, INPUT_SHAPE))}) crops, got {crops.dtype} "
-                             f"{crops.shape}")
+            raise UserInputError(f"EmoNet takes uint8 (N,{','.join(map(str, INPUT_SHAPE))}) crops, got "
+                                 f"{crops.dtype} {crops.shape}")
         if not len(crops):
             empty = np.zeros((0, len(self.class_names)), np.float32)
             return EmoNetBatch(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32),

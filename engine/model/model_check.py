@@ -71,7 +71,7 @@ def check_onnx_contract(path: str | os.PathLike) -> None:
     path = Path(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises DecodeError, onnx its own types
+    except Exception as e:  # noqa: BLE001  protobuf raises DecodeError, onnx its own types
         raise UserInputError(f"not an ONNX model: {path} ({first_line(e)})") from None
     problems = contract_problems(model)
     if problems:

@@ -11,7 +11,7 @@ The default taps (contract.DEFAULT_TAPS) reach the run as the export's `conv1_me
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,8 @@ import numpy as np
 from emoengine.contract import DEFAULT_TAPS, FULL_TAP_OUTPUTS, INPUT_SHAPE, tap_file_stem
 from emoengine.errors import UserInputError
 from emoengine.export.taps import is_vector_shape
+
+log = logging.getLogger(__name__)
 
 TAP_VIEWS = ("mean", "grid")
 # the default taps' contract outputs: module path -> (channel-mean output, full output)
@@ -169,7 +171,6 @@ def tap_specs_for_run(cfg, model) -> tuple[TapSpec, ...]:
         return ()
     names = tuple(cfg.tap_names)
     if names == DEFAULT_TAPS and cfg.tap_view == "mean" and not (model.has_taps or model.has_full_taps):
-        print(f"emoengine: warning: {cfg.weights or 'the model'} has no feature-map outputs; no tap files are "
-              "written", file=sys.stderr)
+        log.warning(f"warning: {cfg.weights or 'the model'} has no feature-map outputs; no tap files are written")
         return ()
     return run_tap_specs(model, names, cfg.tap_view, source=cfg.weights or "the model")

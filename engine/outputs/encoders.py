@@ -104,7 +104,7 @@ class EncoderThread:
                 self.writer.write(self.picture(item))
                 clock.busy_s += time.perf_counter() - t1
                 clock.items += 1
-        except Exception as e:   # handed to the thread that puts or finishes
+        except Exception as e:  # noqa: BLE001  handed to the thread that puts or finishes
             self._error = e
         finally:
             clock.cpu_s = time.thread_time() - cpu0

@@ -272,7 +272,7 @@ class VideoWriter(_CloseOrAbort):
             # MPEG range, BT.601 (SMPTE 170M) matrix as converted in `write`, BT.709 (sRGB) primaries and transfer
             cc.color_range, cc.colorspace, cc.color_primaries, cc.color_trc = 1, 6, 1, 1
             self._stream = stream
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  PyAV's codec setup raises many kinds: one RunFailure line
             self.abort()
             raise RunFailure(f"cannot start video {self.final_path}: {e}") from None
         self._time_base = Fraction(1) / self.rate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +26,8 @@ from emoengine.engine.tracking.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MI
 from emoengine.engine.tracking.tracker import TemporalSmoother
 from emoengine.errors import UserInputError
 from emoengine.memory import peak_rss_mb
+
+log = logging.getLogger(__name__)
 
 CPU_MAX_BATCH = 1        # see default_max_batch
 GPU_MAX_BATCH = 32
@@ -102,26 +104,13 @@ class FrameAssembler:
         return record
 
 
-def _progress(total: int | None, quiet: bool):
-    """A rich progress bar on a terminal; nothing otherwise. Returns (on_frame, close)."""
-    if quiet or not sys.stderr.isatty():
-        return None, lambda: None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+# what run_pipeline's `progress` is: called with the input's frame count (None: unknown), returns
+# (on_frame(stats) or None, close()); the CLI's progress bar is one (cli/progress.py)
+Progress = Callable[[int | None], tuple[Callable[[PipelineStats], None] | None, Callable[[], None]]]
 
-    progress = Progress(TextColumn("[bold]emoengine"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)
-    task = progress.add_task("run", total=total, rate="")
-    progress.start()
-    t0 = time.perf_counter()
 
-    def on_frame(stats: PipelineStats) -> None:
-        dt = max(time.perf_counter() - t0, 1e-6)
-        progress.update(task, completed=stats.frames,
-                        rate=f"{stats.frames / dt:.1f} frames/s {stats.faces / dt:.1f} faces/s")
-
-    return on_frame, progress.stop
+def no_progress(total: int | None):
+    return None, lambda: None
 
 
 def open_run_detector(cfg: RunConfig):
@@ -134,7 +123,7 @@ def open_run_detector(cfg: RunConfig):
 
 def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
                  open_detector: Callable[[], object] | None = None,
-                 observe: Callable[[FrameRecord], None] | None = None) -> dict:
+                 observe: Callable[[FrameRecord], None] | None = None, progress: Progress = no_progress) -> dict:
     """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
 
     The input and detector are opened before the model, so bad input fails fast, before any export.
@@ -145,6 +134,7 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     With `cfg.resume`, a complete earlier run of the same input and settings is returned as is.
     `observe(record)` (the Python API) sees every assembled record (faces filled), in frame order, before the
     writers, in the render stage's thread; what it raises ends the run like a failing stage.
+    `progress(frame_count)` (the CLI's bar) is told of every frame.
     """
     source = open_source(cfg.input)
     fingerprint = run_fingerprint(cfg, source)
@@ -155,18 +145,17 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
         if done.get("bad_frames"):   # the same damaged input: the same answer
             raise UserInputError(damaged_input_message(done, cfg.out_dir))
         if not cfg.quiet:
-            print(f"emoengine: {cfg.out_dir} already holds the complete outputs of this run (--resume); "
-                  "skipped", file=sys.stderr)
+            log.info(f"{cfg.out_dir} already holds the complete outputs of this run (--resume); skipped")
         return {**done, "resumed": True}
     detector = model = outputs = None
     try:
         detector = open_detector() if open_detector is not None else open_run_detector(cfg)
         model = open_model()
         if model.is_random and cfg.warn_random:
-            print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
+            log.warning("WARNING: random EmoNet weights — predictions are meaningless")
         outputs = open_outputs(cfg, source, model)
         options = pipeline_options(cfg, source)
-        stats = _drive(cfg, source, detector, model, outputs, options, observe)
+        stats = _drive(cfg, source, detector, model, outputs, options, observe, progress)
         summary = make_summary(cfg, source, model, detector, stats, options, outputs.encoder_clocks())
         summary["fingerprint"] = fingerprint
         outputs.commit(summary)
@@ -207,12 +196,13 @@ def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
 
 
 def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
-           options: PipelineOptions, observe: Callable[[FrameRecord], None] | None = None) -> PipelineStats:
+           options: PipelineOptions, observe: Callable[[FrameRecord], None] | None = None,
+           progress: Progress = no_progress) -> PipelineStats:
     """The pipeline from the first frame to the last encoded one; a record is assembled and written in the
     render stage."""
     assemble = FrameAssembler(model.class_names, cfg.smooth, taps=outputs.specs, keep_full=outputs.needs_full,
                               independent_frames=options.independent_frames)
-    on_frame, close_progress = _progress(source.frame_count, cfg.quiet)
+    on_frame, close_progress = progress(source.frame_count)
 
     def sink(record: FrameRecord) -> None:
         record = assemble(record)
@@ -229,8 +219,8 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
     finally:
         close_progress()
     if cfg.face_id is not None and not outputs.main.fixed_seen:
-        print(f"emoengine: warning: no face got id {cfg.face_id}; the feature-map outputs are black "
-              "(ids are in predictions.csv)", file=sys.stderr)
+        log.warning(f"warning: no face got id {cfg.face_id}; the feature-map outputs are black "
+                    "(ids are in predictions.csv)")
     return stats
 
 

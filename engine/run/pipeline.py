@@ -9,9 +9,9 @@ One `FrameRecord` per frame travels through them all, each stage adding its part
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +24,8 @@ from emoengine.engine.model.emonet_model import EmoNetBatch, EmoNetModel
 from emoengine.engine.run.records import FrameRecord, StageClock
 from emoengine.engine.tracking.keyframes import KeyframeTracker
 from emoengine.errors import EmoengineError, RunFailure
+
+log = logging.getLogger(__name__)
 
 _END = object()
 _POLL_S = 0.05
@@ -250,7 +252,7 @@ class Pipeline:
             fn(self.stats.stages[name])
         except _Stopped:
             pass
-        except BaseException as e:  # forwarded to the caller's thread
+        except BaseException as e:  # noqa: BLE001  forwarded to the caller's thread
             with self._lock:
                 if self._error is None:
                     self._error = (name, e)
@@ -306,8 +308,7 @@ class Pipeline:
                 if self.live and not self.end_input.is_set() and not self.stop.is_set():
                     self.end_input.set()
                     self.stats.ended_by_user = True
-                    print("emoengine: ending the input; finishing what was read (Ctrl-C again to abort)",
-                          file=sys.stderr)
+                    log.warning("ending the input; finishing what was read (Ctrl-C again to abort)")
                     continue
                 self.stats.interrupted = True
                 self.stop.set()

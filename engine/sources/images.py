@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,9 @@ import cv2
 import numpy as np
 
 from emoengine.engine.sources.frame_source import Frame, FrameSource
-from emoengine.errors import UserInputError, notice
+from emoengine.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
@@ -82,7 +85,7 @@ class ImageFolderSource(FrameSource):
             return read_image(path)
         except UserInputError as e:
             self.skipped.append(path.name)
-            notice(f"warning: skipping {path.name}: {e}")
+            log.warning(f"warning: skipping {path.name}: {e}")
             return None
 
     def _frames(self) -> Iterator[Frame]:

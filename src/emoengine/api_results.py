@@ -221,7 +221,7 @@ def _pump(channel: _Channel, cfg, loans, names) -> None:
         end.summary = run_pipeline(cfg, *loans, observe=lambda record: channel.put(stream_frame(record, names)))
     except StreamClosed:
         pass
-    except BaseException as e:   # handed to the consumer's thread
+    except BaseException as e:  # noqa: BLE001  handed to the consumer's thread
         end.error = e
     channel.put(end, final=True)
 

@@ -48,7 +48,9 @@ TAP_TOLERANCE = 1e-3
 def class_names(num_classes: int) -> tuple[str, ...]:
     """Upstream EmoNet's class names: the 5-class model uses the first five of the 8-class list."""
     if num_classes not in (5, 8):
-        raise ValueError(f"EmoNet has 5 or 8 classes, not {num_classes}")
+        from emoengine.errors import UserInputError  # a ValueError, as every public entry point raises
+
+        raise UserInputError(f"EmoNet has 5 or 8 classes, not {num_classes}")
     return CLASS_NAMES_8[:num_classes]
 
 

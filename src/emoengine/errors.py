@@ -27,13 +27,9 @@ def first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def notice(message: str) -> None:
-    """A line for the user that is not a result (progress, a warning): always on stderr, `emoengine: ` first."""
-    import sys
-
-    print(f"emoengine: {message}", file=sys.stderr, flush=True)
-
-
 def warn_random_weights(seed: int = 0) -> None:
-    """What loading `--weights random` says, also where a cached export of those weights is reused instead."""
-    notice(f"WARNING: --weights random: seeded RANDOM EmoNet weights (seed {seed}); its predictions MEAN NOTHING")
+    """What loading `weights="random"` says, also where a cached export of those weights is reused instead."""
+    import logging
+
+    logging.getLogger("emoengine.weights").warning(
+        f"WARNING: --weights random: seeded RANDOM EmoNet weights (seed {seed}); its predictions MEAN NOTHING")

@@ -87,7 +87,7 @@ def safe_joblib_arrays(path: Path) -> list[np.ndarray]:
     npk.NumpyUnpickler = WeightsOnlyUnpickler   # joblib builds its unpickler from this module name
     try:
         obj = joblib.load(path)
-    except Exception as e:  # joblib/pickle/lz4 raise many types for a bad file
+    except Exception as e:  # noqa: BLE001  joblib/pickle/lz4 raise many types for a bad file
         if refused:
             raise UserInputError(f"MTCNN weights {path} refused as unsafe: {refused[0]} "
                                  "(weights-only loading; nothing in it was run)") from None
