@@ -1,21 +1,18 @@
 """`emoengine batch`: many videos through `run`'s code path on Ray Data (a local Ray unless --ray-address).
 
-Every `run` option is a `batch` option too: the command's signature is its own options plus `run_command`'s
-(minus INPUT, --out, --quiet and --resume), so an option added to `run` reaches `batch` without a second definition.
+Every `run` option is a `batch` option too: the command's signature is its own options plus RunSettings' fields
+(but those marked batch=False: quiet and resume, which batch has its own way), so an option added to RunSettings
+reaches `batch` without a second definition.
 """
 
 from __future__ import annotations
 
-import inspect
-import typing
 from pathlib import Path
 
 import typer
 
 from emoengine.cli.main import app
-from emoengine.cli.run_cmd import run_command, run_config
-
-NOT_FROM_RUN = ("input", "out", "quiet", "resume")   # batch skips complete videos itself
+from emoengine.cli.options import settings_of, with_signature
 
 
 def batch_options(
@@ -40,11 +37,6 @@ def batch_options(
     """(signature only: see batch_command)"""
 
 
-def _run_options(kwargs: dict) -> dict:
-    run_params = inspect.signature(run_command).parameters
-    return {k: v for k, v in kwargs.items() if k in run_params and k not in NOT_FROM_RUN}
-
-
 def batch(**kwargs) -> None:
     """Run many videos through `run`'s pipeline on Ray Data; per-video outputs, predictions.parquet,
     batch_summary.json. A re-run skips videos whose outputs are complete."""
@@ -55,10 +47,10 @@ def batch(**kwargs) -> None:
     items = list_inputs(kwargs["inputs"])
     out = kwargs["out"]
     # the options are checked once here (one line, exit 2) before any Ray starts
-    template, model_args = run_config(input=items[0].path, out=out, quiet=True, **_run_options(kwargs))
+    template = settings_of(kwargs, quiet=True, resume=False).resolve(items[0].path, out)
     if not kwargs["ray_address"]:   # on a cluster each node makes its own (its GPU, its TensorRT)
-        prepare_model(model_args)
-    summary = run_batch(items, out, template, model_args, address=kwargs["ray_address"],
+        prepare_model(template.model_args)
+    summary = run_batch(items, out, template, template.model_args, address=kwargs["ray_address"],
                         workers=kwargs["workers"], cpus_per_worker=kwargs["cpus_per_worker"],
                         gpus_per_worker=kwargs["gpus_per_worker"], retries=kwargs["retries"],
                         retry_failed=kwargs["retry_failed"], quiet=kwargs["quiet"])
@@ -73,20 +65,10 @@ def batch(**kwargs) -> None:
         raise typer.Exit(1)
 
 
-def _signature() -> tuple[inspect.Signature, dict]:
-    """batch's own parameters, then run's (types resolved, so typer needs no module globals to read them)."""
-    own, own_hints = inspect.signature(batch_options), typing.get_type_hints(batch_options)
-    run, run_hints = inspect.signature(run_command), typing.get_type_hints(run_command)
-    params = [p.replace(annotation=own_hints[p.name]) for p in own.parameters.values()]
-    params += [p.replace(annotation=run_hints[p.name]) for p in run.parameters.values()
-               if p.name not in NOT_FROM_RUN and p.name not in own.parameters]
-    return inspect.Signature(params), {p.name: p.annotation for p in params}
-
-
 def batch_command(**kwargs) -> None:
     batch(**kwargs)
 
 
-batch_command.__signature__, batch_command.__annotations__ = _signature()
+batch_command = with_signature(batch_command, batch_options, for_batch=True)
 batch_command.__doc__ = batch.__doc__
 app.command("batch")(batch_command)

@@ -18,17 +18,18 @@ def demo_command(
     frames: int = typer.Option(96, min=8, help="Length of the generated clip."),
 ) -> None:
     """Run everything on a generated clip (photos from insightface's wheel; no network needed)."""
-    from emoengine.cli.run_cmd import open_model, summary_line
+    from emoengine.cli.progress import progress_bar
+    from emoengine.cli.run_cmd import summary_line
+    from emoengine.engine.model.emonet_model import open_emonet
     from emoengine.engine.run.demo import demo_frames, write_clip
-    from emoengine.engine.run.driver import RunConfig, default_max_batch, run_pipeline
+    from emoengine.engine.run.driver import run_pipeline
+    from emoengine.settings import RunSettings
 
     out.mkdir(parents=True, exist_ok=True)
     clip = write_clip(out / "demo_input.mp4", demo_frames(frames))
     typer.echo(f"emoengine demo: wrote the input clip {clip} ({frames} frames)", err=True)
-    max_batch = default_max_batch(backend)
-    summary = run_pipeline(RunConfig(input=str(clip), out_dir=out, smooth=0.5, warn_random=False,
-                                     backend=backend, weights=weights, max_batch=max_batch),
-                           lambda: open_model(backend, weights, None, None, False, max_batch))
+    cfg = RunSettings(weights=weights, backend=backend, smooth=0.5).resolve(clip, out)
+    summary = run_pipeline(cfg, lambda: open_emonet(**cfg.model_args), progress=progress_bar)
     typer.echo(summary_line(summary, out), err=True)
     typer.echo("wrote:")
     for p in sorted(out.iterdir()):

@@ -102,8 +102,10 @@ def _exit_past_lingering_stages(code, settle_s: float = 2.0) -> None:
 
 def _main(argv: list[str] | None) -> None:
     from emoengine.log import install_stderr_handler
+    from emoengine.settings import speak_flags
 
-    install_stderr_handler()   # the library logs; the command shows its lines as `emoengine: ...` on stderr
+    # the library logs; the command shows its lines as `emoengine: ...` on stderr, options as flags
+    install_stderr_handler(rename=speak_flags)
     _register_commands()
     args = sys.argv[1:] if argv is None else argv
     DEBUG["on"] = "--debug" in args
@@ -117,7 +119,8 @@ def _main(argv: list[str] | None) -> None:
     except EmoengineError as e:
         if DEBUG["on"]:
             traceback.print_exc()
-        raise SystemExit(fail(_first_line(e) or type(e).__name__, e.exit_code).exit_code) from None
+        message = speak_flags(_first_line(e), getattr(e, "options", ())) or type(e).__name__
+        raise SystemExit(fail(message, e.exit_code).exit_code) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:

@@ -49,8 +49,8 @@ def cached_onnx_for(request) -> Path:
         from emoengine.export.checkpoint import load_emonet
         from emoengine.export.onnx_export import export_onnx
     except ImportError as e:
-        raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass --model "
-                             "with an exported .onnx") from e
+        raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass model "
+                             "(an exported .onnx)", options=("model",)) from e
     loaded = load_emonet(request.weights, request.classes)
     path = _export_path(request, loaded.num_classes, "random" if loaded.is_random else loaded.sha256[:12])
     from emoengine import __version__

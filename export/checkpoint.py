@@ -38,7 +38,7 @@ class LoadedEmoNet:
 def load_emonet(weights: str | Path, classes: int | None = None, seed: int = 0) -> LoadedEmoNet:
     """`weights` is a checkpoint path or "random"; `classes` (5 or 8), when given, must agree with the file."""
     if classes is not None and classes not in (5, 8):
-        raise UserInputError(f"--classes must be 5 or 8, not {classes}")
+        raise UserInputError(f"classes must be 5 or 8, not {classes}", options=("classes",))
     if str(weights) == "random":
         return _load_random(classes or 8, seed)
 
@@ -50,7 +50,8 @@ def load_emonet(weights: str | Path, classes: int | None = None, seed: int = 0) 
     state = _state_dict(_torch_load(path), path)
     num_classes = _num_classes(state, path)
     if classes is not None and classes != num_classes:
-        raise UserInputError(f"--classes {classes} disagrees with {path.name}, which has {num_classes} classes")
+        raise UserInputError(f"classes {classes} disagrees with {path.name}, which has {num_classes} classes",
+                             options=("classes",))
 
     model = EmoNet(num_classes)
     _check_keys_and_shapes(state, model, path)

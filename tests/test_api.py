@@ -96,8 +96,8 @@ def test_bad_input_is_one_line_value_error_before_anything_opens(engine, golden_
         assert isinstance(e.value, UserInputError) and "\n" not in str(e.value)
     for options, message in (({"smooth": 2.0}, "smooth must be >= 0.0 and <= 0.99"),
                              ({"smoothing": 0.5}, "unknown Engine option"),
-                             ({"crop": "round"}, "--crop must be square or upstream"),
-                             ({"weights": None}, "give --weights")):
+                             ({"crop": "round"}, "^crop must be square or upstream"),
+                             ({"weights": None}, "give weights")):
         with pytest.raises(UserInputError, match=message):
             emoengine.Engine(**{"weights": str(golden_pth_8), **options})
     with pytest.raises(UserInputError, match="no such file"):

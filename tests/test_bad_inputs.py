@@ -137,7 +137,7 @@ REFUSED = {
     "unsupported_url": ("gopher://example.org/clip", W, 2, "unsupported stream URL scheme"),
     "missing_camera": ("63", W, 2, "cannot open camera 63"),
     "unknown_backend": ("{face_png}", ["--weights", "{weights}", "--backend", "tpu"], 2, "unknown backend 'tpu'"),
-    "unknown_detector": ("{face_png}", [*W, "--detector", "yolo"], 2, "unknown detector 'yolo'"),
+    "unknown_detector": ("{face_png}", [*W, "--detector", "yolo"], 2, "--detector must be mtcnn, scrfd or none, not yolo"),
     "bad_crop_mode": ("{face_png}", [*W, "--crop", "tight"], 2, "--crop must be"),
     "zero_max_batch": ("{face_png}", [*W, "--max-batch", "0"], 2, "max-batch"),
     "onnx_without_contract_outputs": ("{face_png}", ["--model", "{foreign_outputs_onnx}"], 2,

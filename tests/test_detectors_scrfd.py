@@ -109,7 +109,8 @@ def test_missing_scrfd_model_gives_one_line_hint(tmp_path, monkeypatch):
         make_detector("scrfd")
     message = str(err.value)
     assert "\n" not in message
-    assert "buffalo_l/det_10g.onnx" in message and "FaceAnalysis()" in message and "--detector-model" in message
+    assert "buffalo_l/det_10g.onnx" in message and "FaceAnalysis()" in message and "detector_model" in message
+    assert err.value.options == ("detector_model",)   # the CLI shows it as --detector-model
     with pytest.raises(UserInputError, match="no such detector model"):
         make_detector("scrfd", model_path=str(tmp_path / "nope.onnx"))
 

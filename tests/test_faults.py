@@ -277,10 +277,11 @@ def test_face_cut_by_the_frame_edge_is_cropped_centred_on_the_whole_face():
 
 def test_summary_of_a_clean_run_reports_no_damage(tmp_path, faceless_clip, golden_pth_8):
     from emoengine.engine.model.emonet_model import open_emonet
-    from emoengine.engine.run.driver import RunConfig, run_pipeline
+    from emoengine.engine.run.driver import run_pipeline
+    from emoengine.settings import RunSettings
 
-    summary = run_pipeline(RunConfig(input=str(faceless_clip), out_dir=tmp_path, quiet=True, write_video=False),
-                           lambda: open_emonet("torch", weights=str(golden_pth_8)))
+    cfg = RunSettings(weights=str(golden_pth_8), quiet=True, no_video=True).resolve(faceless_clip, tmp_path)
+    summary = run_pipeline(cfg, lambda: open_emonet("torch", weights=str(golden_pth_8)))
     assert (summary["frames"], summary["bad_frames"], summary["decode_errors"]) == (48, 0, [])
     assert json.loads((tmp_path / "summary.json").read_text())["bad_frames"] == 0
 

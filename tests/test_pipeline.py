@@ -167,7 +167,8 @@ def test_stream_of_5000_small_frames_runs_with_flat_memory(tmp_path, random_onnx
     import psutil
 
     from emoengine.engine.model.emonet_model import open_emonet
-    from emoengine.engine.run.driver import RunConfig, run_pipeline
+    from emoengine.engine.run.driver import run_pipeline
+    from emoengine.settings import RunSettings
 
     face = single_face_frames(1, size=(160, 160), face_px=(100, 100)).__next__()
     blank = np.full_like(face, 90)
@@ -193,8 +194,8 @@ def test_stream_of_5000_small_frames_runs_with_flat_memory(tmp_path, random_onnx
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        summary = run_pipeline(RunConfig(input=ts.resolve().as_uri(), out_dir=tmp_path / "out", quiet=True),
-                               lambda: open_emonet("ort", model=str(random_onnx)))
+        cfg = RunSettings(model=str(random_onnx), quiet=True).resolve(ts.resolve().as_uri(), tmp_path / "out")
+        summary = run_pipeline(cfg, lambda: open_emonet("ort", model=str(random_onnx)))
     finally:
         done.set()
         sampler.join()

@@ -194,16 +194,15 @@ def test_a_run_without_videos_still_gets_its_timeline(tmp_path, page_links):
 
 
 def test_no_report_reaches_the_run_config():
-    from emoengine.cli.run_cmd import run_config
+    from emoengine.settings import RunSettings
 
-    options = dict(input="clip.mp4", out=Path("out"), weights="random", model=None, backend=None, classes=None,
-                   detector="mtcnn", detector_model=None, crop=None, max_batch=32, max_wait_ms=40.0,
-                   max_faces=None, smooth=0.0, face_id=None, no_video=False, taps=True, save_activations=False,
-                   full_taps=False, quiet=True)
-    assert run_config(**options)[0].report is True
-    cfg = run_config(**options, no_report=True)[0]
+    def resolve(**options):
+        return RunSettings(weights="random", max_batch=32, quiet=True, **options).resolve("clip.mp4", Path("out"))
+
+    assert resolve().report is True
+    cfg = resolve(no_report=True)
     assert cfg.report is False and cfg.weights == "random"
-    assert run_config(**{**options, "no_video": True})[0].writes_report is False   # CSV and summary.json only
+    assert resolve(no_video=True).writes_report is False   # CSV and summary.json only
 
 
 def test_report_command_rebuilds_and_refuses_a_folder_without_a_summary(tmp_path):

@@ -164,18 +164,19 @@ def test_tap_the_model_lacks_exits_2_saying_how_to_export_it(taps, words, tap_mo
 
 
 def test_run_config_asks_the_export_for_the_taps(tmp_path):
-    from emoengine.cli.run_cmd import run_config
+    from emoengine.settings import RunSettings
 
-    options = dict(input="x.mp4", out=tmp_path, model=None, backend=None, classes=None, detector="mtcnn",
-                   detector_model=None, crop=None, max_batch=None, max_wait_ms=40.0, max_faces=None, smooth=0.0,
-                   face_id=None, no_video=False, save_activations=False, full_taps=False, quiet=True)
-    cfg, model_args = run_config(weights="random", taps="m0, emo_fc_2.1,m0", **options)
+    def resolve(**options):
+        cfg = RunSettings(weights="random", quiet=True, **options).resolve("x.mp4", tmp_path)
+        return cfg, cfg.model_args
+
+    cfg, model_args = resolve(taps="m0, emo_fc_2.1,m0")
     assert cfg.tap_names == ("m0", "emo_fc_2.1") and model_args["taps"] == ("m0", "emo_fc_2.1")
-    cfg, model_args = run_config(weights="random", taps=None, **options)
+    cfg, model_args = resolve(taps=None)
     assert cfg.tap_names == DEFAULT_TAPS and model_args["taps"] == ()   # the export's channel means serve them
-    cfg, model_args = run_config(weights="random", taps=None, tap_view="grid", **options)
+    cfg, model_args = resolve(taps=None, tap_view="grid")
     assert model_args["taps"] == DEFAULT_TAPS                            # a grid needs every channel
-    cfg, model_args = run_config(weights="random", taps=None, no_taps=True, **options)
+    cfg, model_args = resolve(taps=None, no_taps=True)
     assert cfg.taps is False and "taps" not in model_args
 
 

@@ -144,8 +144,8 @@ def request_for(backend: str, weights: str | None = None, model: str | None = No
     other ModelRequest fields as given."""
     options = parse_backend(backend)
     if (weights is None) == (model is None):
-        raise UserInputError("give exactly one of --weights (a .pth checkpoint or 'random') and --model "
-                             "(an exported artifact)")
+        raise UserInputError("give exactly one of weights (a .pth checkpoint or 'random') and model "
+                             "(an exported artifact)", options=("weights", "model"))
     return ModelRequest(options, weights=weights, model=model, **fields)
 
 

@@ -116,19 +116,6 @@ def prepare_model(model_args: dict) -> None:
     backend_row(request.backend.name).prepare(request)
 
 
-class _Kept:
-    """A detector or model handed to one run without letting the run close it (the worker reuses it)."""
-
-    def __init__(self, part) -> None:
-        self._part = part
-
-    def __getattr__(self, name):
-        return getattr(self._part, name)
-
-    def close(self) -> None:
-        pass
-
-
 def video_row(item: BatchItem, status: str, **fields) -> dict:
     """One video's line in batch_summary.json, with every key batch_summary and previous_failures read."""
     return {"video": item.name, "input": item.path, "status": status, "reason": "", "kind": "", "exit_code": 0,
@@ -177,7 +164,7 @@ class VideoWorker:
         cfg = dataclasses.replace(self.template, input=item.path, out_dir=video_dir, warn_random=False)
         t0 = time.perf_counter()
         try:
-            summary = run_pipeline(cfg, lambda: _Kept(self.model), lambda: _Kept(self.detector))
+            summary = run_pipeline(cfg, self.model, self.detector)   # lent: the worker reuses them
         except EmoengineError as e:
             row.update(reason=first_line(e), kind="input" if e.exit_code == 2 else "run", exit_code=e.exit_code)
         except Exception as e:  # noqa: BLE001  one video's bug must not stop the batch; the reason is kept

@@ -7,6 +7,7 @@ insightface's model_zoo classes do; the runner under it only moves tensors.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,7 +82,9 @@ def heatmap_landmarks(heatmap: np.ndarray, crop_size: int = CROP_SIZE) -> np.nda
 
 
 class EmoNetModel:
-    """Runs EmoNet on uint8 RGB crops (N, 256, 256, 3) in chunks of at most `max_batch`."""
+    """Runs EmoNet on uint8 RGB crops (N, 256, 256, 3) in chunks of at most `max_batch`. `predict` is safe to
+    call from several threads (an Engine's `predict` beside its stream): one call runs at a time, since a torch
+    runner records the taps of one forward pass."""
 
     REQUIRED_OUTPUTS = tuple(REQUIRED_OUTPUTS)   # the outputs model_check requires of a file, here of a runner
 
@@ -94,6 +97,7 @@ class EmoNetModel:
                 "make one with `emoengine export`")
         self.runner = runner
         self.max_batch = max(1, int(max_batch))
+        self._lock = threading.Lock()
         meta = runner.metadata
         names = meta.get("class_names")
         if names:
@@ -120,7 +124,8 @@ class EmoNetModel:
             empty = np.zeros((0, len(self.class_names)), np.float32)
             return EmoNetBatch(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32),
                                np.zeros((0, NUM_LANDMARKS, 2), np.float32), None, None)
-        out = self.runner.infer({INPUT_NAME: crops}, max_batch=self.max_batch)   # the runner splits the batch
+        with self._lock:
+            out = self.runner.infer({INPUT_NAME: crops}, max_batch=self.max_batch)   # the runner splits the batch
         logits = out["expression"].astype(np.float32)
         return EmoNetBatch(
             logits=logits,
@@ -151,10 +156,10 @@ def open_emonet(backend: str, weights: str | None = None, model: str | None = No
     emonet = EmoNetModel(open_runner(request), max_batch=request.max_batch)
     if request.full_taps and not emonet.has_full_taps:
         emonet.close()
-        raise UserInputError(f"{model} was exported without --full-taps; re-export it with --full-taps or drop "
-                             "--full-taps")
+        raise UserInputError(f"{model} was exported without full_taps; re-export it with `emoengine export "
+                             "--full-taps` or drop full_taps", options=("full_taps",))
     if request.classes is not None and request.classes != len(emonet.class_names):
         emonet.close()
-        raise UserInputError(f"--classes {request.classes} disagrees with {request.source}, which has "
-                             f"{len(emonet.class_names)} classes")
+        raise UserInputError(f"classes {request.classes} disagrees with {request.source}, which has "
+                             f"{len(emonet.class_names)} classes", options=("classes",))
     return emonet

@@ -64,12 +64,13 @@ def run_tap_names(taps, tap_view: str = "mean", check: bool = True) -> tuple[str
     from emoengine.export.taps import parse_taps
 
     if tap_view not in TAP_VIEWS:
-        raise UserInputError(f"--tap-view must be {' or '.join(TAP_VIEWS)}, not {tap_view!r}")
+        raise UserInputError(f"tap_view must be {' or '.join(TAP_VIEWS)}, not {tap_view!r}", options=("tap_view",))
     if taps is None or isinstance(taps, bool):
         return DEFAULT_TAPS
     names = tuple(dict.fromkeys(parse_taps(taps) if isinstance(taps, str) else taps))
     if not names:
-        raise UserInputError("--taps needs one module name or more (`emoengine layers` lists them; --no-taps for none)")
+        raise UserInputError("taps needs one module name or more (`emoengine layers` lists them; no_taps for none)",
+                             options=("taps", "no_taps"))
     if check and not set(names) <= set(DEFAULT_TAPS):
         check_known(names)
     return names
@@ -117,10 +118,11 @@ def run_tap_specs(model, names, tap_view: str = "mean", source: str = "the model
     if missing:
         check_known(missing)   # a misspelt name: say so, with the closest ones, rather than "re-export"
         wanted = ",".join(model_taps(names, tap_view))
-        grid = " (--tap-view grid shows every channel, so the default taps are needed in full too)" \
+        grid = " (tap_view grid shows every channel, so the default taps are needed in full too)" \
             if tap_view == "grid" and set(missing) <= set(DEFAULT_OUTPUTS) else ""
         raise UserInputError(f"{source} has no tap {', '.join(repr(n) for n in missing)}{grid}; re-export it with "
-                             f"`emoengine export --weights <your .pth> --taps {wanted}`, or run from --weights")
+                             f"`emoengine export --weights <your .pth> --taps {wanted}`, or run from weights",
+                             options=("tap_view", "weights"))
     probed = {}
     if any(n not in DEFAULT_OUTPUTS for n in names):
         batch = model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))

@@ -15,17 +15,18 @@ from emoengine.contract import DEFAULT_TAPS
 from emoengine.engine.backends import BACKENDS
 from emoengine.engine.model.crops import regions_to_frame
 from emoengine.engine.model.emonet_model import EmoNetModel
-from emoengine.engine.model.tapset import face_full_taps, face_taps, tap_specs_for_run
+from emoengine.engine.model.tapset import face_full_taps, face_taps, model_taps, tap_specs_for_run
 from emoengine.engine.outputs.report import REPORT_NAME, build_report
 from emoengine.engine.outputs.run_outputs import RunOutputs
 from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.run.records import FaceResult, FrameRecord
 from emoengine.engine.run.resume import completed_summary, run_fingerprint
 from emoengine.engine.sources.opener import open_source
-from emoengine.engine.tracking.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE, make_detector
+from emoengine.engine.tracking.detectors import make_detector
 from emoengine.engine.tracking.tracker import TemporalSmoother
 from emoengine.errors import UserInputError
 from emoengine.memory import peak_rss_mb
+from emoengine.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,38 +36,46 @@ GPU_DETECT_BATCH = 8     # frames per detector call on a GPU when every frame is
 QUEUE_BYTES = 16 << 20   # decoded frames one pipeline queue may hold (see queue_frames)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
+    """One run: `settings` (emoengine.RunSettings) on `input` into `out_dir`, with the defaults that depend on
+    other options resolved once (RunSettings.resolve makes it). Every other option reads through to the
+    settings as given (`cfg.smooth` is `cfg.settings.smooth`), so a new RunSettings field needs no edit here."""
+
+    settings: RunSettings
     input: str
     out_dir: Path
-    detector: str = "mtcnn"
-    detector_model: str | None = None
-    crop_mode: str | None = None      # None: "upstream" (plain resize) for --detector none, else "square"
-    max_batch: int | None = None     # None: by the backend's device (default_max_batch)
-    max_wait_ms: float = 40.0
-    max_faces: int | None = None
-    smooth: float = 0.0
-    face_id: int | None = None
-    write_video: bool = True
-    taps: bool = True                 # False: --no-taps
+    backend: str                      # decides where the detector runs (GPU when EmoNet does)
+    max_batch: int                    # by the backend's device unless given (default_max_batch)
+    crop_mode: str                    # "upstream" (plain resize) for detector none, else "square", unless given
     tap_names: tuple[str, ...] = DEFAULT_TAPS   # module paths (run --taps a,b), in order
-    tap_view: str = "mean"            # mean | grid (engine.outputs.tap_outputs)
-    save_activations: bool = False
-    full_taps: bool = False
-    quiet: bool = False
-    backend: str = "ort"              # decides where the detector runs (GPU when EmoNet does)
+    taps: bool = True                 # False: no_taps
+    write_video: bool = True          # False: no_video
+    report: bool = True               # report.html (False: no_report)
     warn_random: bool = True          # False where loading the checkpoint already said it
-    model_id: str | None = None       # what --weights/--model named (part of the --resume fingerprint)
-    resume: bool = False              # skip when --out already holds this run's complete outputs
-    detect_every: int = DEFAULT_DETECT_EVERY   # detector on every N-th frame, optical flow between
-    min_face: float = DEFAULT_MIN_FACE   # smallest face to find, frame pixels
-    report: bool = True               # report.html (off: --no-report)
-    weights: str | None = None        # what --weights/--model named, as given (summary.json's `weights`)
+    model_id: str | None = None       # what weights/model named (part of the --resume fingerprint)
+    weights: str | None = None        # what weights/model named, as given (summary.json's `weights`)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "settings":   # copy and pickle look for these before settings exists
+            raise AttributeError(name)
+        return getattr(self.settings, name)
 
     @property
     def writes_report(self) -> bool:
-        """--no-video promises predictions.csv and summary.json only (`emoengine report` can add the page)."""
+        """no_video promises predictions.csv and summary.json only (`emoengine report` can add the page)."""
         return self.report and self.write_video
+
+    @property
+    def model_args(self) -> dict:
+        """open_emonet's keyword arguments for this run. From weights the export is made with the taps; an
+        artifact (model) has them, or the run says how to make one that does."""
+        s = self.settings
+        args = dict(backend=self.backend, weights=s.weights, model=s.model, classes=s.classes,
+                    full_taps=s.full_taps, max_batch=self.max_batch)
+        if s.weights is not None and self.taps:
+            args["taps"] = model_taps(self.tap_names, s.tap_view, s.full_taps)
+        return args
 
 
 class FrameAssembler:
@@ -121,14 +130,14 @@ def open_run_detector(cfg: RunConfig):
                          min_face=cfg.min_face, threads=None if providers else 1)
 
 
-def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
-                 open_detector: Callable[[], object] | None = None,
+def run_pipeline(cfg: RunConfig, model: EmoNetModel | Callable[[], EmoNetModel],
+                 detector: object | Callable[[], object] | None = None,
                  observe: Callable[[FrameRecord], None] | None = None, progress: Progress = no_progress) -> dict:
     """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
 
-    The input and detector are opened before the model, so bad input fails fast, before any export.
-    `open_detector` (default: `open_run_detector(cfg)`) lets a caller that runs many inputs (batch workers)
-    hand in a detector opened once; the parts it hands out are closed here, so it hands out non-closing views.
+    `model` and `detector` are either lent (an opened EmoNetModel or detector: used, never closed here; the
+    Engine and batch workers reuse theirs) or a function that opens one (opened here, after the input, so bad
+    input fails fast, before any export; closed here). `detector` defaults to `open_run_detector(cfg)`.
     A video with frames that would not decode is processed without them, its outputs are written, and
     then a UserInputError (exit 2) says how many were lost (summary.json lists them too).
     With `cfg.resume`, a complete earlier run of the same input and settings is returned as is.
@@ -140,17 +149,16 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     fingerprint = run_fingerprint(cfg, source)
     if cfg.resume and (done := completed_summary(cfg.out_dir, fingerprint)) is not None:
         source.close()
-        if cfg.writes_report and not (Path(cfg.out_dir) / REPORT_NAME).is_file():   # made before reports existed
-            build_report(cfg.out_dir)
-        if done.get("bad_frames"):   # the same damaged input: the same answer
-            raise UserInputError(damaged_input_message(done, cfg.out_dir))
-        if not cfg.quiet:
-            log.info(f"{cfg.out_dir} already holds the complete outputs of this run (--resume); skipped")
-        return {**done, "resumed": True}
-    detector = model = outputs = None
+        return resumed(cfg, done)
+    opened: list = [source]   # what this function opened, and so closes
+    outputs = None
     try:
-        detector = open_detector() if open_detector is not None else open_run_detector(cfg)
-        model = open_model()
+        if detector is None or callable(detector):
+            detector = (detector or (lambda: open_run_detector(cfg)))()
+            opened.append(detector)
+        if callable(model):
+            model = model()
+            opened.append(model)
         if model.is_random and cfg.warn_random:
             log.warning("WARNING: random EmoNet weights — predictions are meaningless")
         outputs = open_outputs(cfg, source, model)
@@ -164,13 +172,24 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
             outputs.abort()
         raise
     finally:
-        for part in (model, detector, source):
-            if part is not None:
-                with contextlib.suppress(Exception):  # e.g. a decoder still blocked in a stalled stream
-                    part.close()
+        for part in reversed(opened):
+            with contextlib.suppress(Exception):
+                part.close()
     if summary.get("bad_frames"):
         raise UserInputError(damaged_input_message(summary, cfg.out_dir))
     return summary
+
+
+def resumed(cfg: RunConfig, done: dict) -> dict:
+    """`--resume` found this run's complete outputs: the summary as it was (a report added if it has none)."""
+    if cfg.writes_report and not (Path(cfg.out_dir) / REPORT_NAME).is_file():   # made before reports existed
+        build_report(cfg.out_dir)
+    if done.get("bad_frames"):   # the same damaged input: the same answer
+        raise UserInputError(damaged_input_message(done, cfg.out_dir))
+    if not cfg.quiet:
+        log.info(f"{cfg.out_dir} already holds the complete outputs of this run (resume); skipped",
+                 extra={"options": ("resume",)})
+    return {**done, "resumed": True}
 
 
 def open_outputs(cfg: RunConfig, source, model: EmoNetModel) -> RunOutputs:
@@ -183,11 +202,10 @@ def open_outputs(cfg: RunConfig, source, model: EmoNetModel) -> RunOutputs:
 
 
 def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
-    """What the pipeline needs of `cfg`, with the defaults that depend on the backend and the input."""
+    """What the pipeline needs of `cfg`, with the defaults that depend on the input."""
     on_gpu = backend_device(cfg.backend) == "cuda"
-    return PipelineOptions(max_batch=cfg.max_batch or default_max_batch(cfg.backend), max_wait_ms=cfg.max_wait_ms,
-                           max_faces=cfg.max_faces,
-                           crop_mode=cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square"),
+    return PipelineOptions(max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, max_faces=cfg.max_faces,
+                           crop_mode=cfg.crop_mode,
                            queue_size=queue_frames(source.size),
                            # the whole frame as the face: nothing to carry between keyframes
                            detect_every=1 if cfg.detector == "none" else cfg.detect_every,

@@ -10,15 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from emoengine.engine.outputs.schema import read_summary_if_any
 
-# RunConfig fields that change what a run writes (quiet, resume and the like do not)
-SETTINGS = ("detector", "detector_model", "crop_mode", "max_faces", "smooth", "face_id", "write_video", "taps",
-            "tap_names", "tap_view", "save_activations", "full_taps", "backend", "model_id", "detect_every",
-            "min_face")
+# what a RunConfig resolves that stands for options the fingerprint leaves out as given (weights, model,
+# classes -> the model's identity; backend -> the one a model's suffix implies)
+RESOLVED = ("backend", "model_id", "tap_names")
 
 
 def input_fingerprint(source) -> str | None:
@@ -37,11 +35,12 @@ def input_fingerprint(source) -> str | None:
 
 
 def run_fingerprint(cfg, source) -> str | None:
-    """Input and settings of this run as one digest (stored in summary.json as `fingerprint`)."""
+    """Input and settings of this run as one digest (stored in summary.json as `fingerprint`): every
+    RunSettings field marked `fingerprint` (RunSettings.fingerprint) and the resolved RESOLVED ones."""
     data = input_fingerprint(source)
     if data is None:
         return None
-    settings = {k: v for k, v in asdict(cfg).items() if k in SETTINGS}
+    settings = {**cfg.settings.fingerprint(), **{k: getattr(cfg, k) for k in RESOLVED}}
     return hashlib.sha256((data + json.dumps(settings, sort_keys=True, default=str)).encode()).hexdigest()
 
 

@@ -2,7 +2,8 @@
 
 The package's face (src/emoengine): the version, the outside contract in code (contract.py: crop size, tensor
 names and shapes, taps), one comparator and tolerance table (compare.py), errors and where artifacts live, and
-the Python API (api.py: `emoengine.Engine`, imported on first use).
+the Python API (api.py: `emoengine.Engine`, imported on first use) and the options of a run
+(settings.py: `emoengine.RunSettings`).
 Its subpackages come from the top-level folders: `emoengine.export` (build time), `emoengine.engine` (run time),
 `emoengine.cli` (the command), `emoengine.benchmarks`.
 """
@@ -31,4 +32,8 @@ def __getattr__(name: str):
         from emoengine import api
 
         return getattr(api, name)
+    if name == "RunSettings":   # every option of a run, as data (settings.py)
+        from emoengine.settings import RunSettings
+
+        return RunSettings
     raise AttributeError(f"module 'emoengine' has no attribute {name!r}")

@@ -6,17 +6,16 @@
         for frame in e.stream(0):              # a camera, a stream or a file, lazily, one frame at a time
             ...
 
-Options are `run`'s, checked by the same code (cli.run_cmd.run_config, the typer options' ranges), so a bad one
-is the same one-line `UserInputError` (a ValueError) the CLI exits 2 with. The model and the detector are
-opened once per Engine and lent to each run; `close()` (or leaving `with`) closes them.
+Options are `run`'s: the fields of emoengine.RunSettings, by their Python names, checked by RunSettings itself,
+so a bad one is the same one-line `UserInputError` (a ValueError) the CLI exits 2 with. The model and the
+detector are opened once per Engine and lent to each run (run_pipeline closes only what it opens);
+`close()` (or leaving `with`) closes them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,39 +24,11 @@ from emoengine.api_results import Analysis, FrameStream, MainFaceTaps
 from emoengine.contract import DEFAULT_TAPS, INPUT_SHAPE
 from emoengine.engine.closing import Closing
 from emoengine.errors import UserInputError
+from emoengine.settings import RunSettings
 
 __all__ = ["Analysis", "Engine", "FrameStream"]
 
-# what Engine names itself rather than taking among `run`'s other options
-_OWN = ("input", "out", "weights", "model", "backend", "detector", "taps", "classes")
-API_DEFAULTS = {"quiet": True}   # no progress bar in a notebook; everything else as `run` has it
-
-
-def run_options() -> dict[str, object]:
-    """`run`'s options (the CLI command's keyword parameters) and their typer declarations, but those Engine
-    names itself: what Engine(**options) accepts, by the same Python names."""
-    from emoengine.cli.run_cmd import run_command
-
-    return {name: p.default for name, p in inspect.signature(run_command).parameters.items() if name not in _OWN}
-
-
-def checked_options(given: dict) -> dict:
-    """`given` over `run`'s defaults (and API_DEFAULTS); an unknown name or a value outside the range the CLI
-    allows (typer's min/max) is a UserInputError, as on the command line."""
-    declared = run_options()
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise UserInputError(f"unknown Engine option(s) {', '.join(unknown)} (run's options: {', '.join(declared)})")
-    values = {name: getattr(info, "default", info) for name, info in declared.items()}
-    values.update({k: v for k, v in API_DEFAULTS.items() if k in values})
-    for name, value in given.items():
-        low, high = getattr(declared[name], "min", None), getattr(declared[name], "max", None)
-        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
-            bounds = " and ".join(s for s in (low is not None and f">= {low}", high is not None and f"<= {high}")
-                                  if s)
-            raise UserInputError(f"{name} must be {bounds}, not {value}")
-        values[name] = value
-    return values
+API_DEFAULTS = {"quiet": True}   # no summary line in a notebook; everything else as `run` has it
 
 
 def tap_names(taps) -> tuple[str, ...]:
@@ -68,35 +39,6 @@ def tap_names(taps) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for n in names if n))
 
 
-def _taps_option(names: tuple[str, ...]):
-    """`run_config`'s `taps` argument for `names`, in the form `run --taps` declares: a switch
-    (`--taps/--no-taps`, today) or module names (`--taps a,b`); RunConfig.tap_names is set from `names` anyway."""
-    from emoengine.cli.run_cmd import run_command
-
-    declared = inspect.signature(run_command).parameters["taps"].default
-    return bool(names) if isinstance(getattr(declared, "default", declared), bool) else ",".join(names)
-
-
-class _Lent:
-    """The Engine's model or detector lent to one run: `run_pipeline` closes what it is handed, so the loan's
-    `close()` does nothing; EmoNet's calls hold the Engine's lock (a torch model records taps for one forward
-    pass at a time, and `predict` may run beside a stream)."""
-
-    def __init__(self, part, lock: threading.Lock) -> None:
-        self._part = part
-        self._lock = lock
-
-    def __getattr__(self, name):
-        return getattr(self._part, name)
-
-    def predict(self, crops, **kwargs):
-        with self._lock:
-            return self._part.predict(crops, **kwargs)
-
-    def close(self) -> None:
-        pass
-
-
 class Engine(Closing):
     """EmoNet and a face detector, opened once, behind `predict`, `analyze` and `stream`.
 
@@ -105,29 +47,28 @@ class Engine(Closing):
     (`emoengine layers`; a list or "a,b"), default conv1 and emo_net_2.0.conv1; `classes`: 5 or 8, checked
     against the weights. An artifact (`model`) must hold the taps named (`export --taps`); with the default
     taps, analyze and stream use its channel means and predict returns the taps it has in full, if any.
-    Any other keyword is one of `run`'s options by its Python name (smooth, max_faces, face_id, detect_every,
-    min_face, crop, max_batch, max_wait_ms, no_video, no_report, save_activations, ...), defaults as in `run`
-    except `quiet` (True: no progress bar).
+    Any other keyword is a field of emoengine.RunSettings (`run`'s options by their Python names: smooth,
+    max_faces, face_id, detect_every, min_face, crop, max_batch, max_wait_ms, no_video, no_report,
+    save_activations, ...), defaults as in `run` except `quiet` (True: no summary line).
     """
+
+    settings_type = RunSettings   # what Engine(**options) accepts: every field, by its Python name
 
     def __init__(self, weights: str | None = None, model: str | None = None, backend: str | None = None,
                  detector: str = "mtcnn", taps=None, classes: int | None = None, **options) -> None:
-        from emoengine.cli.run_cmd import run_config
         from emoengine.engine.model.emonet_model import open_emonet
         from emoengine.engine.run.driver import open_run_detector
 
         self.taps = DEFAULT_TAPS if taps is None else tap_names(taps)
-        values = checked_options(options)
-        cfg, model_args = run_config(input="", out=Path("."), weights=weights, model=model, backend=backend,
-                                     classes=classes, detector=detector, taps=_taps_option(self.taps), **values)
-        if any(f.name == "tap_names" for f in dataclasses.fields(cfg)):
-            cfg = dataclasses.replace(cfg, tap_names=self.taps)
-        self.template = cfg
-        self._lock = threading.Lock()
+        self.settings = self.settings_type.from_options(
+            "Engine", **{**API_DEFAULTS, **options}, weights=weights, model=model, backend=backend,
+            classes=classes, detector=detector, taps=None if taps is None else ",".join(self.taps))
+        cfg = self.settings.resolve("", Path("."))
+        self.template = dataclasses.replace(cfg, tap_names=self.taps)
         self._model = self._detector = None
         try:
             self._detector = open_run_detector(cfg)
-            self._model = open_emonet(**{**model_args, "taps": self.taps})
+            self._model = open_emonet(**{**cfg.model_args, "taps": self.taps})
             missing = [t for t in self.taps if t not in self._model.taps]
             if missing and taps is not None:   # an artifact exported without them (weights: exported with them)
                 raise UserInputError(f"{model} has no tap output {', '.join(missing)}; re-export it with "
@@ -160,7 +101,7 @@ class Engine(Closing):
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != INPUT_SHAPE or not len(crops):
             raise UserInputError(f"predict takes uint8 RGB crops of shape (N, {', '.join(map(str, INPUT_SHAPE))}) "
                                  f"with N >= 1, not {crops.dtype} {crops.shape}")
-        batch = _Lent(self._require_open(), self._lock).predict(crops, heatmap=True)
+        batch = self._require_open().predict(crops, heatmap=True)
         return {"expression": batch.logits, "probabilities": batch.probs, "valence": batch.valence,
                 "arousal": batch.arousal, "landmarks": batch.landmarks, "heatmap": batch.heatmap, **batch.taps}
 
@@ -195,13 +136,19 @@ class Engine(Closing):
         return FrameStream(self, source)
 
     def run_config(self, source, out_dir: Path, **changes):
-        """The RunConfig of one run of this Engine on `source` into `out_dir` (`changes`: other fields)."""
-        return dataclasses.replace(self.template, input=str(source), out_dir=Path(out_dir), **changes)
+        """The RunConfig of one run of this Engine on `source` into `out_dir`; `changes`: RunSettings fields
+        (save_activations=False, quiet=True...) or RunConfig's resolved ones (write_video, report)."""
+        names = set(self.settings_type.names())
+        settings = {k: v for k, v in changes.items() if k in names}
+        if settings.get("save_activations") is False:
+            settings["full_taps"] = False   # full_taps means nothing without them
+        resolved = {k: v for k, v in changes.items() if k not in names}
+        return dataclasses.replace(self.template, input=str(source), out_dir=Path(out_dir),
+                                   settings=dataclasses.replace(self.settings, **settings), **resolved)
 
     def _loans(self):
-        """(open_model, open_detector) for run_pipeline: the Engine's own, lent (see _Lent)."""
-        model, detector = self._require_open(), self._detector
-        return (lambda: _Lent(model, self._lock)), (lambda: _Lent(detector, threading.Lock()))
+        """(model, detector) for run_pipeline: the Engine's own, lent (run_pipeline does not close them)."""
+        return self._require_open(), self._detector
 
     def _require_open(self):
         if self._model is None:

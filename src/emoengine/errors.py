@@ -10,9 +10,14 @@ class EmoengineError(Exception):
 class UserInputError(EmoengineError, ValueError):
     """Bad usage or bad input: a missing file, not a video, a wrong checkpoint... (exit 2).
 
-    Also a ValueError, so Python callers catch bad input the usual way (CONTRACT.md, Python API)."""
+    Also a ValueError, so Python callers catch bad input the usual way (CONTRACT.md, Python API). `options`: the
+    Python names of the options the message names (`min_face`), which the CLI shows as its flags (`--min-face`)."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", options: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.options = tuple(options)
 
 
 class RunFailure(EmoengineError):

@@ -17,21 +17,35 @@ ROOT = "emoengine"
 
 class OneLineHandler(logging.Handler):
     """`emoengine: <first line of the message>` on the current sys.stderr (looked up at each record, so a
-    test's captured stderr or a redirected one gets it)."""
+    test's captured stderr or a redirected one gets it). A record may name options by their Python names
+    (`extra={"options": ("resume",)}`); `rename(text, names)` (the CLI's: names to flags) rewrites them."""
+
+    def __init__(self, rename=None) -> None:
+        super().__init__()
+        self.rename = rename
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            lines = self.format(record).strip().splitlines()
+            text = self.format(record)
+            names = getattr(record, "options", ())
+            if self.rename is not None and names:
+                text = self.rename(text, names)
+            lines = text.strip().splitlines()
             sys.stderr.write(f"emoengine: {lines[0] if lines else ''}\n")
             sys.stderr.flush()
         except Exception:  # noqa: BLE001  logging's own rule: a failing handler must not end the program
             self.handleError(record)
 
 
-def install_stderr_handler(level: int = logging.INFO) -> logging.Logger:
-    """The command's handler on the `emoengine` logger, once per process (calling again changes only the level)."""
+def install_stderr_handler(level: int = logging.INFO, rename=None) -> logging.Logger:
+    """The command's handler on the `emoengine` logger, once per process (calling again changes only the level,
+    and `rename` where given)."""
     logger = logging.getLogger(ROOT)
-    if not any(isinstance(h, OneLineHandler) for h in logger.handlers):
-        logger.addHandler(OneLineHandler())
+    handler = next((h for h in logger.handlers if isinstance(h, OneLineHandler)), None)
+    if handler is None:
+        handler = OneLineHandler(rename)
+        logger.addHandler(handler)
+    elif rename is not None:
+        handler.rename = rename
     logger.setLevel(level)
     return logger

@@ -40,7 +40,7 @@ def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | None = None,
         return SCRFDDetector(model_path=model_path, providers=providers, **options)
     if key == "none":
         if model_path:
-            raise UserInputError("--detector none takes no detector model")
+            raise UserInputError("detector none takes no detector_model", options=("detector", "detector_model"))
         # the whole frame is the face: there is no smallest face to choose
         from emoengine.engine.tracking.detectors.whole_image import WholeImageDetector
 

@@ -74,7 +74,8 @@ def checked_min_face(value: float, smallest: float, detector: str, why: str = ""
     the smallest, inf would find nothing), or below the smallest face `detector` can find at all."""
     value = float(value)
     if not math.isfinite(value):
-        raise UserInputError(f"--min-face must be a number of pixels, not {value}")
+        raise UserInputError(f"min_face must be a number of pixels, not {value}", options=("min_face",))
     if value < smallest:
-        raise UserInputError(f"--min-face {value:g} is below {detector}'s smallest face, {smallest:g} px{why}")
+        raise UserInputError(f"min_face {value:g} is below {detector}'s smallest face, {smallest:g} px{why}",
+                             options=("min_face",))
     return value

@@ -47,10 +47,10 @@ def find_scrfd_model(model_path: str | os.PathLike | None = None) -> Path:
         rank = {name: i for i, name in enumerate(MODEL_PREFERENCE)}
         return min(found, key=lambda p: (rank.get(p.name, len(rank)), p.parent.name != "buffalo_l", str(p)))
     raise UserInputError(
-        f"no SCRFD model found in {root}: pass --detector-model PATH, or put insightface's buffalo_l pack there "
+        f"no SCRFD model found in {root}: pass detector_model (a path), or put insightface's buffalo_l pack there "
         f"({root}/buffalo_l/det_10g.onnx): on a machine with internet run "
         "`python -c \"import insightface; insightface.app.FaceAnalysis()\"` and copy ~/.insightface over, "
-        "or unzip buffalo_l.zip from insightface's GitHub releases (tag model-zoo)"
+        "or unzip buffalo_l.zip from insightface's GitHub releases (tag model-zoo)", options=("detector_model",)
     )
 
 
