@@ -16,6 +16,8 @@ from emoengine.cli.main import app
 from emoengine.cli.run_cmd import run_command, run_config
 
 NOT_FROM_RUN = ("input", "out", "quiet", "resume")   # batch skips complete videos itself
+# batch's own options with a name run also uses (batch's --workers counts Ray actors, run's detect threads)
+BATCH_OWN = ("workers",)
 
 
 def batch_options(
@@ -42,7 +44,7 @@ def batch_options(
 
 def _run_options(kwargs: dict) -> dict:
     run_params = inspect.signature(run_command).parameters
-    return {k: v for k, v in kwargs.items() if k in run_params and k not in NOT_FROM_RUN}
+    return {k: v for k, v in kwargs.items() if k in run_params and k not in NOT_FROM_RUN + BATCH_OWN}
 
 
 def batch(**kwargs) -> None:

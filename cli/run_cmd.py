@@ -75,6 +75,8 @@ def run_command(
                                      "and carry faces by optical flow between (1: every frame)."),
     min_face: float = typer.Option(DEFAULT_MIN_FACE, help="Smallest face to find, in frame pixels (mtcnn "
                                    "finds none under 12)."),
+    workers: int | None = typer.Option(None, help="Threads that detect and track side by side, a segment of "
+                                       "--detect-every frames each (default: the cores this process may use)."),
 ) -> None:
     """Detect faces, run EmoNet, write predictions, annotated video and feature-map videos."""
     cfg, model_args = run_config(**locals())   # first: locals() is exactly the options here
@@ -89,14 +91,16 @@ def run_command(
 def run_config(input: str, out: Path, weights, model, backend, classes, detector, detector_model, crop, max_batch,
                max_wait_ms, max_faces, smooth, face_id, no_video, taps, save_activations, full_taps, quiet,
                resume=False, no_report=False, detect_every=DEFAULT_DETECT_EVERY, min_face=DEFAULT_MIN_FACE,
-               no_taps=False, tap_view="mean"):
+               no_taps=False, tap_view="mean", workers=None):
     """`run`'s options checked and mapped onto (RunConfig, open_emonet keyword arguments); `batch` shares it.
     `taps`: --taps' text (None: the default taps; a bool, as the older --taps/--no-taps flag, is taken too)."""
     from emoengine.engine.model.tapset import model_taps, run_tap_names
-    from emoengine.engine.run.driver import RunConfig, default_max_batch
+    from emoengine.engine.run.driver import RunConfig, backend_device, default_max_batch
 
     if detect_every < 1:
         raise UserInputError(f"--detect-every must be 1 or more (1: the detector on every frame), not {detect_every}")
+    if workers is not None and workers < 1:
+        raise UserInputError(f"--workers must be 1 or more (threads that detect and track), not {workers}")
     if crop not in (None, "square", "upstream"):
         raise UserInputError(f"--crop must be square or upstream, not {crop}")
     if full_taps and not save_activations:
@@ -110,11 +114,16 @@ def run_config(input: str, out: Path, weights, model, backend, classes, detector
                     full_taps=full_taps, quiet=quiet, warn_random=model is not None,
                     backend=resolve_backend(backend, model), model_id=model_identity(weights, model, classes),
                     resume=resume, report=not no_report, weights=weights or model, detect_every=detect_every,
-                    min_face=min_face)
+                    min_face=min_face, workers=workers)
     if weights is None and model is None:
         raise UserInputError("give --weights (an EmoNet .pth, or 'random') or --model (an exported artifact)")
     # from --weights the export is made with the taps; an artifact (--model) has them or the run says how to
     extra = dict(taps=model_taps(tap_names, tap_view, full_taps)) if weights is not None and cfg.taps else {}
+    # ONNX Runtime's idle threads spin by default: in a pipeline that steals the cores the other stages need
+    # (measured: the stand-in model at batch 1 cost 3.1 ms of CPU a call spinning, 0.4 ms not; EmoNet alone
+    # runs within 3 % either way, benchmarks/results/ort-tuning-*)
+    if backend_device(cfg.backend) == "cpu":
+        extra["spinning"] = False
     return cfg, dict(backend=cfg.backend, weights=weights, model=model, classes=classes, full_taps=full_taps,
                      max_batch=max_batch, **extra)
 

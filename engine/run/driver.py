@@ -21,6 +21,7 @@ from emoengine.engine.outputs.run_outputs import RunOutputs
 from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.run.records import FaceResult, FrameRecord
 from emoengine.engine.run.resume import completed_summary, run_fingerprint
+from emoengine.engine.run.segments import default_workers
 from emoengine.engine.sources.opener import open_source
 from emoengine.engine.tracking.detectors import DEFAULT_DETECT_EVERY, DEFAULT_MIN_FACE, make_detector
 from emoengine.engine.tracking.tracker import TemporalSmoother
@@ -60,6 +61,7 @@ class RunConfig:
     min_face: float = DEFAULT_MIN_FACE   # smallest face to find, frame pixels
     report: bool = True               # report.html (off: --no-report)
     weights: str | None = None        # what --weights/--model named, as given (summary.json's `weights`)
+    workers: int | None = None        # detect/flow worker threads (--workers); None: the cores this process may use
 
     @property
     def writes_report(self) -> bool:
@@ -162,7 +164,10 @@ def run_pipeline(cfg: RunConfig, open_model: Callable[[], EmoNetModel],
     try:
         detector = open_detector() if open_detector is not None else open_run_detector(cfg)
         model = open_model()
-        if model.is_random and cfg.warn_random:
+        if model.is_stand_in:
+            print("emoengine: WARNING: a stand-in model, not EmoNet (benchmarks/standin_model.py) — predictions "
+                  "are meaningless", file=sys.stderr)
+        elif model.is_random and cfg.warn_random:
             print("emoengine: WARNING: random EmoNet weights — predictions are meaningless", file=sys.stderr)
         outputs = open_outputs(cfg, source, model)
         options = pipeline_options(cfg, source)
@@ -203,7 +208,8 @@ def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
                            # the whole frame as the face: nothing to carry between keyframes
                            detect_every=1 if cfg.detector == "none" else cfg.detect_every,
                            detect_batch=GPU_DETECT_BATCH if on_gpu else 1,
-                           independent_frames=source.kind in ("image", "images"))
+                           independent_frames=source.kind in ("image", "images"),
+                           workers=run_workers(cfg.workers))
 
 
 def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
@@ -223,9 +229,10 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
     try:
         stats = Pipeline(source, detector, model, sink, options,
                          on_frame=on_frame, live=source.kind == "stream").run()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
         stats.wall_s += time.perf_counter() - t0
+        stats.process_cpu_s += time.process_time() - cpu0
     finally:
         close_progress()
     if cfg.face_id is not None and not outputs.main.fixed_seen:
@@ -240,6 +247,15 @@ def damaged_input_message(summary: dict, out_dir: Path) -> str:
     where = f" (first after frame {first['after_frame']}: {first['error']})" if first else ""
     return (f"damaged video: {summary['input']}: {summary['bad_frames']} frame(s) could not be decoded{where}; "
             f"the outputs in {out_dir} hold the {summary['frames']} frames that could (see summary.json)")
+
+
+def run_workers(workers: int | None) -> int:
+    """--workers checked (1 or more), or the cores this process may use when not given."""
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserInputError(f"workers must be 1 or more (threads that detect and track), not {workers}")
+    return workers
 
 
 def backend_device(backend: str) -> str:
@@ -296,6 +312,9 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)
         "decode_errors": list(getattr(source, "decode_errors", [])),   # the first few of them
         "wall_s": round(stats.wall_s, 4),
+        # every thread of the process over wall_s (ONNX Runtime's pools, x264's threads): the stages' own CPU
+        # seconds (stages_cpu_s) leave those out
+        "process_cpu_s": round(stats.process_cpu_s, 4),
         "stages": {name: round(c.busy_s, 4) for name, c in clocks.items()},
         "stages_cpu_s": {name: round(c.cpu_s, 4) for name, c in clocks.items()},
         "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}
@@ -307,5 +326,6 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "peak_rss_mb": peak_rss_mb(),
         "options": {"max_batch": options.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
                     "smooth": cfg.smooth, "crop": options.crop_mode, "face_id": cfg.face_id,
-                    "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None)},
+                    "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None),
+                    "workers": options.workers},
     }
