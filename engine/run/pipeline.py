@@ -34,7 +34,7 @@ _POLL_S = 0.05
 # (ONNX Runtime's pool, nice 0) whenever it wants one, and decoding, detection, drawing and encoding fill the gaps
 BACKGROUND_NICE = 5
 STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
-SEGMENT_BYTES = 400 << 20   # 720p: up to 18 segments of 8 frames in flight; 1080p: 8; 4K: 2
+SEGMENT_BYTES = 256 << 20   # 720p: up to 11 segments of 8 frames in flight; 1080p: 5; 4K: 1
 
 
 def lower_this_thread_priority(by: int = BACKGROUND_NICE) -> None:
