@@ -64,13 +64,13 @@ def emoengine_threads(settle_s: float = 2.0) -> list[str]:
         time.sleep(0.01)
 
 
-def pipeline_records(path, detector, standin, workers: int) -> list:
+def pipeline_records(path, detector, standin, workers: int, **options) -> list:
     """Every record of a Pipeline run on `path` with `workers` detect/flow workers, in the order rendered."""
     seen: list = []
     model = open_emonet("ort", model=str(standin), max_batch=1)
     with open_source(path) as source:
         Pipeline(source, detector, model, seen.append,
-                 PipelineOptions(max_batch=1, detect_every=EVERY, workers=workers)).run()
+                 PipelineOptions(max_batch=1, detect_every=EVERY, workers=workers, **options)).run()
     model.close()
     return seen
 
@@ -109,6 +109,18 @@ def test_a_cut_and_a_face_entering_inside_a_segment_keep_todays_rules(tmp_path, 
     found = next(r.index for r in records if r.num_detections)
     assert found == 16 and all(r.num_detections == 1 for r in records[found:])
     assert {int(i) for r in records for i in r.ids} == {0}
+
+
+def test_frames_too_big_for_segments_in_flight_are_tracked_alike_one_at_a_time(tmp_path, detector, standin):
+    """With room for less than two segments (as at 4K) the detect stage tracks frame by frame in its own
+    thread: the same keyframes, boxes and ids as the workers give."""
+    clip = write_clip(tmp_path / "group.mp4", group_in_view_frames(20), fps=24)
+    pooled = pipeline_records(clip, detector, standin, workers=3)
+    inline = pipeline_records(clip, detector, standin, workers=3, segment_bytes=1)
+    assert [r.keyframe for r in inline] == [r.keyframe for r in pooled]
+    for a, b in zip(inline, pooled, strict=True):
+        np.testing.assert_array_equal(a.detections.boxes, b.detections.boxes)
+        np.testing.assert_array_equal(a.ids, b.ids)
 
 
 class FailingDetector:
@@ -183,3 +195,27 @@ def test_workers_below_one_exit_2_with_one_line(value, tmp_path, capsys):
     assert exc.value.code == 2 and len(lines) == 1, captured.err
     assert lines[0] == f"emoengine: error: --workers must be 1 or more (threads that detect and track), not {value}"
     assert not out.exists()
+
+
+def test_the_stand_in_keeps_the_export_contract_and_says_it_is_no_emonet(standin):
+    from emoengine.engine.model.model_check import check_onnx_contract
+
+    check_onnx_contract(standin)   # raises on any difference from the contract's tensors
+    model = open_emonet("ort", model=str(standin), max_batch=4)
+    batch = model.predict(np.zeros((2, 256, 256, 3), np.uint8))
+    assert model.is_stand_in and model.is_random and model.has_taps
+    assert batch.probs.shape == (2, 8) and batch.conv1_mean.shape == (2, 128, 128)
+    np.testing.assert_allclose(batch.probs.sum(axis=1), 1.0, rtol=1e-6)
+    model.close()
+
+
+def test_the_capacity_device_check_without_cuda_exits_2_with_one_line(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pipeline_capacity.py"
+    r = subprocess.run([sys.executable, str(script), "--device-check", "--json", str(tmp_path / "e2e.json")],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode == 0:
+        pytest.skip("CUDA is here: the check ran")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("pipeline_capacity --device-check: no GPU here")

@@ -101,6 +101,7 @@ class Pipeline:
         self.live = live
         self.stats = PipelineStats(stages={s: StageClock() for s in STAGES})
         self._error: tuple[str, BaseException] | None = None
+        self._inline_cpu_s = 0.0   # detection and flow CPU seconds spent in the detect stage's own thread
         self._lock = threading.Lock()
         q = self.opt.queue_size
         self._q_decoded: queue.Queue = queue.Queue(q)
@@ -156,12 +157,15 @@ class Pipeline:
         on `workers` threads; ids joined here in frame order. The flow's seconds are the "track" stage's. With
         a detector on every frame, frames that already wait are detected together, up to `detect_batch`
         (batched across frames, as a GPU detector wants)."""
+        first = self._get(self._q_decoded, clock)
+        in_flight = 1 if first is _END else self._segments_in_flight(first)
+        if in_flight < 2:   # frames too big to hold two segments (4K): one at a time here, as memory allows
+            self._detect_frame_by_frame(first, clock)
+            return
         pool = OrderedPool(self._segment_faces, self.opt.workers, lambda e: self._fail("detect", e), _Stopped,
                            name="emoengine-detect", initializer=lower_this_thread_priority)
         try:
-            in_flight = None
-            for records in self._segments(clock):
-                in_flight = in_flight or self._segments_in_flight(records[0])
+            for records in self._segments(clock, first):
                 pool.submit(records)
                 while len(pool) >= in_flight:
                     self._join(*pool.oldest(self.stop, _Stopped), clock)
@@ -169,18 +173,35 @@ class Pipeline:
                 self._join(*pool.oldest(self.stop, _Stopped), clock)
         finally:
             pool.close()   # every worker thread has ended when the stage ends
+        self._end_detect(clock)
+
+    def _end_detect(self, clock: StageClock) -> None:
         self.stats.detect_frames, self.stats.tracked_frames = (self.tracker.stats.detect_frames,
                                                                self.tracker.stats.tracked_frames)
         self._put(self._q_detected, _END, clock)
 
-    def _segments(self, clock: StageClock):
-        """The decoded records in segments of `detect_every` frames (the last one shorter); with a detector on
-        every frame, each frame and those already waiting behind it, up to `detect_batch`."""
+    def _detect_frame_by_frame(self, record, clock: StageClock) -> None:
+        """The same segments and rules (KeyframeTracker.track), a frame at a time in this thread: for frames
+        so big that holding segments for workers would cost more memory than the queues (4K)."""
+        stats, track_clock = self.tracker.stats, self.stats.stages["track"]
+        while record is not _END:
+            detect_s, track_s = stats.detect_s, stats.track_s
+            tracked = self.tracker.track([record.rgb])
+            clock.busy_s += stats.detect_s - detect_s
+            track_clock.busy_s += stats.track_s - track_s
+            self._hand_on([record], tracked, clock)
+            record = self._get(self._q_decoded, clock)
+        self._inline_cpu_s = stats.detect_cpu_s + stats.track_cpu_s   # this thread's, already in its CPU time
+        self._end_detect(clock)
+
+    def _segments(self, clock: StageClock, first):
+        """The decoded records, from `first`, in segments of `detect_every` frames (the last one shorter); with
+        a detector on every frame, each frame and those already waiting behind it, up to `detect_batch`."""
         every = self.tracker.every
         size = every if every > 1 else self.opt.detect_batch
         ended = False
         while not ended:
-            records = [self._get(self._q_decoded, clock)]
+            records, first = [self._get(self._q_decoded, clock) if first is None else first], None
             while len(records) < size and records[-1] is not _END:
                 if every > 1:
                     records.append(self._get(self._q_decoded, clock))
@@ -213,6 +234,9 @@ class Pipeline:
         self.stats.stages["track"].busy_s += segment.stats.track_s
         tracked = self.tracker.join(segment)
         clock.busy_s += time.perf_counter() - t0
+        self._hand_on(records, tracked, clock)
+
+    def _hand_on(self, records: list[FrameRecord], tracked, clock: StageClock) -> None:
         for record, t in zip(records, tracked, strict=True):
             record.detections, record.ids, record.keyframe, record.dropped_ids = (
                 t.faces, t.ids, t.keyframe, t.dropped)
@@ -303,7 +327,7 @@ class Pipeline:
         finally:
             self.stats.stages[name].cpu_s += time.thread_time() - cpu0
             if name == "detect":   # the workers' CPU time: detection's, and the flow's (the track stage's)
-                self.stats.stages[name].cpu_s += self.tracker.stats.detect_cpu_s
+                self.stats.stages[name].cpu_s += self.tracker.stats.detect_cpu_s - self._inline_cpu_s
                 self.stats.stages["track"].cpu_s = self.tracker.stats.track_cpu_s
             done.set()
 
