@@ -98,6 +98,7 @@ class ModelRequest:
     max_batch: int = 32
     threads: int | None = None
     cache_optimized: bool = False    # ONNX Runtime CPU keeps its optimised graph on disk (OrtRunner)
+    spinning: bool | None = None     # ONNX Runtime CPU: idle pool threads spin (None: ORT's default, on)
 
     @property
     def source(self) -> str:

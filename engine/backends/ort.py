@@ -149,4 +149,4 @@ def prepare(row, request: ModelRequest) -> Path:
 
 def open_runner(row, request: ModelRequest) -> OrtRunner:
     return OrtRunner(prepare(row, request), providers=["CPUExecutionProvider"], threads=request.threads,
-                     cache_optimized=request.cache_optimized, label=request.backend.label)
+                     cache_optimized=request.cache_optimized, spinning=request.spinning, label=request.backend.label)

@@ -104,7 +104,10 @@ class EmoNetModel:
             self.class_names = tuple(json.loads(names))
         else:  # an artifact without our metadata: infer C from the output shape later
             self.class_names = tuple(default_class_names(int(meta.get("num_classes", 8))))
-        self.is_random = meta.get("is_random") == "true" or meta.get("checkpoint_source") == "random"
+        # a stand-in (benchmarks/standin_model.py: the export's contract, cheap ops) means as little as random weights
+        self.is_stand_in = meta.get("stand_in") == "true"
+        self.is_random = (meta.get("is_random") == "true" or meta.get("checkpoint_source") == "random"
+                          or self.is_stand_in)
         self.has_taps = "conv1_mean" in runner.output_names
         # both full maps: an export with `--taps conv1` alone has a `conv1` output but no `emo_conv1`
         self.has_full_taps = all(name in runner.output_names for name in FULL_TAP_OUTPUTS)

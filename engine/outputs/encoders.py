@@ -24,13 +24,26 @@ import numpy as np
 from emoengine.engine.outputs.writers import VideoWriter
 from emoengine.engine.run.pipeline import lower_this_thread_priority
 from emoengine.engine.run.records import StageClock
+from emoengine.engine.run.segments import default_workers
 
 VIDEO_PRESET = "superfast"
 VIDEO_CRF = 23
 ENCODER_THREADS = 1           # x264 threads per encoder: the pipeline has threads enough, x264's own cost CPU
+BIG_VIDEO_PIXELS = 1280 * 720   # ... except a big video (the annotated one) where cores are plenty
+CORES_PER_X264_THREAD = 4       # with 16 cores: 4 x264 threads for the annotated video, 1 for feature maps
+MAX_X264_THREADS = 4
 QUEUE_FRAMES = 4
 _END = object()
 _POLL_S = 0.05
+
+
+def encoder_threads(size: tuple[int, int]) -> int:
+    """x264 threads for a video of `size`: one (the pipeline's other threads fill the cores of a small machine),
+    more for a video of 720p or more where this process may use many cores (a GPU host: its encoder would
+    otherwise be the slowest stage)."""
+    if size[0] * size[1] < BIG_VIDEO_PIXELS:
+        return ENCODER_THREADS
+    return int(np.clip(default_workers() // CORES_PER_X264_THREAD, ENCODER_THREADS, MAX_X264_THREADS))
 
 
 class EncoderThread:
@@ -41,7 +54,7 @@ class EncoderThread:
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int],
                  picture: Callable[[object], np.ndarray], maxsize: int = QUEUE_FRAMES) -> None:
-        self.writer = VideoWriter(path, fps, size, crf=VIDEO_CRF, preset=VIDEO_PRESET, threads=ENCODER_THREADS)
+        self.writer = VideoWriter(path, fps, size, crf=VIDEO_CRF, preset=VIDEO_PRESET, threads=encoder_threads(size))
         self.final_path = self.writer.final_path
         self.picture = picture
         self.clock = StageClock()

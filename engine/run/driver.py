@@ -21,6 +21,7 @@ from emoengine.engine.outputs.run_outputs import RunOutputs
 from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats
 from emoengine.engine.run.records import FaceResult, FrameRecord
 from emoengine.engine.run.resume import completed_summary, run_fingerprint
+from emoengine.engine.run.segments import default_workers
 from emoengine.engine.sources.opener import open_source
 from emoengine.engine.tracking.detectors import make_detector
 from emoengine.engine.tracking.tracker import TemporalSmoother
@@ -75,6 +76,11 @@ class RunConfig:
                     full_taps=s.full_taps, max_batch=self.max_batch)
         if s.weights is not None and self.taps:
             args["taps"] = model_taps(self.tap_names, s.tap_view, s.full_taps)
+        # ONNX Runtime's idle threads spin by default: in a pipeline that steals the cores the other stages need
+        # (measured: the stand-in model at batch 1 cost 3.1 ms of CPU a call spinning, 0.4 ms not; EmoNet alone
+        # runs within 3 % either way, benchmarks/results/ort-tuning-*)
+        if backend_device(self.backend) == "cpu":
+            args["spinning"] = False
         return args
 
 
@@ -159,7 +165,10 @@ def run_pipeline(cfg: RunConfig, model: EmoNetModel | Callable[[], EmoNetModel],
         if callable(model):
             model = model()
             opened.append(model)
-        if model.is_random and cfg.warn_random:
+        if model.is_stand_in:
+            log.warning("WARNING: a stand-in model, not EmoNet (benchmarks/standin_model.py) — predictions "
+                        "are meaningless")
+        elif model.is_random and cfg.warn_random:
             log.warning("WARNING: random EmoNet weights — predictions are meaningless")
         outputs = open_outputs(cfg, source, model)
         options = pipeline_options(cfg, source)
@@ -210,7 +219,8 @@ def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
                            # the whole frame as the face: nothing to carry between keyframes
                            detect_every=1 if cfg.detector == "none" else cfg.detect_every,
                            detect_batch=GPU_DETECT_BATCH if on_gpu else 1,
-                           independent_frames=source.kind in ("image", "images"))
+                           independent_frames=source.kind in ("image", "images"),
+                           workers=run_workers(cfg.workers))
 
 
 def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
@@ -231,9 +241,10 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
     try:
         stats = Pipeline(source, detector, model, sink, options,
                          on_frame=on_frame, live=source.kind == "stream").run()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
         stats.wall_s += time.perf_counter() - t0
+        stats.process_cpu_s += time.process_time() - cpu0
     finally:
         close_progress()
     if cfg.face_id is not None and not outputs.main.fixed_seen:
@@ -248,6 +259,15 @@ def damaged_input_message(summary: dict, out_dir: Path) -> str:
     where = f" (first after frame {first['after_frame']}: {first['error']})" if first else ""
     return (f"damaged video: {summary['input']}: {summary['bad_frames']} frame(s) could not be decoded{where}; "
             f"the outputs in {out_dir} hold the {summary['frames']} frames that could (see summary.json)")
+
+
+def run_workers(workers: int | None) -> int:
+    """--workers checked (1 or more), or the cores this process may use when not given."""
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserInputError(f"workers must be 1 or more (threads that detect and track), not {workers}")
+    return workers
 
 
 def backend_device(backend: str) -> str:
@@ -304,6 +324,9 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "bad_frames": int(getattr(source, "bad_frames", 0)),           # damaged frames skipped (video files)
         "decode_errors": list(getattr(source, "decode_errors", [])),   # the first few of them
         "wall_s": round(stats.wall_s, 4),
+        # every thread of the process over wall_s (ONNX Runtime's pools, x264's threads): the stages' own CPU
+        # seconds (stages_cpu_s) leave those out
+        "process_cpu_s": round(stats.process_cpu_s, 4),
         "stages": {name: round(c.busy_s, 4) for name, c in clocks.items()},
         "stages_cpu_s": {name: round(c.cpu_s, 4) for name, c in clocks.items()},
         "queue_wait_s": {name: {"in": round(c.wait_in_s, 4), "out": round(c.wait_out_s, 4)}
@@ -315,5 +338,6 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "peak_rss_mb": peak_rss_mb(),
         "options": {"max_batch": options.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
                     "smooth": cfg.smooth, "crop": options.crop_mode, "face_id": cfg.face_id,
-                    "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None)},
+                    "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None),
+                    "workers": options.workers},
     }

@@ -1,8 +1,10 @@
 """The streaming engine: decode → detect/track → crop → infer (batched across frames) → render/write.
 
 Each stage is a thread joined to the next by a bounded queue, so memory stays flat however long the video
-is and the slowest stage sets the pace. A shared stop event ends every stage promptly; the first error is
-kept and re-raised in the caller's thread; frame order is kept because every stage is a single thread.
+is and the slowest stage sets the pace. Detection and flow, the costliest stage on a CPU, run segment by
+segment on a pool of `workers` threads whose results are joined in frame order (engine.run.segments). A shared
+stop event ends every stage promptly; the first error (a worker's too) is kept and re-raised in the caller's
+thread; frame order is kept because every stage hands its records on in order.
 One `FrameRecord` per frame travels through them all, each stage adding its part (engine.run.records).
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from emoengine.engine.model.crops import crop_faces
 from emoengine.engine.model.emonet_model import EmoNetBatch, EmoNetModel
 from emoengine.engine.run.records import FrameRecord, StageClock
+from emoengine.engine.run.segments import OrderedPool
 from emoengine.engine.tracking.keyframes import KeyframeTracker
 from emoengine.errors import EmoengineError, RunFailure
 
@@ -33,6 +36,7 @@ _POLL_S = 0.05
 # (ONNX Runtime's pool, nice 0) whenever it wants one, and decoding, detection, drawing and encoding fill the gaps
 BACKGROUND_NICE = 5
 STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
+SEGMENT_BYTES = 256 << 20   # 720p: up to 11 segments of 8 frames in flight; 1080p: 5; 4K: 1
 
 
 def lower_this_thread_priority(by: int = BACKGROUND_NICE) -> None:
@@ -55,6 +59,8 @@ class PipelineOptions:
     detect_every: int = 1         # run the detector on every N-th frame, carry faces by optical flow between
     detect_batch: int = 1         # with detect_every 1: frames per detector call (a GPU detector's batch)
     independent_frames: bool = False   # a folder of unrelated images: no tracking, ids per image
+    workers: int = 1              # threads that detect and carry segments side by side (engine.run.segments)
+    segment_bytes: int = SEGMENT_BYTES   # decoded frames the detect stage may hold in segments in flight
 
 
 @dataclass
@@ -65,6 +71,7 @@ class PipelineStats:
     detect_frames: int = 0        # frames the detector ran on
     tracked_frames: int = 0       # frames whose faces the optical flow carried
     wall_s: float = 0.0
+    process_cpu_s: float = 0.0    # CPU time of every thread of the process over wall_s (pools and encoders too)
     stages: dict[str, StageClock] = field(default_factory=dict)
     interrupted: bool = False
     ended_by_user: bool = False   # a live input ended with Ctrl-C (the run still completed)
@@ -96,6 +103,7 @@ class Pipeline:
         self.live = live
         self.stats = PipelineStats(stages={s: StageClock() for s in STAGES})
         self._error: tuple[str, BaseException] | None = None
+        self._inline_cpu_s = 0.0   # detection and flow CPU seconds spent in the detect stage's own thread
         self._lock = threading.Lock()
         q = self.opt.queue_size
         self._q_decoded: queue.Queue = queue.Queue(q)
@@ -147,31 +155,95 @@ class Pipeline:
         self._put(self._q_decoded, _END, clock)
 
     def _detect(self, clock: StageClock) -> None:
-        """Detection on keyframes and optical flow between them (engine.tracking.keyframes); the flow's
-        seconds are the "track" stage's. With a detector on every frame, frames that already wait are
-        detected together, up to `detect_batch` (batched across frames, as a GPU detector wants)."""
-        track_clock, stats = self.stats.stages["track"], self.tracker.stats
+        """Detection on keyframes and optical flow between them (engine.tracking.keyframes), a segment per task
+        on `workers` threads; ids joined here in frame order. The flow's seconds are the "track" stage's. With
+        a detector on every frame, frames that already wait are detected together, up to `detect_batch`
+        (batched across frames, as a GPU detector wants)."""
+        first = self._get(self._q_decoded, clock)
+        in_flight = 1 if first is _END else self._segments_in_flight(first)
+        if in_flight < 2:   # frames too big to hold two segments (4K): one at a time here, as memory allows
+            self._detect_frame_by_frame(first, clock)
+            return
+        pool = OrderedPool(self._segment_faces, self.opt.workers, lambda e: self._fail("detect", e), _Stopped,
+                           name="emoengine-detect", initializer=lower_this_thread_priority)
+        try:
+            for records in self._segments(clock, first):
+                pool.submit(records)
+                while len(pool) >= in_flight:
+                    self._join(*pool.oldest(self.stop, _Stopped), clock)
+            while len(pool):
+                self._join(*pool.oldest(self.stop, _Stopped), clock)
+        finally:
+            pool.close()   # every worker thread has ended when the stage ends
+        self._end_detect(clock)
+
+    def _end_detect(self, clock: StageClock) -> None:
+        self.stats.detect_frames, self.stats.tracked_frames = (self.tracker.stats.detect_frames,
+                                                               self.tracker.stats.tracked_frames)
+        self._put(self._q_detected, _END, clock)
+
+    def _detect_frame_by_frame(self, record, clock: StageClock) -> None:
+        """The same segments and rules (KeyframeTracker.track), a frame at a time in this thread: for frames
+        so big that holding segments for workers would cost more memory than the queues (4K)."""
+        stats, track_clock = self.tracker.stats, self.stats.stages["track"]
+        while record is not _END:
+            detect_s, track_s = stats.detect_s, stats.track_s
+            tracked = self.tracker.track([record.rgb])
+            clock.busy_s += stats.detect_s - detect_s
+            track_clock.busy_s += stats.track_s - track_s
+            self._hand_on([record], tracked, clock)
+            record = self._get(self._q_decoded, clock)
+        self._inline_cpu_s = stats.detect_cpu_s + stats.track_cpu_s   # this thread's, already in its CPU time
+        self._end_detect(clock)
+
+    def _segments(self, clock: StageClock, first):
+        """The decoded records, from `first`, in segments of `detect_every` frames (the last one shorter); with
+        a detector on every frame, each frame and those already waiting behind it, up to `detect_batch`."""
+        every = self.tracker.every
+        size = every if every > 1 else self.opt.detect_batch
         ended = False
         while not ended:
-            records = [self._get(self._q_decoded, clock)]
-            while len(records) < self.opt.detect_batch and records[-1] is not _END:
+            records, first = [self._get(self._q_decoded, clock) if first is None else first], None
+            while len(records) < size and records[-1] is not _END:
+                if every > 1:
+                    records.append(self._get(self._q_decoded, clock))
+                    continue
                 try:
                     records.append(self._q_decoded.get_nowait())
                 except queue.Empty:
                     break
             if ended := records[-1] is _END:
                 records.pop()
-            t0, flow_s = time.perf_counter(), stats.track_s
-            tracked = self.tracker.track([r.rgb for r in records])
-            track_clock.busy_s += stats.track_s - flow_s
-            clock.busy_s += time.perf_counter() - t0 - (stats.track_s - flow_s)
-            for record, t in zip(records, tracked, strict=True):
-                record.detections, record.ids, record.keyframe, record.dropped_ids = (
-                    t.faces, t.ids, t.keyframe, t.dropped)
-                clock.items += 1
-                self._put(self._q_detected, record, clock)
-        self.stats.detect_frames, self.stats.tracked_frames = stats.detect_frames, stats.tracked_frames
-        self._put(self._q_detected, _END, clock)
+            if records:
+                yield records
+
+    def _segments_in_flight(self, record: FrameRecord) -> int:
+        """Segments handed to the workers at once: one more than the workers, fewer for big frames."""
+        segment_bytes = max(1, record.rgb.nbytes * max(self.tracker.every, self.opt.detect_batch))
+        return max(1, min(self.opt.workers + 1, self.opt.segment_bytes // segment_bytes))
+
+    def _segment_faces(self, records: list[FrameRecord]):
+        """A worker's task: one segment's faces, no ids (any thread, any order)."""
+        def stop() -> None:
+            if self.stop.is_set():
+                raise _Stopped
+        return self.tracker.segment_faces([r.rgb for r in records], stop)
+
+    def _join(self, records: list[FrameRecord], segment, clock: StageClock) -> None:
+        """Ids for a finished segment, in frame order, and its records handed on."""
+        t0 = time.perf_counter()
+        clock.busy_s += segment.stats.detect_s
+        self.stats.stages["track"].busy_s += segment.stats.track_s
+        tracked = self.tracker.join(segment)
+        clock.busy_s += time.perf_counter() - t0
+        self._hand_on(records, tracked, clock)
+
+    def _hand_on(self, records: list[FrameRecord], tracked, clock: StageClock) -> None:
+        for record, t in zip(records, tracked, strict=True):
+            record.detections, record.ids, record.keyframe, record.dropped_ids = (
+                t.faces, t.ids, t.keyframe, t.dropped)
+            clock.items += 1
+            self._put(self._q_detected, record, clock)
 
     def _crop(self, clock: StageClock) -> None:
         while (record := self._get(self._q_detected, clock)) is not _END:
@@ -253,16 +325,20 @@ class Pipeline:
         except _Stopped:
             pass
         except BaseException as e:  # noqa: BLE001  forwarded to the caller's thread
-            with self._lock:
-                if self._error is None:
-                    self._error = (name, e)
-            self.stop.set()
+            self._fail(name, e)
         finally:
             self.stats.stages[name].cpu_s += time.thread_time() - cpu0
-            if name == "detect":   # the flow's CPU time is the track stage's
-                self.stats.stages[name].cpu_s -= self.tracker.stats.track_cpu_s
+            if name == "detect":   # the workers' CPU time: detection's, and the flow's (the track stage's)
+                self.stats.stages[name].cpu_s += self.tracker.stats.detect_cpu_s - self._inline_cpu_s
                 self.stats.stages["track"].cpu_s = self.tracker.stats.track_cpu_s
             done.set()
+
+    def _fail(self, stage: str, error: BaseException) -> None:
+        """Keep the first error (re-raised in the caller's thread) and stop every stage."""
+        with self._lock:
+            if self._error is None:
+                self._error = (stage, error)
+        self.stop.set()
 
     def run(self) -> PipelineStats:
         """Blocks until every stage thread has ended; never returns while one still runs.
@@ -277,7 +353,7 @@ class Pipeline:
         done = [threading.Event() for _ in stages]
         threads = [threading.Thread(target=self._stage, args=(*s, d), name=f"emoengine-{s[0]}", daemon=True)
                    for s, d in zip(stages, done, strict=True)]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         started: list[threading.Event] = []
         try:
             for t, d in zip(threads, done, strict=True):
@@ -288,6 +364,7 @@ class Pipeline:
             self.stop.set()  # no-op after a clean end; after an interrupt, every stage leaves its loop
             self._wait(started, deadline_s=STOP_GRACE_S)
             self.stats.wall_s = time.perf_counter() - t0
+            self.stats.process_cpu_s = time.process_time() - cpu0
         if self._error is not None:
             stage, err = self._error
             if isinstance(err, EmoengineError):

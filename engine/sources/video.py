@@ -85,6 +85,9 @@ class PyAVSource(FrameSource):
             self.frame_count = (self._indexed_count or self._estimated_count()) if kind == "video" else None
             self._t0: float | None = None
             self._decoded = 0
+            # one converter for the whole video: a frame's own makes a new swscale context at every frame
+            # (measured, 720p H.264: 0.63 -> 0.31 ms of CPU and 1.7 -> 0.5 ms of wall time a frame, same pixels)
+            self._to_rgb = av.video.reformatter.VideoReformatter()
             self.bad_frames = 0                    # video files: frames lost to decode errors (skipped)
             self.decode_errors: list[dict] = []    # the first MAX_REPORTED_ERRORS of them
             self._gen = self._decode()
@@ -171,7 +174,8 @@ class PyAVSource(FrameSource):
             yield self._to_frame(frame)
 
     def _to_frame(self, frame) -> Frame:
-        rgb = frame.to_ndarray(format="rgb24")  # colorspace from the frame's tags; full range comes as yuvj
+        # colorspace from the frame's tags; full range comes as yuvj
+        rgb = self._to_rgb.reformat(frame, format="rgb24").to_ndarray()
         rotation = frame.rotation  # display matrix, degrees counter-clockwise (phone videos)
         if rotation:
             rgb = np.rot90(rgb, round(rotation / 90) % 4)

@@ -1,17 +1,20 @@
 """Detection on keyframes, optical flow between them, stable ids throughout: the pipeline's detect-and-track stage.
 
 With `every` = 1 the detector runs on every frame and nothing else happens (the reference for boxes). With
-`every` = N > 1 it runs on every N-th frame, and at once on the frame where a face is lost (too few corners
-followed it, or it left the frame) or the scene cuts; between those frames each visible face is carried by
+`every` = N > 1 the frames fall into *segments* of N: frames 0..N-1, N..2N-1, ... The detector runs on each
+segment's first frame (the keyframe), and at once on a frame where a face is lost (too few corners followed it,
+or it left the frame) or the scene cuts; between those frames each visible face is carried by
 `flow.carry_boxes`. A face that enters the frame mid-shot is found at the next keyframe, at most N - 1 frames
-late. `IouTracker` gives the ids: a keyframe's detections are matched against the boxes the flow carried up to
-that frame, so a face keeps its id through keyframes.
+late. A segment needs nothing from the frames before it, so segments can be detected and carried on a pool of
+workers (engine.run.detect_pool); only the ids are sequential: `TrackIds` (IouTracker) matches each keyframe's
+detections against the boxes carried up to it, so a face keeps its id across segments, whatever the number of
+workers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,57 +49,64 @@ class TrackStats:
     tracked_frames: int = 0
     detect_s: float = 0.0
     track_s: float = 0.0
-    track_cpu_s: float = 0.0      # the calling thread's CPU time in the flow
+    detect_cpu_s: float = 0.0     # the detecting threads' CPU time
+    track_cpu_s: float = 0.0      # the flow's threads' CPU time
+
+    def add(self, other: TrackStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-class KeyframeTracker:
-    """`track(frames)` -> one `Tracked` per frame, in order. Frames are RGB uint8 (H, W, 3).
+@dataclass
+class SegmentFaces:
+    """A segment's faces, frame by frame, before ids: what a worker hands back."""
 
-    `independent=True` is for folders of unrelated images: every image is a keyframe and ids count the faces
-    of each image (0, 1, ...). `max_faces` keeps the largest detections.
-    """
+    faces: list[Faces]
+    keyframes: list[bool]
+    stats: TrackStats
 
-    def __init__(self, detector, every: int = 1, max_faces: int | None = None, independent: bool = False) -> None:
-        if every < 1:
-            raise ValueError(f"detect every N frames needs N >= 1, got {every}")
-        self.detector = detector
-        self.every = 1 if independent else int(every)
-        self.max_faces = max_faces
-        self.independent = independent
-        # a face the detector missed on one keyframe is no longer carried; it keeps its id if the next one finds it
-        self.ids = IouTracker(max_missed=max(10, 2 * self.every))
+
+def detect_faces(detector, frames: Sequence[np.ndarray], max_faces: int | None, stats: TrackStats) -> list[Faces]:
+    """The detector on `frames` (one call), the largest `max_faces` kept; timed into `stats`."""
+    t0, cpu0 = time.perf_counter(), time.thread_time()
+    found = detector.detect(list(frames)) if len(frames) else []
+    if max_faces is not None:
+        found = [f.take(np.argsort(-f.areas, kind="stable")[:max_faces]) if len(f) > max_faces else f
+                 for f in found]
+    stats.detect_s += time.perf_counter() - t0
+    stats.detect_cpu_s += time.thread_time() - cpu0
+    stats.detect_frames += len(found)
+    return found
+
+
+class Segment:
+    """Detection and flow over one segment, a frame at a time (`add`); its first frame is always detected."""
+
+    def __init__(self, detect: Callable[[Sequence[np.ndarray], TrackStats], list[Faces]]) -> None:
+        self.detect = detect
         self.stats = TrackStats()
         self._prev: FlowFrame | None = None
         self._visible = Faces.empty()
-        self._visible_ids = np.zeros(0, np.int64)
-        self._since_detect = 0
 
-    def track(self, frames: Sequence[np.ndarray]) -> list[Tracked]:
-        """Every frame detected in one batched call when every = 1 (the GPU path); else one frame at a time."""
-        if self.every == 1:
-            return [self._detected(faces) for faces in self._detect(frames)]
-        return [self._one(rgb) for rgb in frames]
-
-    # -- per frame ------------------------------------------------------------------------------------------
-    def _one(self, rgb: np.ndarray) -> Tracked:
+    def add(self, rgb: np.ndarray) -> tuple[Faces, bool]:
+        """This frame's faces and whether the detector found them (False: the flow carried them)."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
         cur = flow_frame(rgb)
-        carried = self._carry(cur) if self._since_detect + 1 < self.every else None
+        carried = None if self._prev is None else self._carry(cur)
         self._prev = cur
         self.stats.track_s += time.perf_counter() - t0
         self.stats.track_cpu_s += time.thread_time() - cpu0
         if carried is None:
-            return self._detected(self._detect([rgb])[0])
-        self._since_detect += 1
+            self._visible = self.detect([rgb], self.stats)[0]
+            return self._visible, True
         self.stats.tracked_frames += 1
-        dropped = self.ids.carry(self._visible_ids, carried.boxes)
         self._visible = carried
-        return Tracked(carried, self._visible_ids.copy(), False, dropped)
+        return carried, False
 
     def _carry(self, cur: FlowFrame) -> Faces | None:
         """The visible faces moved into `cur`, or None when this frame needs the detector."""
         prev = self._prev
-        if prev is None or scene_cut(prev, cur):
+        if scene_cut(prev, cur):
             return None
         faces = self._visible
         if not len(faces):
@@ -110,22 +120,87 @@ class KeyframeTracker:
         landmarks = move_points(faces.landmarks, full, motion)
         return Faces(clip_boxes(moved, w, h), faces.scores.copy(), landmarks, crop_boxes=moved)
 
-    def _detect(self, frames: Sequence[np.ndarray]) -> list[Faces]:
-        t0 = time.perf_counter()
-        found = self.detector.detect(list(frames)) if len(frames) else []
-        if self.max_faces is not None:
-            found = [f.take(np.argsort(-f.areas, kind="stable")[: self.max_faces]) if len(f) > self.max_faces
-                     else f for f in found]
-        self.stats.detect_s += time.perf_counter() - t0
-        self.stats.detect_frames += len(found)
-        return found
 
-    def _detected(self, faces: Faces) -> Tracked:
-        self._since_detect = 0
+class TrackIds:
+    """Ids for frames in order: a keyframe's faces matched against the last boxes (IouTracker.update), a carried
+    frame's faces keep the ids of the frame before (they are the same faces, in the same order)."""
+
+    def __init__(self, every: int, independent: bool = False) -> None:
+        self.independent = independent
+        # a face the detector missed on one keyframe is no longer carried; it keeps its id if the next one finds it
+        self.ids = IouTracker(max_missed=max(10, 2 * every))
+        self._visible_ids = np.zeros(0, np.int64)
+
+    def join(self, faces: Faces, keyframe: bool) -> Tracked:
+        if not keyframe:
+            dropped = self.ids.carry(self._visible_ids, faces.boxes)
+            return Tracked(faces, self._visible_ids.copy(), False, dropped)
         if self.independent:
             ids, dropped = np.arange(len(faces), dtype=np.int64), []
         else:
             ids = self.ids.update(faces.boxes)
             dropped = self.ids.dropped_ids()
-        self._visible, self._visible_ids = faces, ids
+        self._visible_ids = ids
         return Tracked(faces, ids, True, dropped)
+
+
+class KeyframeTracker:
+    """`track(frames)` -> one `Tracked` per frame, in order. Frames are RGB uint8 (H, W, 3).
+
+    The sequential form of what the pipeline's workers do: `segment_faces` (any thread, any order: it touches no
+    state but the detector's) then `join` (in frame order). `independent=True` is for folders of unrelated
+    images: every image is a keyframe and ids count the faces of each image (0, 1, ...). `max_faces` keeps the
+    largest detections.
+    """
+
+    def __init__(self, detector, every: int = 1, max_faces: int | None = None, independent: bool = False) -> None:
+        if every < 1:
+            raise ValueError(f"detect every N frames needs N >= 1, got {every}")
+        self.detector = detector
+        self.every = 1 if independent else int(every)
+        self.max_faces = max_faces
+        self.independent = independent
+        self.stats = TrackStats()
+        self._ids = TrackIds(self.every, independent)
+        self._segment: Segment | None = None
+        self._position = 0   # frames seen: where the segments start (every `every`-th frame)
+
+    def track(self, frames: Sequence[np.ndarray]) -> list[Tracked]:
+        """Every frame detected in one batched call when every = 1 (the GPU path); else one frame at a time."""
+        if self.every == 1:
+            return self.join(self.segment_faces(frames))
+        out = []
+        for rgb in frames:
+            if self._position % self.every == 0:
+                self._segment = Segment(self._detect)
+            faces, keyframe = self._segment.add(rgb)
+            self.stats.add(self._segment.stats)
+            self._segment.stats = TrackStats()
+            self._position += 1
+            out.append(self._ids.join(faces, keyframe))
+        return out
+
+    def segment_faces(self, frames: Sequence[np.ndarray], stop: Callable[[], None] = lambda: None) -> SegmentFaces:
+        """One segment's faces (with every = 1: a batch of keyframes, one detector call). `stop()` is called
+        before each frame; what it raises ends the segment (a stopped run)."""
+        if self.every == 1:
+            stop()
+            stats = TrackStats()
+            found = self._detect(frames, stats)
+            return SegmentFaces(found, [True] * len(found), stats)
+        segment, faces, keyframes = Segment(self._detect), [], []
+        for rgb in frames:
+            stop()
+            f, k = segment.add(rgb)
+            faces.append(f)
+            keyframes.append(k)
+        return SegmentFaces(faces, keyframes, segment.stats)
+
+    def join(self, segment: SegmentFaces) -> list[Tracked]:
+        """Ids for a segment's faces; segments must come in frame order. Its stats are added to `stats`."""
+        self.stats.add(segment.stats)
+        segment.stats = TrackStats()
+        return [self._ids.join(f, k) for f, k in zip(segment.faces, segment.keyframes, strict=True)]
+
+    def _detect(self, frames: Sequence[np.ndarray], stats: TrackStats) -> list[Faces]:
+        return detect_faces(self.detector, frames, self.max_faces, stats)

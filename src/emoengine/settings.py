@@ -92,6 +92,9 @@ class RunSettings:
                                                      "optical flow between (1: every frame).", min=1)
     min_face: float = option(DEFAULT_MIN_FACE, "Smallest face to find, in frame pixels (mtcnn finds none under "
                                                "12).")
+    workers: int | None = option(None, "Threads that detect and track side by side, a segment of detect_every "
+                                       "frames each (default: the cores this process may use).", min=1,
+                                 fingerprint=False, batch=False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
