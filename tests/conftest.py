@@ -102,8 +102,32 @@ def write_upstream_pth(weights_npz: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def cli():
-    """`cli(*args, cwd=...)`: run `python -m emoengine` (see `emoengine_cli`)."""
+    """`cli(*args, cwd=...)`: run `python -m emoengine` in a child process (see `emoengine_cli`): for tests whose
+    point is the process boundary (signals, a real process's exit status and output, peak RSS)."""
     return emoengine_cli
+
+
+@pytest.fixture
+def cli_in_process(capfd, monkeypatch):
+    """`cli_in_process(*args, cwd=...)`: the same command and the same result as `cli` (exit status, stdout,
+    stderr, models/ in `cwd`), run by the console entry point's own function in this process: no interpreter,
+    NumPy, ONNX Runtime or PyTorch start-up per call. Output is captured at the file descriptors, so what a
+    native library prints counts as it would from a real process."""
+    from emoengine.cli.main import main
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("EMOENGINE_MODELS", str(Path(cwd) / "models"))
+        monkeypatch.chdir(cwd)
+        capfd.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["emoengine", *args], code, out, err)
+
+    return run
 
 
 GOLDEN = Path(os.environ.get("EMOENGINE_GOLDEN") or REPO / ".." / "shared" / "golden").resolve()
@@ -218,3 +242,10 @@ def page_links():
         return parser.found
 
     return links
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests built on tests/test_trt.py's `trt_env` (real TensorRT engines on a CUDA GPU) are `gpu` tests."""
+    for item in items:
+        if "trt_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.gpu)

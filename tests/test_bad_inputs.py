@@ -1,4 +1,5 @@
-"""The bad-input matrix: every odd or hostile input through the real entry point (`python -m emoengine run`).
+"""The bad-input matrix: every odd or hostile input through the console entry point's function (`emoengine run`,
+in this process: conftest's `cli_in_process`), and two refusals through a real `python -m emoengine run`.
 
 Each refused case: the stated exit status, exactly one line on stderr (`emoengine: error: ...`), no traceback,
 and nothing at all in the output folder (no final name, no leftover temporary). Each accepted odd input
@@ -175,13 +176,13 @@ def hostile_mtcnn_folder(tmp_path_factory) -> tuple[Path, Path]:
     return d, d / "MARKER"
 
 
-def test_hostile_detector_weights_run_nothing_and_exit_2(hostile_mtcnn_folder, media, tmp_path):
+def test_hostile_detector_weights_run_nothing_and_exit_2(hostile_mtcnn_folder, media, tmp_path, cli_in_process):
     import joblib
 
     folder, marker = hostile_mtcnn_folder
     out = tmp_path / "out"
-    r = emoengine("run", str(media["face_png"]), "--weights", str(media["weights"]), "--backend", "torch",
-                  "--detector-model", str(folder), "--out", str(out), cwd=tmp_path)
+    r = cli_in_process("run", str(media["face_png"]), "--weights", str(media["weights"]), "--backend", "torch",
+                       "--detector-model", str(folder), "--out", str(out), cwd=tmp_path)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "refused as unsafe: it would import" in lines[0] and "mkdir" in lines[0], lines[0]
@@ -194,18 +195,28 @@ def fill(value: str, media: dict[str, Path], tmp_path: Path) -> str:
     return value.format(missing=tmp_path / "nope.mp4", **{k: str(v) for k, v in media.items()})
 
 
-@pytest.mark.parametrize("case", list(REFUSED))
-def test_refused_input_one_line_exit_code_nothing_written(case, media, tmp_path):
+def refused(case: str, media, tmp_path: Path, cli) -> None:
     source, extra, code, expected = REFUSED[case]
     out = tmp_path / "out"
-    r = emoengine("run", fill(source, media, tmp_path), *(fill(a, media, tmp_path) for a in extra),
-                  "--out", str(out), cwd=tmp_path)
+    r = cli("run", fill(source, media, tmp_path), *(fill(a, media, tmp_path) for a in extra),
+            "--out", str(out), cwd=tmp_path)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == code, r.stderr
     assert len(lines) == 1 and lines[0].startswith("emoengine: error: "), r.stderr
     assert expected in lines[0], lines[0]
     assert "Traceback" not in r.stderr + r.stdout
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refused_input_one_line_exit_code_nothing_written(case, media, tmp_path, cli_in_process):
+    refused(case, media, tmp_path, cli_in_process)
+
+
+@pytest.mark.parametrize("case", ["garbage_onnx", "missing_input"])
+def test_refused_input_from_a_real_process(case, media, tmp_path):
+    """The same refusals through `python -m emoengine`: the real process's exit status and its stderr."""
+    refused(case, media, tmp_path, emoengine)
 
 
 def read_rows(path: Path) -> tuple[list[str], list[dict]]:
@@ -217,7 +228,7 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
 ODD_ENCODINGS = ("face_png", "grey8_png", "grey16_png", "rgb16_png", "rgba_png")   # one folder, in this order
 
 
-def test_grey_rgba_and_16bit_images_run_and_match_the_8bit_photo(media, tmp_path):
+def test_grey_rgba_and_16bit_images_run_and_match_the_8bit_photo(media, tmp_path, cli_in_process):
     """The same photo as 8-bit RGB, grey 8/16-bit, RGB 16-bit and RGBA: all run; RGB16 and RGBA hold the same
     pixels as the 8-bit photo once converted, so they predict the same numbers; the greys predict valid ones."""
     folder = tmp_path / "odd"
@@ -225,8 +236,8 @@ def test_grey_rgba_and_16bit_images_run_and_match_the_8bit_photo(media, tmp_path
     for i, key in enumerate(ODD_ENCODINGS):
         (folder / f"{i}_{media[key].name}").write_bytes(media[key].read_bytes())
     out = tmp_path / "out"
-    r = emoengine("run", str(folder), "--weights", str(media["weights"]), "--backend", "torch",
-                  "--detector", "none", "--out", str(out), "-q", cwd=tmp_path)
+    r = cli_in_process("run", str(folder), "--weights", str(media["weights"]), "--backend", "torch",
+                       "--detector", "none", "--out", str(out), "-q", cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     header, rows = read_rows(out / "predictions.csv")
     assert header[:3] == ["frame", "time_s", "face_id"] and [int(x["frame"]) for x in rows] == [0, 1, 2, 3, 4]
@@ -238,10 +249,10 @@ def test_grey_rgba_and_16bit_images_run_and_match_the_8bit_photo(media, tmp_path
     assert len(list((out / "annotated").iterdir())) == 5
 
 
-def test_uhd_frame_runs_with_the_face_where_it_is(media, tmp_path):
+def test_uhd_frame_runs_with_the_face_where_it_is(media, tmp_path, cli_in_process):
     out = tmp_path / "out"
-    r = emoengine("run", str(media["uhd_jpg"]), "--weights", str(media["weights"]), "--backend", "torch",
-                  "--out", str(out), "-q", cwd=tmp_path)
+    r = cli_in_process("run", str(media["uhd_jpg"]), "--weights", str(media["weights"]), "--backend", "torch",
+                       "--out", str(out), "-q", cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     _, rows = read_rows(out / "predictions.csv")
     assert len(rows) == 1
@@ -250,13 +261,13 @@ def test_uhd_frame_runs_with_the_face_where_it_is(media, tmp_path):
     assert cv2.imread(str(out / "annotated.png")).shape == (2160, 3840, 3)
 
 
-def test_damaged_later_frames_keep_the_good_ones_and_exit_2(media, tmp_path):
+def test_damaged_later_frames_keep_the_good_ones_and_exit_2(media, tmp_path, cli_in_process):
     """Policy: the good frames are processed and written in full (outputs complete for them, summary.json
     last, listing the damage); the one error line says how many frames were lost; exit 2 (bad input), so an
     unattended pipeline notices."""
     out = tmp_path / "out"
-    r = emoengine("run", str(media["damaged_mp4"]), "--weights", str(media["weights"]), "--backend", "torch",
-                  "--out", str(out), "-q", cwd=tmp_path)
+    r = cli_in_process("run", str(media["damaged_mp4"]), "--weights", str(media["weights"]), "--backend",
+                       "torch", "--out", str(out), "-q", cwd=tmp_path)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("emoengine: error: damaged video: ") and "could not be decoded" in lines[0]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cluster
+
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install \"emoengine[cluster]\")")
 pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed (pip install \"emoengine[cluster]\")")
 

@@ -37,6 +37,7 @@ def tiny_bench(tmp_path_factory, cli):
     return result, out, md, cwd
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_field(tiny_bench):
     result, out, md, cwd = tiny_bench
     assert result.returncode == 0, result.stderr
@@ -62,6 +63,7 @@ def test_bench_json_has_every_field(tiny_bench):
     assert not (cwd / "benchmarks").exists()  # --json honoured: nothing under the default folder
 
 
+@pytest.mark.slow
 def test_ort_fp32_parity_below_1e3(tiny_bench):
     report = json.loads(tiny_bench[1].read_text())
     for r in (r for r in report["results"] if r["backend"] == "ort"):
@@ -71,6 +73,7 @@ def test_ort_fp32_parity_below_1e3(tiny_bench):
         assert par["valence_mae"] < 1e-3 and par["arousal_mae"] < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(trt_usable(), reason="TensorRT and a CUDA GPU are usable here")
 def test_unavailable_backend_is_skipped_with_reason(tiny_bench):
     result, out, _, _ = tiny_bench
@@ -82,6 +85,7 @@ def test_unavailable_backend_is_skipped_with_reason(tiny_bench):
     assert "trt: skipped:" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_caches_models_only_under_emoengine_models(tiny_bench):
     cwd = tiny_bench[3]
     assert [p.name for p in (cwd / "models").glob("*.onnx")] == ["emonet8-random.onnx"]
@@ -129,6 +133,7 @@ def int8_export(tmp_path_factory, cli):
     return result, out, cwd
 
 
+@pytest.mark.slow
 def test_int8_export_writes_a_qdq_model_and_caches_calibration(int8_export):
     import onnx
 
@@ -153,6 +158,7 @@ def test_int8_export_writes_a_qdq_model_and_caches_calibration(int8_export):
                                                             "emonet8-int8.onnx"]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_int8_model_runs_as_ort_int8_with_reported_parity(int8_export):
     from emoengine.benchmarks.measure import parity
     from emoengine.engine.model.emonet_model import open_emonet

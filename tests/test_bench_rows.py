@@ -95,19 +95,32 @@ def test_device_time_is_reported_apart_from_end_to_end_time(clock):
     assert "device_ms" not in cpu and "device_faces_per_s" not in cpu
 
 
-def test_rows_last_a_second_by_default_and_gpu_rows_are_warmed_up_for_a_second_first():
-    """Only a test that says so (BenchSettings(min_time_s=0.0)) shortens a row: `emoengine bench`, the GPU plan and
-    device_check's reduced plan all time >= 1 s per row, and the GPU ones warm up >= 1 s before timing, so the
-    baseline (the first row) is not measured on a cold GPU."""
-    import inspect
-
-    from emoengine.benchmarks.bench import run_bench
+def test_rows_last_a_second_by_default_and_gpu_rows_are_warmed_up_for_a_second_first(monkeypatch):
+    """Only a test that says so (BenchSettings(min_time_s=0.0)) shortens a row: `emoengine bench` and
+    `run_bench` called without --min-time hand the rows >= 1 s, the GPU plan and device_check's reduced plan
+    time >= 1 s per row and warm up >= 1 s before timing, so the baseline (the first row) is not measured on a
+    cold GPU. The settings are caught where they reach the row machinery (bench_report), before any timing."""
+    from emoengine.benchmarks import bench
     from emoengine.benchmarks.gpu_bench import GPU_SETTINGS, PLANS
-    from emoengine.cli.bench_cmd import bench_command
+    from emoengine.cli.main import main as cli_main
 
-    assert BenchSettings().min_time_s >= 1.0
-    assert inspect.signature(run_bench).parameters["min_time_s"].default >= 1.0
-    assert inspect.signature(bench_command).parameters["min_time"].default.default >= 1.0
+    reached = []
+
+    class Caught(Exception):
+        pass
+
+    def catch(weights, plan, settings, *args, **kwargs):
+        reached.append(settings)
+        raise Caught("settings caught")
+
+    monkeypatch.setattr(bench, "bench_report", catch)
+    monkeypatch.setattr(bench, "bench_inputs", lambda n: synthetic_crops(n, seed=0))
+    with pytest.raises(Caught):
+        bench.run_bench("random", ["torch"], [1])
+    with pytest.raises(SystemExit) as e:
+        cli_main(["bench", "--backends", "torch", "--batch", "1"])
+    assert e.value.code == 1 and len(reached) == 2
+    assert all(s.min_time_s >= 1.0 for s in reached) and BenchSettings().min_time_s >= 1.0
     assert GPU_SETTINGS.min_time_s >= 1.0 and GPU_SETTINGS.warmup_s >= 1.0
     reduced = PLANS["reduced"]
     assert reduced[0] == ("torch-cuda", (1, 8, 64, 256))   # eager fp32 first: the baseline of both speed-ups

@@ -1,4 +1,5 @@
-"""Bad checkpoints: each gives exit 2 and one clear line on stderr through the real CLI; nothing in a file runs.
+"""Bad checkpoints: each gives exit 2 and one clear line on stderr through the CLI (its entry point called in this
+process); nothing in a file runs.
 
 Checkpoints here are built from an untrained `EmoNet` state dict, so these tests need no golden data.
 """
@@ -65,7 +66,7 @@ def bad_files(tmp_path_factory):
 @pytest.mark.parametrize("command", ["export", "run"])
 @pytest.mark.parametrize("case", ["missing", "text", "image", "not_state_dict", "wrong_keys", "wrong_shape",
                                   "code_zip", "code_pickle", "classes_disagree"])
-def test_bad_weights_exit_2_with_one_line(case, command, bad_files, cli, tmp_path):
+def test_bad_weights_exit_2_with_one_line(case, command, bad_files, cli_in_process, tmp_path):
     folder, cases = bad_files
     weights, extra, expected = cases[case]
     if command == "run":
@@ -76,7 +77,7 @@ def test_bad_weights_exit_2_with_one_line(case, command, bad_files, cli, tmp_pat
         photo = tmp_path / "face.jpg"
         cv2.imwrite(str(photo), shipped_photo("Tom_Hanks_54745.png")[:, :, ::-1])
         extra = [str(photo), "--out", str(tmp_path / "out"), *extra]
-    result = cli(command, "--weights", str(weights), *extra, cwd=tmp_path)
+    result = cli_in_process(command, "--weights", str(weights), *extra, cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr

@@ -78,10 +78,11 @@ def test_device_check_without_cuda_exits_2_with_one_line_within_30_s(tmp_path, s
     assert not (tmp_path / "out").exists()   # nothing was run, nothing written
 
 
-def test_device_check_is_an_executable_script_and_its_readme_line_is_short():
+def test_device_check_is_an_executable_script_whose_command_fits_a_run_call():
+    """RUN_COMMAND (docs/gpu-notes.md's command; the test above runs it, shim and all) fits the device tool's
+    2,000 characters, and the script runs as a program."""
     assert os.access(DEVICE_CHECK, os.X_OK) and DEVICE_CHECK.read_text().startswith("#!/usr/bin/env python3")
-    readme = (REPO / "README.md").read_text()
-    assert gpu_check.RUN_COMMAND in readme and len(gpu_check.RUN_COMMAND) < 2000
+    assert len(gpu_check.RUN_COMMAND) < 2000
 
 
 def test_run_step_kills_a_step_at_its_limit_and_keeps_its_log(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 from emoengine.compare import FP16_TOLERANCE, relative_diff
 from emoengine.export.fp16 import FP16_MAX, PRECAUTION_FP32
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def fp16_full_8(onnx_full_8, golden_outputs, tmp_path_factory):

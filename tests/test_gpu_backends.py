@@ -125,6 +125,7 @@ def assert_close(got, ref, precision: str):
         assert got[name].dtype == np.float32 and relative_diff(got[name], r) <= tolerance(precision).limit(name), name
 
 
+@pytest.mark.gpu
 @needs["torch-cuda"]
 @pytest.mark.parametrize("spec", [
     "torch-cuda", "torch-cuda:fp16+channels_last", "torch-cuda:bf16", "torch-cuda:fp16+cudagraph",
@@ -144,6 +145,7 @@ def test_torch_cuda_variants_match_the_cpu_reference(golden_pth_8, reference_8, 
         model.close()
 
 
+@pytest.mark.gpu
 @needs["ort-cuda"]
 @pytest.mark.parametrize("spec", ["ort-cuda", "ort-cuda:cudagraph", "ort-cuda:conv_search=HEURISTIC"])
 def test_ort_cuda_io_binding_matches_the_cpu_reference(golden_pth_8, reference_8, spec, tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ def qdq_facts(path):
     return qdq, zero_points, int32_dq, dq_bias, init, model
 
 
+@pytest.mark.slow
 def test_trt_int8_has_only_signed_int8_qdq_with_zero_points_0_and_float_biases(trt_int8):
     _, out = trt_int8
     qdq, zero_points, int32_dq, dq_bias, init, model = qdq_facts(out)
@@ -56,6 +57,7 @@ def test_trt_int8_has_only_signed_int8_qdq_with_zero_points_0_and_float_biases(t
     assert convs and all(init[n.input[2]].dtype == np.float32 for n in convs if n.input[2] in init)
 
 
+@pytest.mark.slow
 def test_ort_int8_keeps_u8s8_with_zero_points(tmp_path, requires):
     """The ONNX Runtime flavour of the same fp32 model stays U8S8 (its fast path): uint8 activations."""
     requires("mtcnn", "insightface")
@@ -70,6 +72,7 @@ def test_ort_int8_keeps_u8s8_with_zero_points(tmp_path, requires):
     assert json.loads(report.metadata["int8_recipe"])["flavour"] == "u8s8"
 
 
+@pytest.mark.slow
 def test_trt_int8_runs_on_ort_cpu_and_its_agreement_is_reported(trt_int8):
     from emoengine.engine.backends import OrtRunner
     from emoengine.export.emonet import output_names, synthetic_crops
@@ -83,6 +86,7 @@ def test_trt_int8_runs_on_ort_cpu_and_its_agreement_is_reported(trt_int8):
     assert "QDQ S8S8 symmetric" in text and "expression top-1 agreement with fp32 on 32 face crops:" in text
 
 
+@pytest.mark.slow
 def test_min_agreement_records_the_recipe_in_the_metadata(trt_int8):
     from emoengine.export.onnx_export import read_metadata
 

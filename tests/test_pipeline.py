@@ -162,6 +162,7 @@ def test_bad_video_exits_2_and_writes_nothing_final(tmp_path, random_onnx, movin
     assert not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith("."))
 
 
+@pytest.mark.slow
 def test_stream_of_5000_small_frames_runs_with_flat_memory(tmp_path, random_onnx):
     """An MPEG-TS stream opened through the stream path (file:// URL), faces in some frames."""
     import psutil

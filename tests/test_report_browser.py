@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (CI installs Debian's: "
-                                                         "apt-get install -y chromium)")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (CI installs Debian's: "
+                                                         "apt-get install -y chromium)")]
 FPS = 12          # 24 frames: a two-second clip, long enough to watch every video start playing
 FRAMES = 24
 # what this machine's closed network and a root user need (see the report's merge notes)

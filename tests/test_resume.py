@@ -6,8 +6,11 @@ import json
 import os
 
 import cv2
+import pytest
 
 from emoengine.engine.run.demo import shipped_photo
+
+pytestmark = pytest.mark.slow
 
 
 def test_resume_skips_a_complete_run_and_reruns_on_any_change(tmp_path, cli, golden_pth_8):

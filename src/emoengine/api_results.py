@@ -144,7 +144,7 @@ def _mean_png(maps: np.ndarray) -> bytes:
     import cv2
 
     from emoengine.engine.outputs.featuremaps import feature_map_frame
-    from emoengine.engine.outputs.run_outputs import FEATURE_VIDEO_SIZE
+    from emoengine.engine.outputs.tap_outputs import FEATURE_VIDEO_SIZE
 
     seen = maps[~np.isnan(maps).all(axis=(1, 2))]
     rgb = feature_map_frame(seen.mean(axis=0) if len(seen) else None, FEATURE_VIDEO_SIZE)
