@@ -26,6 +26,7 @@ from emoengine.engine.run.pipeline import Pipeline, PipelineOptions
 from emoengine.engine.sources.opener import open_source
 from emoengine.engine.tracking.detectors import DEFAULT_MIN_FACE, make_detector
 from emoengine.errors import RunFailure
+from emoengine.settings import RunSettings
 
 EVERY = 8
 
@@ -150,16 +151,16 @@ def long_clip(tmp_path_factory):
     return write_clip(path, single_face_frames(240, size=(320, 240), face_px=(90, 130)), fps=24)
 
 
-def run_cfg(clip, out, workers: int) -> RunConfig:
-    return RunConfig(input=str(clip), out_dir=out, quiet=True, workers=workers, detect_every=EVERY)
+def run_cfg(clip, out, workers: int, model) -> RunConfig:
+    return RunSettings(model=str(model), quiet=True, workers=workers, detect_every=EVERY).resolve(clip, out)
 
 
 def test_an_error_in_a_worker_fails_the_run_at_once_with_one_line_and_no_final_file(tmp_path, detector, standin,
                                                                                       long_clip):
     out, rendered = tmp_path / "out", []
     with pytest.raises(RunFailure) as failure:
-        run_pipeline(run_cfg(long_clip, out, workers=2), lambda: open_emonet("ort", model=str(standin)),
-                     open_detector=lambda: FailingDetector(detector), observe=lambda r: rendered.append(r.index))
+        run_pipeline(run_cfg(long_clip, out, workers=2, model=standin), lambda: open_emonet("ort", model=str(standin)),
+                     detector=lambda: FailingDetector(detector), observe=lambda r: rendered.append(r.index))
     assert str(failure.value) == "detect stage failed: RuntimeError: detector blew up"
     assert len(rendered) < 40, "the run went on after the worker failed"   # the third keyframe is frame 16
     assert sorted(p.name for p in out.iterdir()) == []
@@ -175,8 +176,8 @@ def test_ctrl_c_with_workers_leaves_no_final_file_and_no_thread(tmp_path, detect
             _thread.interrupt_main()
 
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(run_cfg(long_clip, out, workers=3), lambda: open_emonet("ort", model=str(standin)),
-                     open_detector=lambda: detector, observe=observe)
+        run_pipeline(run_cfg(long_clip, out, workers=3, model=standin), lambda: open_emonet("ort", model=str(standin)),
+                     detector=detector, observe=observe)
     assert len(rendered) < 240
     assert sorted(p.name for p in out.iterdir()) == []
     assert emoengine_threads() == []
@@ -193,7 +194,7 @@ def test_workers_below_one_exit_2_with_one_line(value, tmp_path, capsys):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert exc.value.code == 2 and len(lines) == 1, captured.err
-    assert lines[0] == f"emoengine: error: --workers must be 1 or more (threads that detect and track), not {value}"
+    assert lines[0] == "emoengine: error: Invalid value for '--workers': Input should be greater than or equal to 1"
     assert not out.exists()
 
 
