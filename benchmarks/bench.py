@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.benchmarks.measure import SPEEDUPS, BenchSettings, PlanRow, run_plan, summarize
+from emoengine.benchmarks.measure import MEASURED, SPEEDUPS, BenchSettings, PlanRow, run_plan, summarize
 from emoengine.compare import TOLERANCES, logit_margins
 from emoengine.errors import UserInputError, first_line
 
@@ -182,7 +182,7 @@ def run_bench(weights: str, backends: list[str], batches: list[int], runs: int =
 def bench_report(weights: str, plan: list[PlanRow], settings: BenchSettings, crops: np.ndarray,
                  parity_crops: np.ndarray, progress=None, inputs_source: str = "", on_row=None) -> dict:
     """The plan measured (benchmarks/measure.py) and the report around it: machine, date, configuration, rows,
-    summary; `tracebacks` of failed rows go to the log next to the JSON (write_results)."""
+    summary. `on_row(report)` gets the report with every planned row after each row settles."""
     say = progress or (lambda _msg: None)
     machine, started = machine_facts(), datetime.now(timezone.utc)
     say(f"fp32 PyTorch reference on {len(parity_crops)} crops")
@@ -215,7 +215,7 @@ def bench_report(weights: str, plan: list[PlanRow], settings: BenchSettings, cro
     result = run_plan(weights, plan, settings, crops, parity_crops, reference, progress=say, on_row=partial)
     machine["load_average_1m_after"] = _load_average()  # were others busy on this machine meanwhile?
     report.update(duration_s=round((datetime.now(timezone.utc) - started).total_seconds(), 1),
-                  results=result.rows, summary=summarize(result.rows), tracebacks=result.tracebacks)
+                  results=result.rows, summary=summarize(result.rows))
     return report
 
 
@@ -235,7 +235,7 @@ def markdown_table(report: dict) -> str:
              "device p50 ms | first call s | top-1 agree | worst rel. diff | parity |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["results"]:
-        if r["status"] != "ok":
+        if r["status"] != MEASURED:
             lines.append(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['status']}: {r['reason']} "
                          "| | | | | | | | |")
             continue
@@ -258,23 +258,11 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_path(json_path: Path) -> Path:
-    """Where the tracebacks of a results file's failed rows go: beside it, `<name>.log`."""
-    return Path(json_path).with_suffix(".log")
-
-
 def write_results(report: dict, path: Path) -> Path:
-    """The JSON (each failed row keeps its one-line reason) and, where rows failed, their tracebacks beside it."""
-    from emoengine.engine.outputs.writers import write_json, write_text_atomic
+    """The JSON, atomically: every row, a failed one with its one-line reason and its traceback."""
+    from emoengine.engine.outputs.writers import write_json
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    report = dict(report)
-    tracebacks = report.pop("tracebacks", None)
-    if tracebacks:
-        log = log_path(path)
-        report["errors_log"] = log.name
-        write_text_atomic(log, "\n".join(f"== {t['backend']} (batches {t['batches']})\n{t['traceback']}"
-                                         for t in tracebacks))
     return write_json(path, report)
 
 

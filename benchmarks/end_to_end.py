@@ -79,7 +79,7 @@ def model_only(weights: str, batches: str, env: dict, out: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"emoengine bench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     rows = json.loads(out.read_text())["results"]
-    by_batch = {r["batch"]: r["faces_per_s"] for r in rows if r["status"] == "ok"}
+    by_batch = {r["batch"]: r["faces_per_s"] for r in rows if r["status"] == "measured"}
     return {"faces_per_s": by_batch, "best": max(by_batch.values()), **facts}
 
 

@@ -1,17 +1,14 @@
-"""The work of benchmarks/device_check: one prepared command for a lent GPU machine (see that file and README).
+"""The work of benchmarks/device_check: one prepared command for a lent GPU machine (see that file and docs/gpu.md).
 
 It needs only what the lent machine has (PyTorch with CUDA, numpy, onnx, onnxruntime CPU, typer, rich, pytest,
-psutil), installs nothing and runs from the source tree (benchmarks/pythonpath on PYTHONPATH). In order, under one
-total deadline (default 330 s, so that the whole command ends inside 6 minutes on an H100/H200):
-1. the machine: GPU, driver, clocks (nvidia-smi, before and after), versions;
-2. the GPU tests (tests/test_gpu_backends.py, tests/test_trt.py) with pytest, capped at `tests_s`; the log and a
-   JUnit file go to the output folder;
-3. the reduced bench (benchmarks/gpu_bench.py `--plan reduced`: torch-cuda fp32 as the warm baseline, fp16,
-   bf16, CUDA graphs and torch.compile at batches 1/8/64/256, each row with its own parity), which writes its JSON
-   after every row and is killed at the deadline, so what it measured stays.
-Everything goes to one JSON, gpu-bench-<device>-<date>.json, in the output folder ($OUT, else
-benchmarks/results): the bench's report with a `device_check` section added. Without CUDA it exits 2 at once with
-one line ("no CUDA: ...").
+psutil) and runs from the source tree (benchmarks/pythonpath on PYTHONPATH). The steps and their limits are the
+budget plan of benchmarks/device_plan.py (at most 7 minutes, start-up excluded): PyAV from carry/wheels where
+carried; the machine; the GPU tests without compile cases; the reduced bench (compile at batches 1 and 256
+first); the end-to-end `run` of benchmarks/pipeline_capacity.py where that script exists (else `not_built`);
+the write-up. A step at its limit is stopped with SIGINT, a grace period, then SIGKILL, so its evidence stays: the
+tests' JUnit XML, the bench's JSON with every planned row in its state. device-check.json is rewritten after
+every step; at the end its section is added to gpu-bench-<device>-<date>.json, in $OUT (else
+benchmarks/results). Without CUDA it exits 2 at once with one line ("no CUDA: ...").
 """
 
 from __future__ import annotations
@@ -19,21 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from emoengine.benchmarks.device_plan import STEP, plan_table, run_step
+
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "benchmarks" / "pythonpath"
-# the command the README gives for the lent machine's `run` (run from the repository root; carries nothing)
+# the command docs/gpu.md gives for the lent machine's `run` (run from the repository root; carries nothing)
 RUN_COMMAND = "PYTHONUNBUFFERED=1 PYTHONPATH=benchmarks/pythonpath python3 benchmarks/device_check"
 GPU_TESTS = ("tests/test_gpu_backends.py", "tests/test_trt.py")
-DEADLINE_S = 330.0
-TESTS_S = 110.0
-WRAP_UP_S = 10.0           # kept for writing the JSON after the bench
+WHEELS = Path("carry") / "wheels"
+E2E_SCRIPT = Path("benchmarks") / "pipeline_capacity.py"
 SMI_FIELDS = ("name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem",
               "power.draw", "power.limit", "temperature.gpu", "memory.total", "memory.used")
 
@@ -55,7 +52,7 @@ def nvidia_smi() -> dict[str, str] | str:
     """The GPU's driver, clocks, power and memory as nvidia-smi reports them, or why they could not be read."""
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+                             capture_output=True, text=True, timeout=STEP["machine"].limit_s / 2)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"nvidia-smi: {type(e).__name__}: {e}"
     if out.returncode != 0:
@@ -74,7 +71,7 @@ def machine() -> dict:
     props = torch.cuda.get_device_properties(0)
     versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": str(torch.version.cuda),
                 "cudnn": str(torch.backends.cudnn.version())}
-    for pkg in ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "triton", "pytest"):
+    for pkg in ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "triton", "pytest", "av"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -87,7 +84,7 @@ def machine() -> dict:
 
 def golden_folder() -> Path | None:
     """The golden data where it travelled: $EMOENGINE_GOLDEN, shared/golden or .golden in the tree; else None
-    (parity is then against the CPU reference on synthetic crops and random weights; golden-only tests skip)."""
+    (the default weights are then made here, BatchNorm-calibrated, from a seed: gpu_bench.resolve_weights)."""
     candidates = [os.environ.get("EMOENGINE_GOLDEN"), REPO / "shared" / "golden", REPO / ".golden"]
     return next((Path(c) for c in candidates if c and (Path(c) / "emonet8.weights.npz").is_file()), None)
 
@@ -98,21 +95,6 @@ def child_env(models: Path, golden: Path | None) -> dict[str, str]:
     if golden is not None:
         env["EMOENGINE_GOLDEN"] = str(golden)
     return env
-
-
-def run_step(cmd: list[str], env: dict[str, str], timeout: float, log: Path) -> dict:
-    """Run a command with its output in `log`; killed with its children when it outlasts `timeout`."""
-    started = time.monotonic()
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            code, timed_out = proc.wait(timeout=max(timeout, 1.0)), False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            code, timed_out = proc.wait(), True
-    return {"command": " ".join(cmd[1:]), "returncode": code, "timed_out": timed_out, "limit_s": round(timeout, 1),
-            "wall_s": round(time.monotonic() - started, 1), "log": log.name}
 
 
 def junit_counts(path: Path) -> dict:
@@ -130,27 +112,51 @@ def junit_counts(path: Path) -> dict:
     return {**counts, "not_passed": bad}
 
 
-def run_tests(env: dict[str, str], out: Path, timeout: float) -> dict:
+# -- the steps ---------------------------------------------------------------------------------------------------
+def install_wheels(env: dict[str, str], out: Path) -> dict:
+    """Step 0: PyAV from the carried wheels, where carry/wheels exists (a lent machine has no PyAV)."""
+    if not (REPO / WHEELS).is_dir():
+        return {"state": "not_carried", "what": f"no {WHEELS}/: nothing installed"}
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(WHEELS), "av"]
+    return run_step(cmd, env, STEP["wheels"].limit_s, out / "device-check-wheels.log", cwd=REPO)
+
+
+def run_tests(env: dict[str, str], out: Path) -> dict:
+    """The GPU tests without the compile cases (the bench measures compile); the JUnit XML survives a stop."""
     junit = out / "device-check-tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={junit}",
-           *GPU_TESTS]
-    return {**run_step(cmd, env, timeout, out / "device-check-tests.log"), **junit_counts(junit)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "-m", "not compile",
+           f"--junitxml={junit}", *GPU_TESTS]
+    return {**run_step(cmd, env, STEP["tests"].limit_s, out / "device-check-tests.log", cwd=REPO),
+            **junit_counts(junit)}
 
 
-def run_bench(env: dict[str, str], json_path: Path, timeout: float) -> dict:
-    """The reduced bench; it opens no new spec in its last 90 s (a compile can take that), and is killed at the
-    deadline (its JSON holds every spec measured by then)."""
+def run_bench(env: dict[str, str], json_path: Path) -> dict:
+    """The reduced bench; it begins no row whose stated cost no longer fits (those are `cut`), and is stopped
+    at its limit; its JSON holds every planned row in its state after every row."""
+    limit = STEP["bench"].limit_s
     cmd = [sys.executable, "-m", "emoengine.benchmarks.gpu_bench", "--plan", "reduced", "--out", str(json_path),
-           "--budget-s", str(max(timeout - 90.0, 0.0))]
-    return run_step(cmd, env, timeout, json_path.with_name("device-check-bench.log"))
+           "--deadline-s", str(limit - 15.0)]   # 15 s: the interpreter, torch and CUDA starting
+    return run_step(cmd, env, limit, json_path.with_name("device-check-bench.log"), cwd=REPO)
+
+
+def run_e2e(env: dict[str, str], out: Path) -> dict:
+    """issue 20's end-to-end step, where its script exists; its JSON is folded in."""
+    if not (REPO / E2E_SCRIPT).is_file():
+        return {"state": "not_built", "what": f"{E2E_SCRIPT} is not in this tree"}
+    result_json = out / "e2e.json"
+    cmd = [sys.executable, str(E2E_SCRIPT), "--device-check", "--json", str(result_json)]
+    step = run_step(cmd, env, STEP["e2e"].limit_s, out / "device-check-e2e.log", cwd=REPO)
+    try:
+        step["result"] = json.loads(result_json.read_text())
+    except (OSError, ValueError) as e:
+        step["result"] = {"error": f"no e2e JSON ({type(e).__name__})"}
+    return step
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else "
                         "benchmarks/results)")
-    parser.add_argument("--deadline-s", type=float, default=DEADLINE_S, help="the whole check, start to end")
-    parser.add_argument("--tests-s", type=float, default=TESTS_S, help="at most this long for the GPU tests")
     args = parser.parse_args(argv)
     started = time.monotonic()
     why = cuda_missing()
@@ -161,44 +167,64 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or Path(os.environ.get("OUT") or REPO / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
-    facts, golden = machine(), golden_folder()
-    json_path = results_file(facts["gpu"], folder=out)
-    smi = facts["nvidia_smi_before"]
-    print(f"device_check: {facts['gpu']}, driver {smi.get('driver_version') if isinstance(smi, dict) else smi}; "
-          f"golden data: {golden or 'none (random weights, synthetic crops)'}; results: {json_path}", flush=True)
+    golden = golden_folder()
+    section = {"plan": plan_table(), "golden": str(golden) if golden else None, "steps": {}}
 
-    def left() -> float:
-        return args.deadline_s - (time.monotonic() - started) - WRAP_UP_S
+    def done(name: str, result: dict) -> None:
+        section["steps"][name] = result
+        section["wall_s"] = round(time.monotonic() - started, 1)
+        write_section(out / "device-check.json", section)
+        print(f"{name}: {one_line(result)}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="emoengine-device-check-") as models:
         env = child_env(Path(models), golden)
-        tests = run_tests(env, out, min(args.tests_s, left() - 60.0))
-        shown = ("returncode", "tests", "failures", "errors", "skipped", "wall_s", "timed_out")
-        print(f"GPU tests: {json.dumps({k: tests.get(k) for k in shown})}", flush=True)
-        bench = run_bench(env, json_path, left())
-    return finish(json_path, facts, golden, tests, bench, time.monotonic() - started)
+        done("wheels", install_wheels(env, out))
+        section["machine"] = facts = machine()
+        json_path = results_file(facts["gpu"], folder=out)
+        done("machine", {"state": "finished", "gpu": facts["gpu"], "golden": section["golden"] or
+                         "none: BatchNorm-calibrated weights made here from a seed", "results": str(json_path)})
+        done("tests", run_tests(env, out))
+        done("bench", run_bench(env, json_path))
+        done("e2e", run_e2e(env, out))
+    return finish(json_path, section, time.monotonic() - started)
 
 
-def finish(json_path: Path, facts: dict, golden: Path | None, tests: dict, bench: dict, wall_s: float) -> int:
-    """The bench's JSON with the device_check section added (the bench's alone, or this alone, where one is
-    missing); exit 0 only when the tests passed and every bench row measured and passed parity."""
+def one_line(result: dict) -> str:
+    shown = ("state", "returncode", "tests", "failures", "errors", "skipped", "wall_s", "limit_s", "gpu", "what")
+    return json.dumps({k: result[k] for k in shown if k in result})
+
+
+def write_section(path: Path, section: dict) -> None:
     from emoengine.engine.outputs.writers import write_json
 
+    write_json(path, section)
+
+
+def finish(json_path: Path, section: dict, wall_s: float) -> int:
+    """The bench's JSON with the device_check section added (the section alone where the bench wrote nothing);
+    exit 0 only when the tests passed, every bench row was measured and passed parity, and the e2e step (where
+    built) finished."""
     report = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    facts["nvidia_smi_after"] = nvidia_smi()
+    section.setdefault("machine", {})["nvidia_smi_after"] = nvidia_smi()
     rows = report.get("results", [])
-    ok = [r for r in rows if r.get("status") == "ok"]
-    report["device_check"] = {"machine": facts, "golden": str(golden) if golden else None, "tests": tests,
-                              "bench": bench, "wall_s": round(wall_s, 1),
-                              "rows": {"ok": len(ok), "not_ok": len(rows) - len(ok),
-                                       "parity_failed": [f"{r['backend']} b{r['batch']}" for r in ok
-                                                         if r.get("parity", {}).get("pass") is not True]}}
-    write_json(json_path, report)
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r.get("status", "?")] = states.get(r.get("status", "?"), 0) + 1
+    measured = [r for r in rows if r.get("status") == "measured"]
+    section["rows"] = {"states": states, "parity_failed": [f"{r['backend']} b{r['batch']}" for r in measured
+                                                           if r.get("parity", {}).get("pass") is not True]}
+    section["wall_s"] = round(wall_s, 1)
+    report["device_check"] = section
+    write_section(json_path, report)
+    write_section(json_path.with_name("device-check.json"), section)
     for label, best in report.get("summary", {}).items():
         print(f"{label:<45} best b{best['best_batch']:<4} {best['faces_per_s']:>10.1f} faces/s  "
               f"x{best['speedup_vs_torch_b1']} vs torch-cuda b1, x{best['speedup_vs_torch_same_batch']} same batch, "
               f"parity {'pass' if best['parity_pass_every_batch'] else 'FAIL'}")
-    print(f"wrote {json_path} in {wall_s:.0f} s")
-    passed = tests.get("returncode") == 0 and not bench["timed_out"] and ok and len(ok) == len(rows) and \
-        not report["device_check"]["rows"]["parity_failed"]
+    print(f"write-up: {json.dumps(section['rows'])}; wrote {json_path} in {wall_s:.0f} s")
+    steps = section["steps"]
+    e2e = steps.get("e2e", {})
+    passed = (steps.get("tests", {}).get("returncode") == 0 and rows and len(measured) == len(rows)
+              and not section["rows"]["parity_failed"]
+              and (e2e.get("state") == "not_built" or e2e.get("returncode") == 0))
     return 0 if passed else 1

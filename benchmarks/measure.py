@@ -13,8 +13,9 @@ uses); at each batch size its row gets, in this order:
   reported separately where the runner measures it (CPU runners have no device time);
 - `speedup_vs_torch_b1` (the upstream way: eager fp32 PyTorch, one face per call, on the row's device) and
   `speedup_vs_torch_same_batch` (eager fp32 PyTorch at the same batch on the row's device).
-A backend that cannot open here becomes `skipped` rows with the one-line reason; a failure while running,
-`failed` rows whose tracebacks go to the run's log, not to the JSON.
+Every planned row is in the results from the start, `pending`, and settles as `measured`; `skipped` (the
+backend cannot open here: its one-line reason); `failed` (its one-line reason and its traceback); or `cut` (its
+expected cost no longer fits the deadline, or the run was stopped with SIGINT).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class BenchSettings:
     warmup_s: float = 0.0       # ...and at least this many seconds (a GPU's clocks ramp up)
     parity_inputs: int = 128    # distinct crops compared with the reference
     threads: int | None = None  # ONNX Runtime intra-op threads
-    budget_s: float | None = None   # no new backend spec is opened after this many seconds
+    deadline_s: float | None = None  # no row is begun whose expected cost does not fit before this (from start)
+    row_cost: Callable[[str, int, bool], float] | None = None   # (spec, batch, opening) -> expected seconds
 
 
 # -- one row's numbers -------------------------------------------------------------------------------------------
@@ -117,10 +119,15 @@ def _reset_peak_rss() -> bool:
 
 
 # -- a plan ------------------------------------------------------------------------------------------------------
+# The states of a planned row. Every row of the plan is in the results from the start (`pending`) and ends as one
+# of the others; a run stopped at its deadline (or by SIGINT) leaves `cut` rows, never missing ones.
+PENDING, MEASURED, FAILED, CUT, SKIPPED = "pending", "measured", "failed", "cut", "skipped"
+ROW_KEYS = ("backend", "precision", "device", "batch")   # what a row is; the rest is what happened to it
+
+
 @dataclass
 class PlanResult:
     rows: list[dict]
-    tracebacks: list[dict]      # {"backend", "batch", "traceback"} of failed rows: for the log, not the JSON
 
 
 def measure_batch(runner, crops: np.ndarray, parity_crops, reference, batch: int, precision: str,
@@ -135,68 +142,127 @@ def measure_batch(runner, crops: np.ndarray, parity_crops, reference, batch: int
     gc.collect()
     _reset_peak_rss()   # the row's own peak: the model plus the timed calls, not the parity scratch
     timing = time_calls(lambda c: runner.infer({INPUT_NAME: c}), x, settings, lambda: runner.last_device_ms)
-    return {"status": "ok", **timing, "first_call_s": first_call_s, "peak_rss_mb": peak_rss_mb(), "parity": par}
+    return {**timing, "first_call_s": first_call_s, "peak_rss_mb": peak_rss_mb(), "parity": par}
+
+
+def planned_rows(plan: list[PlanRow]) -> list[dict]:
+    """Every backend x batch of the plan as a `pending` row, in plan order."""
+    from emoengine.engine.backends import backend_row, parse_backend
+
+    rows = []
+    for spec, batches in plan:
+        options = parse_backend(spec)
+        base = {"backend": options.label, "precision": options.precision, "device": backend_row(options.name).device}
+        rows += [{**base, "batch": b, "status": PENDING} for b in batches]
+    return rows
+
+
+def settle(row: dict, status: str, **fields) -> None:
+    """A row's outcome: what it is (ROW_KEYS) stays, the rest is replaced."""
+    for key in [k for k in row if k not in ROW_KEYS]:
+        del row[key]
+    row.update(status=status, **fields)
+
+
+class Clock:
+    """The plan's deadline (`settings.deadline_s` from the start): a row is begun only where its expected cost
+    (`settings.row_cost(spec, batch)`) still fits before it."""
+
+    def __init__(self, settings: BenchSettings) -> None:
+        self.settings, self.started = settings, time.perf_counter()
+
+    def fits(self, spec: str, batch: int, opening: bool = False) -> bool:
+        s = self.settings
+        if s.deadline_s is None:
+            return True
+        cost = s.row_cost(spec, batch, opening) if s.row_cost else 0.0
+        return time.perf_counter() - self.started + cost <= s.deadline_s
+
+    def cut_reason(self) -> str:
+        return f"cut: its expected cost does not fit in the {self.settings.deadline_s:.0f} s deadline"
 
 
 def run_plan(weights: str, plan: list[PlanRow], settings: BenchSettings, crops: np.ndarray,
              parity_crops: np.ndarray, reference: dict[str, np.ndarray] | None, progress=None,
              on_row=None) -> PlanResult:
-    """Every spec of the plan at each of its batch sizes (see the module docstring); `on_row(rows)` after each
-    row and each spec, so that a run cut short keeps what it measured."""
-    from emoengine.engine.backends import backend_row, parse_backend
-    from emoengine.engine.model.emonet_model import open_emonet
+    """Every spec of the plan at each of its batch sizes (see the module docstring). `on_row(rows)` with every
+    planned row, first all `pending`, then after every row that settles, so that a run killed in a long
+    (compiling) row keeps the rest; SIGINT (KeyboardInterrupt) cuts what is left, publishes, and re-raises."""
+    result = PlanResult(planned_rows(plan))
+    clock = Clock(settings)
 
-    say = progress or (lambda _msg: None)
-    result = PlanResult([], [])
-    started = time.perf_counter()
-    for spec, batches in plan:
-        options = parse_backend(spec)
-        base = {"backend": options.label, "precision": options.precision,
-                "device": backend_row(options.name).device}
-        if settings.budget_s is not None and time.perf_counter() - started > settings.budget_s:
-            result.rows += [{**base, "batch": b, "status": "skipped",
-                             "reason": f"time budget of {settings.budget_s:.0f} s spent"} for b in batches]
-            continue
-        say(f"{options.label}: opening")
-        t0 = time.perf_counter()
-        try:
-            model = open_emonet(spec, weights=weights, max_batch=max(batches), threads=settings.threads,
-                                cache_optimized=True)
-        except EmoengineError as e:   # a backend this machine lacks is a result, not a crash
-            result.rows += [{**base, "batch": b, "status": "skipped", "reason": first_line(e)} for b in batches]
-            continue
-        except Exception as e:
-            _failed(result, base, batches, "failed while opening", e)
-            continue
-        meta = {"session_open_s": round(time.perf_counter() - t0, 2), "threads": settings.threads,
-                "optimized_graph_from_cache": getattr(model.runner, "optimized_from_cache", None),
-                "int8_recipe": model.runner.metadata.get("int8_recipe")}
-        model.runner.device_timing = True
-        try:
-            for b in batches:
-                say(f"{options.label}: batch {b}")
-                result.rows.append({**base, "batch": b, **measure_batch(
-                    model.runner, crops, parity_crops, reference, b, options.precision, settings), **meta})
-                if on_row:   # every row as it is measured: a run killed in a long spec (compiling) keeps it
-                    add_speedups(result.rows)
-                    on_row(result.rows)
-        except Exception as e:  # failing while running is reported too
-            done = {r["batch"] for r in result.rows if r["backend"] == base["backend"]}
-            _failed(result, base, [b for b in batches if b not in done], "failed while running", e)
-        finally:
-            model.close()
-            gc.collect()
+    def publish() -> None:
         add_speedups(result.rows)
         if on_row:
             on_row(result.rows)
+
+    publish()
+    try:
+        first = 0
+        for spec, batches in plan:   # planned_rows: each spec's rows in turn
+            rows, first = result.rows[first:first + len(batches)], first + len(batches)
+            _run_spec(weights, spec, rows, settings, clock, crops, parity_crops, reference, progress, publish)
+    except KeyboardInterrupt:
+        for row in result.rows:
+            if row["status"] == PENDING:
+                settle(row, CUT, reason="cut: the run was stopped (SIGINT) before this row finished")
+        publish()
+        raise
     return result
 
 
-def _failed(result: PlanResult, base: dict, batches, what: str, e: BaseException) -> None:
-    result.rows += [{**base, "batch": b, "status": "failed", "reason": f"{what}: {type(e).__name__}: {first_line(e)}"}
-                    for b in batches]
-    result.tracebacks.append({"backend": base["backend"], "batches": list(batches),
-                              "traceback": "".join(traceback.format_exception(e))})
+def _run_spec(weights: str, spec: str, rows: list[dict], settings: BenchSettings, clock: Clock, crops,
+              parity_crops, reference, progress, publish) -> None:
+    """One backend spec: opened once, then each of its rows measured, cut (no time left) or failed."""
+    from emoengine.engine.backends import parse_backend
+    from emoengine.engine.model.emonet_model import open_emonet
+
+    say = progress or (lambda _msg: None)
+    options = parse_backend(spec)
+    if not clock.fits(spec, rows[0]["batch"], opening=True):
+        for row in rows:
+            settle(row, CUT, reason=clock.cut_reason())
+        publish()
+        return
+    say(f"{options.label}: opening")
+    t0 = time.perf_counter()
+    try:
+        model = open_emonet(spec, weights=weights, max_batch=max(r["batch"] for r in rows), threads=settings.threads,
+                            cache_optimized=True)
+    except EmoengineError as e:   # a backend this machine lacks is a result, not a crash
+        for row in rows:
+            settle(row, SKIPPED, reason=first_line(e))
+        publish()
+        return
+    except Exception as e:
+        _failed(rows, "failed while opening", e)
+        publish()
+        return
+    meta = {"session_open_s": round(time.perf_counter() - t0, 2), "threads": settings.threads,
+            "optimized_graph_from_cache": getattr(model.runner, "optimized_from_cache", None),
+            "int8_recipe": model.runner.metadata.get("int8_recipe")}
+    model.runner.device_timing = True
+    try:
+        for row in rows:
+            if not clock.fits(spec, row["batch"]):
+                settle(row, CUT, reason=clock.cut_reason())
+            else:
+                say(f"{options.label}: batch {row['batch']}")
+                settle(row, MEASURED, **measure_batch(model.runner, crops, parity_crops, reference, row["batch"],
+                                                      options.precision, settings), **meta)
+            publish()
+    except Exception as e:  # failing while running is reported too, with its traceback
+        _failed([r for r in rows if r["status"] == PENDING], "failed while running", e)
+        publish()
+    finally:
+        model.close()
+        gc.collect()
+
+
+def _failed(rows: list[dict], what: str, e: BaseException) -> None:
+    trace = "".join(traceback.format_exception(e))
+    for row in rows:
+        settle(row, FAILED, reason=f"{what}: {type(e).__name__}: {first_line(e)}", traceback=trace)
 
 
 # -- speed-ups and summary ---------------------------------------------------------------------------------------
@@ -217,7 +283,7 @@ SPEEDUPS = {
 
 def add_speedups(rows: list[dict]) -> None:
     """Both labelled speed-ups (SPEEDUPS) on every ok row; None where that baseline row was not measured."""
-    ok = {(r["backend"], r["batch"]): r for r in rows if r["status"] == "ok"}
+    ok = {(r["backend"], r["batch"]): r for r in rows if r["status"] == MEASURED}
     for r in ok.values():
         label = reference_label(r["device"])
         for key, batch in (("speedup_vs_torch_b1", 1), ("speedup_vs_torch_same_batch", r["batch"])):
@@ -229,7 +295,7 @@ def summarize(rows: list[dict]) -> dict:
     """Per backend spec: its fastest row, with both speed-ups and whether parity passed at every batch."""
     out = {}
     for label in dict.fromkeys(r["backend"] for r in rows):
-        ok = [r for r in rows if r["backend"] == label and r["status"] == "ok"]
+        ok = [r for r in rows if r["backend"] == label and r["status"] == MEASURED]
         if not ok:
             continue
         best = max(ok, key=lambda r: r["faces_per_s"])

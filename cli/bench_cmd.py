@@ -35,7 +35,7 @@ def bench_command(
     threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads (default: its own choice)."),
     json_out: Path | None = typer.Option(
         None, "--json", help="Results JSON (default benchmarks/results/<cpu|gpu>-<device>-<date>.json); "
-                             "tracebacks of failed rows go to the .log beside it."),
+                             "failed rows keep their traceback there."),
     markdown: Path | None = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
 ) -> None:
     """Time EmoNet per backend and batch, and compare every output with the fp32 PyTorch reference."""
@@ -61,7 +61,7 @@ def print_rows(rows: list[dict]) -> list[str]:
     """One line per row (one per backend that did not run); returns the fp32 backends whose parity failed."""
     failed, reported = [], set()
     for r in rows:
-        if r["status"] != "ok":
+        if r["status"] != "measured":
             if r["backend"] not in reported:
                 typer.echo(f"{r['backend']:>9}: {r['status']}: {r['reason']}")
             reported.add(r["backend"])

@@ -194,6 +194,34 @@ def synthetic_crops(n: int = 2, seed: int = 0) -> np.ndarray:
     return crops
 
 
+def _he_init(net: EmoNet, gen: torch.Generator, bias_std: float) -> None:
+    """He-normal convolutions and linears (small random biases), BatchNorm affine 1 + 0.1 N(0,1) / 0.1 N(0,1),
+    running statistics reset for a one-pass calibration (cumulative average)."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            fan_in = module.weight[0].numel()
+            module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+            if module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * bias_std)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=gen))
+            module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one pass gives the batch's exact statistics
+
+
+def _calibrate(net: EmoNet, crops: np.ndarray) -> EmoNet:
+    """Every BatchNorm's running statistics from one training-mode pass over `crops`; then eval, frozen."""
+    net.train()
+    net(torch.from_numpy(crops).float().div(255).permute(0, 3, 1, 2))
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
+    net.eval()
+    net.requires_grad_(False)
+    return net
+
+
 @torch.no_grad()
 def random_emonet(num_classes: int = 8, seed: int = 0) -> EmoNet:
     """Seeded random EmoNet whose BatchNorm statistics are calibrated on synthetic crops.
@@ -203,23 +231,29 @@ def random_emonet(num_classes: int = 8, seed: int = 0) -> EmoNet:
     """
     gen = torch.Generator().manual_seed(seed)
     net = EmoNet(num_classes)
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            fan_in = module.weight[0].numel()
-            module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-            if module.bias is not None:
-                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.01)
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=gen))
-            module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one pass gives the batch's exact statistics
-    crops = torch.from_numpy(synthetic_crops(4, seed)).float().div(255).permute(0, 3, 1, 2)
-    net.train()
-    net(crops)
-    for module in net.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = 0.1
-    net.eval()
-    net.requires_grad_(False)
-    return net
+    _he_init(net, gen, bias_std=0.01)
+    return _calibrate(net, synthetic_crops(4, seed))
+
+
+CALIBRATED_SEED = {8: 42, 5: 42}   # default weights without the golden data; 8: picked from seeds 0-59 for headroom
+CALIBRATION_CROPS = (16, 100)   # (crops, seed): not the parity crops (PARITY_CROPS) nor the bench's timing ones (7)
+PARITY_CROPS = (4, 1)           # (crops, seed): what the GPU is compared on without the golden crops
+
+
+def parity_crops() -> np.ndarray:
+    """The crops GPU parity is judged on where the golden crops did not travel."""
+    return synthetic_crops(*PARITY_CROPS)
+
+
+@torch.no_grad()
+def calibrated_emonet(num_classes: int = 8, seed: int | None = None) -> EmoNet:
+    """EmoNet made as the golden weights were (../shared/golden/README.md): He init (biases ~0.05 as there),
+    then every BatchNorm's running statistics calibrated in one pass on face-like crops; made from a seed on the
+    machine that needs it, nothing carried. The default weights of benchmarks/device_check and of the GPU tests
+    where the golden data did not travel: tests/test_device_check.py holds them, run in half and bfloat16 on the
+    CPU, to half the tolerance table on the parity crops, so a correct fp16/bf16 GPU path passes with headroom."""
+    gen = torch.Generator().manual_seed(CALIBRATED_SEED[num_classes] if seed is None else seed)
+    net = EmoNet(num_classes)
+    _he_init(net, gen, bias_std=0.05)
+    n, crop_seed = CALIBRATION_CROPS
+    return _calibrate(net, synthetic_crops(n, crop_seed))

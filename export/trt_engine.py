@@ -10,7 +10,8 @@ sha256, with a JSON sidecar carrying the ONNX metadata (engines have no metadata
 engine file's own sha256. `check_cached_engine` compares sidecar and file with what this machine would build
 *before* anything is deserialized: a stale or foreign engine is rebuilt, never run (deserializing an engine from
 another TensorRT or GPU is undefined behaviour, not an error). A timing cache per GPU and TensorRT version makes
-rebuilds fast. The runtime side (deserializing and running an engine) is engine/backends/tensorrt.py.
+rebuilds fast ($EMOENGINE_TRT_TIMING_CACHE_DIR: one shared by every engine, as the TensorRT tests
+of a session do). The runtime side (deserializing and running an engine) is engine/backends/tensorrt.py.
 Written against the documented API; not yet run on a GPU (no TensorRT where it was written).
 """
 
@@ -109,9 +110,15 @@ def write_sidecar(engine_path: Path, metadata: dict[str, str], keys: dict[str, s
     return data
 
 
+TIMING_CACHE_DIR = "EMOENGINE_TRT_TIMING_CACHE_DIR"   # one folder's timing cache for every engine (a test session)
+
+
 def timing_cache_path(device: str, tensorrt_version: str, folder: Path | None = None) -> Path:
+    """The timing cache of a GPU and TensorRT version: in $EMOENGINE_TRT_TIMING_CACHE_DIR where set (so the
+    engines of one test session share their tactic timings), else in `folder` (default models/)."""
     name = f"trt-timing-{slug(device)}-trt{slug(tensorrt_version)}.cache"
-    return (folder if folder is not None else models_dir()) / name
+    shared = os.environ.get(TIMING_CACHE_DIR)
+    return (Path(shared) if shared else folder if folder is not None else models_dir()) / name
 
 
 # --- building ---------------------------------------------------------------------------------------------------

@@ -142,18 +142,16 @@ def golden_dir() -> Path:
 
 
 def upstream_format_pth(num_classes: int, out: Path) -> Path:
-    """The golden weights where ../shared/golden exists; otherwise a seeded untrained EmoNet saved the same way
+    """The golden weights where ../shared/golden exists; otherwise seeded BatchNorm-calibrated weights saved the same way
     (upstream file format, `module.` keys), so tests of structure, metadata and plumbing run without it.
     Tests that compare numbers ask for `golden_outputs`, which skips without the golden data."""
     if HAVE_GOLDEN:
         return write_upstream_pth(GOLDEN / f"emonet{num_classes}.weights.npz", out)
-    import torch
+    from emoengine.benchmarks.gpu_bench import save_upstream_format
+    from emoengine.export.emonet import calibrated_emonet
 
-    from emoengine.export.emonet import EmoNet
-
-    torch.manual_seed(num_classes)
-    torch.save({"module." + k: v for k, v in EmoNet(num_classes).state_dict().items()}, out)
-    return out
+    # BatchNorm-calibrated like the golden weights, so fp16/bf16 GPU tests judge with headroom (tests/test_device_check.py)
+    return save_upstream_format(calibrated_emonet(num_classes).state_dict(), out)
 
 
 @pytest.fixture(scope="session")
@@ -187,9 +185,9 @@ def golden_crops_8() -> np.ndarray:
     if HAVE_GOLDEN:
         with np.load(GOLDEN / "emonet8.outputs.npz") as z:
             return z["images_rgb"]
-    from emoengine.export.emonet import synthetic_crops
+    from emoengine.export.emonet import parity_crops
 
-    return synthetic_crops(4, seed=1)
+    return parity_crops()
 
 
 @pytest.fixture(scope="session")

@@ -129,7 +129,7 @@ def assert_close(got, ref, precision: str):
 @needs["torch-cuda"]
 @pytest.mark.parametrize("spec", [
     "torch-cuda", "torch-cuda:fp16+channels_last", "torch-cuda:bf16", "torch-cuda:fp16+cudagraph",
-    "torch-cuda:fp16+compile",
+    pytest.param("torch-cuda:fp16+compile", marks=pytest.mark.compile),   # cold compiles: the bench times them
 ])
 def test_torch_cuda_variants_match_the_cpu_reference(golden_pth_8, reference_8, spec):
     from emoengine.engine.model.emonet_model import open_emonet
@@ -167,14 +167,15 @@ def test_ort_cuda_io_binding_matches_the_cpu_reference(golden_pth_8, reference_8
 
 
 def test_gpu_bench_plan_starts_with_the_baseline_and_drops_unavailable_backends():
-    from emoengine.benchmarks.gpu_bench import BATCHES, plan
+    from emoengine.benchmarks.gpu_bench import BATCHES, COMPILE_BATCHES, plan
 
-    assert BATCHES == (1, 8, 64, 256)
+    assert BATCHES == (1, 8, 64, 256) and COMPILE_BATCHES == (1, 256)
     steps = plan({"torch-cuda": None, "ort-cuda": "no EP", "trt": "no TensorRT"})
     assert steps[0] == ("torch-cuda", BATCHES)   # eager fp32 first: the baselines of both speed-ups
+    assert steps[1] == ("torch-cuda:fp16+channels_last+compile", COMPILE_BATCHES)   # two cold compiles, early
     for spec in ("torch-cuda:fp16+channels_last", "torch-cuda:bf16+channels_last",
-                 "torch-cuda:fp16+channels_last+cudagraph", "torch-cuda:fp16+channels_last+compile"):
-        assert (spec, BATCHES) in steps   # each variant at every batch of the device check
+                 "torch-cuda:fp16+channels_last+cudagraph"):
+        assert (spec, BATCHES) in steps   # each eager variant at every batch of the device check
     assert all(not s.startswith(("ort-cuda", "trt")) for s, _ in steps)
     for spec, _ in plan({"torch-cuda": None, "ort-cuda": None, "trt": None}):
         parse_backend(spec)  # every planned spec is a valid backend string

@@ -287,6 +287,18 @@ def test_with_a_fake_tensorrt_trt_int8_builds_from_the_symmetric_qdq_model_of_it
 # --- with TensorRT 10/11 and a GPU: real engines ---------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_timing_cache(tmp_path_factory):
+    """Every engine these tests build (in-process and through `emoengine run`) shares one TensorRT timing cache:
+    the tactics of the same layers are timed once a session, not once per engine."""
+    from emoengine.export.trt_engine import TIMING_CACHE_DIR
+
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("trt-timing")
+        mp.setenv(TIMING_CACHE_DIR, str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="module")
 def trt_env():
     trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt)")
@@ -380,7 +392,8 @@ def test_emonet_model_on_an_engine(engine_b8, golden_outputs, torch_reference):
         model.close()
 
 
-def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_onnx, tmp_path, monkeypatch):
+def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_onnx, tmp_path, monkeypatch,
+                                                                         one_timing_cache):
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
     onnx_copy = tmp_path / "emonet8.onnx"
     shutil.copyfile(golden_onnx, onnx_copy)
@@ -390,7 +403,7 @@ def test_open_trt_runner_builds_once_then_reuses_and_rebuilds_when_stale(golden_
     sidecar = engine.with_name(engine.name + ".json")
     meta = json.loads(sidecar.read_text())
     assert json.loads(meta["class_names"])[1] == "Happy" and meta["engine_max_batch"] == "4"
-    assert list((tmp_path / "models").glob("trt-timing-*.cache"))  # the timing cache was saved
+    assert list(one_timing_cache.glob("trt-timing-*.cache"))  # the session's one timing cache was saved
     built = engine.stat().st_mtime_ns
 
     runner = open_trt(model=str(onnx_copy), max_batch=4)

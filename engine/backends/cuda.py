@@ -68,16 +68,23 @@ def require(backend: str, missing: Callable[[], str | None]) -> None:
 
 
 class PinnedStaging:
-    """Page-locked host buffers and device buffers for one input and named outputs, sized for `max_batch` once.
+    """Host buffers (page-locked where the device is CUDA) and device buffers for one input and named outputs,
+    allocated once for `max_batch`.
 
-    `upload(array)` copies a (n, ...) uint8 batch into the pinned buffer and queues the device copy on `stream`;
-    `download(views)` queues device->pinned copies and waits for the stream once, returning numpy copies.
+    `upload(array)` copies a (n, ...) batch into the host buffer and queues the device copy on `stream`;
+    `download(outputs)` queues each output's copy into its own preallocated host buffer, in the output's own
+    precision (fp16 is half the bytes of fp32), waits for the stream once, and returns float32 numpy arrays made in
+    one host pass (float32: one copy, since the buffer is reused by the next call; fp16/bf16: the conversion).
+    `cuda` is torch.cuda, or on the CPU (device `cpu`, tests) a stand-in with the same streams and events.
     """
 
-    def __init__(self, torch, stream, max_batch: int, input_shape: tuple[int, ...], input_dtype) -> None:
+    def __init__(self, torch, stream, max_batch: int, input_shape: tuple[int, ...], input_dtype,
+                 device: str = "cuda", cuda=None) -> None:
         self.torch, self.stream, self.max_batch = torch, stream, max_batch
-        self.host_in = torch.empty((max_batch, *input_shape), dtype=input_dtype, pin_memory=True)
-        self.device_in = torch.empty((max_batch, *input_shape), dtype=input_dtype, device="cuda")
+        self.cuda = cuda or torch.cuda
+        self.pinned = device == "cuda"
+        self.host_in = torch.empty((max_batch, *input_shape), dtype=input_dtype, pin_memory=self.pinned)
+        self.device_in = torch.empty((max_batch, *input_shape), dtype=input_dtype, device=device)
         self.host_out: dict[str, object] = {}
 
     def upload(self, array: np.ndarray):
@@ -85,37 +92,48 @@ class PinnedStaging:
         if n > self.max_batch:
             raise ValueError(f"batch of {n} exceeds the staging buffers' {self.max_batch}")
         self.host_in[:n].numpy()[...] = array
-        with self.torch.cuda.stream(self.stream):
-            self.device_in[:n].copy_(self.host_in[:n], non_blocking=True)
+        with self.cuda.stream(self.stream):
+            self.device_in[:n].copy_(self.host_in[:n], non_blocking=self.pinned)
         return self.device_in[:n]
 
+    def _host(self, name: str, t):
+        """The preallocated host buffer of an output: its own shape and dtype, made on first use."""
+        host = self.host_out.get(name)
+        if host is None or tuple(host.shape[1:]) != tuple(t.shape[1:]) or host.dtype != t.dtype:
+            host = self.host_out[name] = self.torch.empty((self.max_batch, *t.shape[1:]), dtype=t.dtype,
+                                                          pin_memory=self.pinned)
+        return host
+
     def download(self, device: dict[str, object]) -> dict[str, np.ndarray]:
-        torch = self.torch
         views = {}
-        with torch.cuda.stream(self.stream):
+        with self.cuda.stream(self.stream):
             for name, t in device.items():
-                if t.is_floating_point() and t.dtype != torch.float32:
-                    t = t.float()  # fp16/bf16 outputs: the contract's outputs are float32
-                host = self.host_out.get(name)
-                if host is None or tuple(host.shape[1:]) != tuple(t.shape[1:]) or host.dtype != t.dtype:
-                    host = self.host_out[name] = torch.empty(
-                        (self.max_batch, *t.shape[1:]), dtype=t.dtype, pin_memory=True)
-                view = host[:len(t)]
-                view.copy_(t, non_blocking=True)
+                view = self._host(name, t)[:len(t)]
+                view.copy_(t, non_blocking=self.pinned)
                 views[name] = view
         self.stream.synchronize()
-        return {name: v.numpy().copy() for name, v in views.items()}
+        return {name: self._as_float32(v) for name, v in views.items()}
+
+    def _as_float32(self, view) -> np.ndarray:
+        """The contract's outputs are float32: one host pass out of the reused buffer."""
+        torch = self.torch
+        if view.dtype == torch.float16:
+            return view.numpy().astype(np.float32)
+        if view.dtype == torch.bfloat16:   # numpy has no bfloat16: torch converts
+            return view.float().numpy()
+        return view.numpy().copy()
 
 
 class DeviceTimer:
     """CUDA events around the device work of one call: `start(stream)`, `stop(stream)`, then (once the stream has
-    been synchronised, as every runner's download does) `elapsed_ms()`. Disabled, it records nothing."""
+    been synchronised, as every runner's download does) `elapsed_ms()`. Disabled, it records nothing. `cuda`:
+    torch.cuda or its stand-in."""
 
-    def __init__(self, torch, enabled: bool) -> None:
+    def __init__(self, cuda, enabled: bool) -> None:
         self.enabled = enabled
         if enabled:
-            self.begin = torch.cuda.Event(enable_timing=True)
-            self.end = torch.cuda.Event(enable_timing=True)
+            self.begin = cuda.Event(enable_timing=True)
+            self.end = cuda.Event(enable_timing=True)
 
     def start(self, stream) -> None:
         if self.enabled:
@@ -127,3 +145,8 @@ class DeviceTimer:
 
     def elapsed_ms(self) -> float | None:
         return float(self.begin.elapsed_time(self.end)) if self.enabled else None
+
+
+# CUDA graphs are captured with thread-local error checking: the pipeline's decode/detect threads may use CUDA
+# (SCRFD on the ORT CUDA EP) while a graph is captured, which the default ("global") turns into a capture error
+CAPTURE_ERROR_MODE = "thread_local"

@@ -24,6 +24,22 @@ CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 SETTING_VALUES = {"conv_search": CONV_SEARCH}
 
 
+def provider_options(options: BackendOptions, device_id: int, stream_handle: int) -> dict[str, str]:
+    """The CUDA execution provider's options for a backend spec: the device, the convolution search, TF32 off for
+    fp32 (ONNX Runtime's `use_tf32` is on by default), and either ORT's CUDA graphs or our compute stream."""
+    conv_search = options.extra.get("conv_search", "EXHAUSTIVE").upper()
+    if conv_search not in CONV_SEARCH:
+        raise UserInputError(f"conv_search={conv_search} is not one of {', '.join(CONV_SEARCH)}")
+    cuda_options = {"device_id": str(device_id), "cudnn_conv_algo_search": conv_search}
+    if options.precision == "fp32":
+        cuda_options["use_tf32"] = "0"   # fp32 means fp32: parity 1e-3 with the CPU reference
+    if options.cudagraph:
+        cuda_options["enable_cuda_graph"] = "1"
+    else:
+        cuda_options["user_compute_stream"] = str(stream_handle)
+    return cuda_options
+
+
 class OrtCudaRunner(Runner):
     """ONNX Runtime CUDA EP with IO binding: inputs and outputs live in torch CUDA tensors allocated once."""
 
@@ -37,15 +53,8 @@ class OrtCudaRunner(Runner):
         require("ort-cuda", ort_cuda_missing)   # the CUDA provider, and PyTorch's GPU for the IO-bound buffers
         self.torch, self.options = torch, options
         self.max_batch = max(1, int(max_batch))
-        conv_search = options.extra.get("conv_search", "EXHAUSTIVE").upper()
-        if conv_search not in CONV_SEARCH:
-            raise UserInputError(f"conv_search={conv_search} is not one of {', '.join(CONV_SEARCH)}")
         self.stream = torch.cuda.Stream()
-        cuda_options = {"device_id": str(torch.cuda.current_device()), "cudnn_conv_algo_search": conv_search}
-        if options.cudagraph:
-            cuda_options["enable_cuda_graph"] = "1"
-        else:
-            cuda_options["user_compute_stream"] = str(self.stream.cuda_stream)
+        cuda_options = provider_options(options, torch.cuda.current_device(), self.stream.cuda_stream)
         path = str(model)
         if not Path(path).is_file():
             raise UserInputError(f"no such model file: {path}")
@@ -96,7 +105,7 @@ class OrtCudaRunner(Runner):
             run_options = self.ort.RunOptions()
             run_options.add_run_config_entry("gpu_graph_id", str(n))  # one captured graph per batch size
         # with CUDA graphs ORT runs on a stream of its own: no device time is measured there
-        timer = DeviceTimer(self.torch, self.device_timing and not self.options.cudagraph)
+        timer = DeviceTimer(self.torch.cuda, self.device_timing and not self.options.cudagraph)
         timer.start(self.stream)
         try:
             self.session.run_with_iobinding(self.binding, run_options)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.engine.backends.base import ModelRequest, Runner
-from emoengine.engine.backends.cuda import DeviceTimer, PinnedStaging, require, tensorrt_missing
+from emoengine.engine.backends.cuda import CAPTURE_ERROR_MODE, DeviceTimer, PinnedStaging, require, tensorrt_missing
 from emoengine.errors import RunFailure, UserInputError
 
 # TensorRT DataType member names -> torch dtype names. Not trt.nptype(): numpy has no bfloat16 or fp8, so
@@ -58,9 +58,10 @@ class TrtRunner(Runner):
     """
 
     def __init__(self, engine_path: str | os.PathLike, metadata: dict[str, str] | None = None,
-                 cuda_graph: bool = False, label: str = "trt") -> None:
+                 cuda_graph: bool = False, label: str = "trt", device: str = "cuda", cuda=None) -> None:
         trt, torch = require_tensorrt()
         self.trt, self.torch = trt, torch
+        self.cuda, self.device = cuda or torch.cuda, device   # a stand-in and "cpu" in tests without a GPU
         path = Path(engine_path)
         if not path.is_file():
             raise UserInputError(f"no such TensorRT engine: {path}")
@@ -76,7 +77,7 @@ class TrtRunner(Runner):
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise RunFailure(f"TensorRT could not create an execution context for {path} (out of GPU memory?)")
-        self.stream = torch.cuda.Stream()
+        self.stream = self.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
@@ -99,7 +100,7 @@ class TrtRunner(Runner):
             raise UserInputError(f"{path}: expected one input tensor, found {self.input_names}")
         image = self.input_names[0]
         tail = tuple(self.engine.get_tensor_profile_shape(image, 0)[2])[1:]
-        self.staging = PinnedStaging(torch, self.stream, self.max_batch, tail, self.dtypes[image])
+        self.staging = PinnedStaging(torch, self.stream, self.max_batch, tail, self.dtypes[image], device, self.cuda)
         if not self.context.set_input_shape(image, (self.max_batch, *tail)):
             raise RunFailure(f"TensorRT refused the max-batch shape of {image}")
         self.outputs = {}
@@ -107,7 +108,7 @@ class TrtRunner(Runner):
             shape = tuple(self.context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise RunFailure(f"TensorRT could not infer the shape of output {name}: {shape}")
-            self.outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
+            self.outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=device)
         self.cuda_graph = bool(cuda_graph)
         self.graphs: dict[int, object] = {}
         self.bound_batch = None
@@ -123,11 +124,10 @@ class TrtRunner(Runner):
         self.bound_batch = n
 
     def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+        if not self.context.execute_async_v3(stream_handle=self.stream.cuda_stream):
             raise RunFailure("TensorRT execution failed")
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
         image = self.input_names[0]
         if image not in feeds:
             raise ValueError(f"TensorRT engine needs inputs {self.input_names}; missing {[image]}")
@@ -136,7 +136,7 @@ class TrtRunner(Runner):
         self.staging.upload(array)                     # pinned host -> device, queued on self.stream
         if self.bound_batch != n:
             self._bind(n)
-        timer = DeviceTimer(torch, self.device_timing)
+        timer = DeviceTimer(self.cuda, self.device_timing)
         timer.start(self.stream)
         if not self.cuda_graph:
             self._enqueue()
@@ -149,17 +149,17 @@ class TrtRunner(Runner):
         return result
 
     def _replay(self, n: int) -> None:
-        torch = self.torch
+        cuda = self.cuda
         graph = self.graphs.get(n)
         if graph is None:
             # TensorRT: run once after a shape change before capturing, so deferred updates are not captured
             self._enqueue()
             self.stream.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
+            graph = cuda.CUDAGraph()
+            with cuda.graph(graph, stream=self.stream, capture_error_mode=CAPTURE_ERROR_MODE):
                 self._enqueue()
             self.graphs[n] = graph
-        with torch.cuda.stream(self.stream):
+        with cuda.stream(self.stream):
             graph.replay()
 
     def close(self) -> None:

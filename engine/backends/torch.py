@@ -27,7 +27,13 @@ import numpy as np
 
 from emoengine.contract import INPUT_NAME, INPUT_SHAPE
 from emoengine.engine.backends.base import BackendOptions, ModelRequest, Runner
-from emoengine.engine.backends.cuda import DeviceTimer, PinnedStaging, require, torch_cuda_missing
+from emoengine.engine.backends.cuda import (
+    CAPTURE_ERROR_MODE,
+    DeviceTimer,
+    PinnedStaging,
+    require,
+    torch_cuda_missing,
+)
 from emoengine.errors import UserInputError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -92,16 +98,21 @@ def compile_mode(options: BackendOptions) -> str:
 
 
 class TorchCudaRunner(Runner):
-    """EmoNetGraph on a CUDA device with the chosen precision, layout, compilation and graph replay."""
+    """EmoNetGraph on a CUDA device with the chosen precision, layout, compilation and graph replay.
 
-    def __init__(self, graph, metadata: dict[str, str], options: BackendOptions, max_batch: int = 32) -> None:
+    `device`/`cuda`: "cuda" and torch.cuda; on a machine without a GPU the staging, padding, splitting and
+    float32 return run with device "cpu" and a stand-in for torch.cuda's streams, events and graphs (tests)."""
+
+    def __init__(self, graph, metadata: dict[str, str], options: BackendOptions, max_batch: int = 32,
+                 device: str = "cuda", cuda=None) -> None:
         import torch
 
-        require("torch-cuda", torch_cuda_missing)
-        self.torch = torch
+        if device == "cuda":
+            require("torch-cuda", torch_cuda_missing)
+        self.torch, self.cuda, self.device = torch, cuda or torch.cuda, device
         self.options = options
         self.max_batch = max(1, int(max_batch))
-        self.graph = self.forward = _cuda_graph(torch, graph, options)
+        self.graph = self.forward = _on_device(torch, self.cuda, graph, options, device)
         if options.compile:
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
             # one compiled variant per padded batch size (<= 9 up to 256)
@@ -110,8 +121,8 @@ class TorchCudaRunner(Runner):
         self.pad = options.compile or options.cudagraph
         self.manual_graphs = options.cudagraph and not options.compile
         self.graphs: dict[int, tuple[object, tuple]] = {}
-        self.stream = torch.cuda.Stream()
-        self.staging = PinnedStaging(torch, self.stream, self.max_batch, INPUT_SHAPE, torch.uint8)
+        self.stream = self.cuda.Stream()
+        self.staging = PinnedStaging(torch, self.stream, self.max_batch, INPUT_SHAPE, torch.uint8, device, self.cuda)
         self.backend = options.label
         self.input_names = [INPUT_NAME]
         self.output_names = list(graph.output_names)
@@ -121,22 +132,22 @@ class TorchCudaRunner(Runner):
         crops = np.ascontiguousarray(feeds[INPUT_NAME])
         n = len(crops)
         size = padded_batch(n, self.max_batch) if self.pad else n
-        torch = self.torch
+        cuda = self.cuda
         self.staging.upload(crops)                      # H2D on the copy stream
         if size > n:  # padding rows: their outputs are dropped
-            with torch.cuda.stream(self.stream):
+            with cuda.stream(self.stream):
                 self.staging.device_in[n:size].zero_()
         image = self.staging.device_in[:size]
-        compute = torch.cuda.current_stream()         # the model runs where torch.compile/CUDA graphs expect
+        compute = cuda.current_stream()               # the model runs where torch.compile/CUDA graphs expect
         compute.wait_stream(self.stream)
-        timer = DeviceTimer(torch, self.device_timing)
+        timer = DeviceTimer(cuda, self.device_timing)
         timer.start(compute)
-        with torch.inference_mode():
+        with self.torch.inference_mode():
             if self.manual_graphs:
                 outs = self._replay(size, image)
             else:
                 if self.options.compile and self.options.cudagraph:
-                    torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier outputs were copied out
+                    self.torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier outputs were copied out
                 outs = self.forward(image)
         timer.stop(compute)
         self.stream.wait_stream(compute)              # D2H after the kernels, on the copy stream
@@ -147,17 +158,17 @@ class TorchCudaRunner(Runner):
     def _replay(self, size: int, image):
         """One CUDA graph per batch size over the staging buffer's view (a stable address); PyTorch's documented
         pattern: warm up on a side stream, capture, replay on the current stream."""
-        torch = self.torch
+        cuda = self.cuda
         entry = self.graphs.get(size)
         if entry is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            side = cuda.Stream()
+            side.wait_stream(cuda.current_stream())
+            with cuda.stream(side):
                 for _ in range(2):  # cuDNN autotuning and allocations happen here, not in the graph
                     self.graph(image)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            cuda.current_stream().wait_stream(side)
+            graph = cuda.CUDAGraph()
+            with cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE):
                 static_out = self.graph(image)
             entry = self.graphs[size] = (graph, static_out)
         graph, static_out = entry
@@ -169,13 +180,13 @@ class TorchCudaRunner(Runner):
         self.graph = self.forward = None
 
 
-def _cuda_graph(torch, graph, options: BackendOptions):
-    """The graph on the GPU in the precision and layout asked for; fp32 means fp32 (TF32 off)."""
+def _on_device(torch, cuda, graph, options: BackendOptions, device: str):
+    """The graph on the device in the precision and layout asked for; fp32 means fp32 (TF32 off)."""
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[options.precision]
-    if options.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserInputError(f"backend torch-cuda:bf16 needs a GPU with bfloat16 ({torch.cuda.get_device_name()} "
+    if options.precision == "bf16" and not cuda.is_bf16_supported():
+        raise UserInputError(f"backend torch-cuda:bf16 needs a GPU with bfloat16 ({cuda.get_device_name()} "
                              "has none); use fp16")
-    graph = graph.to("cuda").eval().to(dtype)
+    graph = graph.to(device).eval().to(dtype)
     if options.channels_last:
         graph = graph.to(memory_format=torch.channels_last)
     if dtype == torch.float32:
