@@ -10,10 +10,14 @@ requests, each a 4xx JSON error within a second, then a good request answered.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
+import struct
 import threading
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +146,164 @@ def test_health_docs_and_metrics(client, server):
     for name in ("emoengine_requests_total", "emoengine_request_seconds_bucket", "emoengine_batch_size_bucket",
                  "emoengine_queue_depth"):
         assert name in text
+
+
+# -- video jobs ------------------------------------------------------------------------------------------------
+def write_clip(src: Path, dst: Path, frames: int) -> Path:
+    """The first `frames` frames of `src`, re-encoded (a short real clip with faces)."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i == frames:
+                break
+            if i == 0:
+                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return dst
+
+
+def write_long_header_video(dst: Path) -> Path:
+    """Three tiny frames at 1/18000 fps: a 1 kB file whose header says 15 hours."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(dst), "w") as out:
+        stream = out.add_stream("mpeg4", rate=Fraction(1, 18000))
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    demo = Path(__file__).resolve().parents[1] / ".." / "shared" / "media" / "demo.mp4"
+    if not demo.is_file():
+        pytest.skip(f"no demo clip at {demo}")
+    return write_clip(demo, tmp_path_factory.mktemp("clip") / "clip.mp4", 20)
+
+
+def test_video_job_gives_runs_predictions_csv(client, clip, golden_pth_8, models_dir, tmp_path, cli):
+    seen = []
+    result = client.analyze(clip, tmp_path / "served", progress=seen.append, poll_s=0.2, timeout_s=300)
+    assert {"predictions.csv", "summary.json", "annotated.mp4", "report.html"} <= set(result.files)
+    assert result.summary["frames"] == 20 and (tmp_path / "served" / "annotated.mp4").stat().st_size > 0
+    assert seen and all(job["state"] in ("queued", "running") for job in seen)
+    run = _run_with(cli, clip, golden_pth_8, tmp_path, models_dir)
+    assert run.returncode == 0, run.stderr
+    served = (tmp_path / "served" / "predictions.csv").read_text()
+    assert served == (tmp_path / "run" / "predictions.csv").read_text() and served.count("\n") > 20
+
+
+def _run_with(cli, clip, pth, tmp_path, models_dir):
+    """`emoengine run` on the clip with run's defaults (the export cache shared with the server)."""
+    import shutil
+
+    shutil.copytree(models_dir, tmp_path / "models", dirs_exist_ok=True)
+    return cli("run", str(clip), "--weights", str(pth), "--out", str(tmp_path / "run"), "--quiet", cwd=tmp_path)
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+def npy(array, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height (a decompression bomb's shape) over a few bytes of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 65536, 9))
+            + chunk(b"IEND", b""))
+
+
+def zip_bytes() -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("notes.txt", "not a video " * 100)
+    return buf.getvalue()
+
+
+def hostile_requests(tmp_path: Path) -> list[tuple[str, str, str, dict, bytes, dict, int]]:
+    """(case, method, path, params, body, headers, expected status)."""
+    jpeg = photo("t1.jpg").read_bytes()
+    gif = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(gif, "GIF")
+    ok_crop = np.zeros((1, 256, 256, 3), np.uint8)
+    lying = npy(np.zeros((2, 256, 256, 3), np.uint8))[: -256 * 256 * 3]
+    npy_h, img_h, mp4_h = ({"Content-Type": t} for t in ("application/x-npy", "image/jpeg", "video/mp4"))
+    long_video = write_long_header_video(tmp_path / "long.mp4").read_bytes()
+    return [
+        ("truncated JPEG", "POST", "/v1/faces", {}, jpeg[: len(jpeg) // 2], img_h, 422),
+        ("PNG bomb header 30000x30000", "POST", "/v1/faces", {}, png_header_only(30000, 30000),
+         {"Content-Type": "image/png"}, 413),
+        ("100 MP image", "POST", "/v1/faces", {}, png_header_only(10000, 10000), {"Content-Type": "image/png"}, 413),
+        ("0-byte body", "POST", "/v1/faces", {}, b"", img_h, 422),
+        ("wrong content type", "POST", "/v1/faces", {}, jpeg, {"Content-Type": "text/plain"}, 415),
+        ("a GIF", "POST", "/v1/faces", {}, gif.getvalue(), {"Content-Type": "image/png"}, 415),
+        ("garbage as JPEG", "POST", "/v1/faces", {}, os.urandom(4096), img_h, 422),
+        ("body over the upload limit", "POST", "/v1/faces", {}, b"\xff\xd8" + b"\0" * (9 << 20), img_h, 413),
+        ("unknown tap", "POST", "/v1/faces", {"taps": "no_such_layer"}, jpeg, img_h, 422),
+        ("non-RGB crops (RGBA)", "POST", "/v1/crops", {}, npy(np.zeros((1, 256, 256, 4), np.uint8)), npy_h, 422),
+        ("NaN floats in npy", "POST", "/v1/crops", {}, npy(np.full((1, 256, 256, 3), np.nan, np.float32)),
+         npy_h, 422),
+        ("pickle .npy", "POST", "/v1/crops", {}, npy(np.array([{"x": 1}], dtype=object), allow_pickle=True),
+         npy_h, 422),
+        ("npy header longer than its data", "POST", "/v1/crops", {}, lying, npy_h, 422),
+        ("too many crops", "POST", "/v1/crops", {}, npy(np.zeros((17, 256, 256, 3), np.uint8)), npy_h, 413),
+        ("wrong crop size", "POST", "/v1/crops", {}, npy(np.zeros((1, 128, 128, 3), np.uint8)), npy_h, 422),
+        ("garbage npy", "POST", "/v1/crops", {}, os.urandom(1000), npy_h, 422),
+        ("crops as JPEG type", "POST", "/v1/crops", {}, npy(ok_crop), img_h, 415),
+        ("zip posted as video", "POST", "/v1/videos", {}, zip_bytes(), mp4_h, 422),
+        ("10-hour video header", "POST", "/v1/videos", {}, long_video, mp4_h, 413),
+        ("video as text", "POST", "/v1/videos", {}, long_video, {"Content-Type": "text/plain"}, 415),
+        ("path traversal in a file name", "GET", "/v1/videos/" + "0" * 32 + "/files/..%2F..%2Fetc%2Fpasswd", {},
+         b"", {}, 404),
+        ("not a job id", "GET", "/v1/videos/..%2F..%2Ftmp", {}, b"", {}, 404),
+        ("missing token", "POST", "/v1/crops", {}, npy(ok_crop), {**npy_h, "Authorization": None}, 401),
+        ("wrong token", "POST", "/v1/crops", {}, npy(ok_crop), {**npy_h, "Authorization": "Bearer " + "x" * 36},
+         401),
+    ]
+
+
+def test_hostile_requests_get_4xx_json_within_a_second_then_a_good_answer(server, client, engine, golden_crops_8,
+                                                                          tmp_path):
+    import httpx
+
+    cases = hostile_requests(tmp_path)
+    assert len(cases) >= 15
+    failures = []
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for case, method, path, params, body, headers, expected in cases:
+            headers = {"Authorization": f"Bearer {TOKEN}", **headers}
+            headers = {k: v for k, v in headers.items() if v is not None}
+            t0 = time.perf_counter()
+            r = http.request(method, path, params=params, content=body, headers=headers)
+            took = time.perf_counter() - t0
+            try:
+                message = r.json()["error"]["message"]
+            except Exception:   # not our JSON error
+                message = None
+            if r.status_code != expected or message is None or took > 1.0:
+                failures.append((case, r.status_code, expected, round(took, 2), r.text[:120]))
+    assert not failures, failures
+    got, want = client.predict(golden_crops_8[:2]), engine.predict(golden_crops_8[:2])
+    assert compare({k: got[k] for k in OUTPUTS}, {k: want[k] for k in OUTPUTS}, "fp32").passed
+    assert client.health()["status"] == "ok"

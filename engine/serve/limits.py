@@ -124,6 +124,10 @@ def check_image(body: bytes, limits: Limits) -> tuple[int, int]:
         raise ApiError(415, f"images must be JPEG or PNG, not {fmt}")
     if w * h > limits.image_pixels:
         raise ApiError(413, f"image of {w}×{h} = {w * h} pixels is over the limit of {limits.image_pixels}")
+    # OpenCV decodes a cut-off file into a half-grey image without a word: refuse it by its missing end marker
+    ended = b"\xff\xd9" in body[-4096:] if fmt != "PNG" else b"IEND" in body[-256:]
+    if not ended:
+        raise ApiError(422, f"truncated {fmt} image (no end marker): the upload was cut off")
     return w, h
 
 
