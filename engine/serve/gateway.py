@@ -166,7 +166,7 @@ def make_ingress():  # noqa: C901 - one short closure per route, counted as its 
                     raise ApiError(503, f"not ready: {type(e).__name__}") from None
                 self._info = info
                 return JSONResponse({"status": "ok", "classes": info["classes"], "taps": info["taps"],
-                                     "backend": info["backend"]})
+                                     "backend": info["backend"], "replica_pid": info["pid"]})
             return await self._answer("healthz", request, work, auth=False)
 
         @app.get("/metrics", summary="Prometheus text: requests, latencies, batch sizes formed, queue depth")
