@@ -9,4 +9,5 @@ from emoengine.cli import (  # noqa: F401
     layers_cmd,
     report_cmd,
     run_cmd,
+    serve_cmd,
 )

@@ -27,9 +27,14 @@ def read_image(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise UserInputError(f"cannot read image {path}: {e.strerror or e}") from None
+    return decode_image(data, path)
+
+
+def decode_image(data: np.ndarray, name) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from an encoded image's bytes (a file's, or an upload's: `emoengine serve`)."""
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None  # gray->3ch, alpha dropped, 16->8 bit
     if bgr is None:
-        raise UserInputError(f"not a readable image: {path}")
+        raise UserInputError(f"not a readable image: {name}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -36,4 +36,8 @@ def __getattr__(name: str):
         from emoengine.settings import RunSettings
 
         return RunSettings
+    if name == "Client":   # `emoengine serve`'s client (standard library only)
+        from emoengine.client import Client
+
+        return Client
     raise AttributeError(f"module 'emoengine' has no attribute {name!r}")
