@@ -100,7 +100,7 @@ class CropBatcher:
         t0 = time.perf_counter()
         try:
             batch = await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, crops)
-        except Exception as e:   # every request of the batch gets the error; the loop goes on
+        except Exception as e:  # noqa: BLE001  every request of the batch gets the error; the loop goes on
             log.warning("EmoNet call of %d crops failed: %s", len(crops), e)
             for p in taken:
                 if not p.future.done():

@@ -170,7 +170,7 @@ class VideoJobs:
                 summary = self._run(job)
                 job.update(state="done", files=sorted(summary.get("files", [])), frames=summary.get("frames"),
                            frames_per_s=summary.get("frames_per_s"))
-            except Exception as e:   # the job fails with its reason; the worker goes on
+            except Exception as e:  # noqa: BLE001  the job fails with its reason; the worker goes on
                 log.warning("job %s failed: %s", job_id, first_line(e))
                 job.update(state="failed", error=first_line(e))
             job["finished_at"] = time.time()

@@ -109,7 +109,7 @@ class EmoNetReplica:
         try:
             self.batcher.close()
             self.engine.close()
-        except Exception:   # at process exit
+        except Exception:  # noqa: BLE001  at process exit
             pass
 
 

@@ -144,7 +144,7 @@ def _taps(taps) -> str | None:
 def _message(e: urllib.error.HTTPError) -> str:
     try:
         return json.loads(e.read())["error"]["message"]
-    except Exception:   # not our JSON (a proxy's own answer)
+    except Exception:  # noqa: BLE001  not our JSON (a proxy's own answer)
         return e.reason or "error"
 
 
