@@ -135,7 +135,7 @@ class Gateway:
         return checks.check_body(b"".join(chunks), limit)
 
 
-def make_ingress():  # noqa: C901 - one short closure per route, counted as its branches
+def make_ingress():
     """The gateway's FastAPI app and its Serve ingress class, made afresh: Ray ships this class to the gateway's
     process by value, with the app whose routes serve.ingress turned into methods (a module-level app would be
     imported there again, without that)."""
@@ -144,6 +144,18 @@ def make_ingress():  # noqa: C901 - one short closure per route, counted as its 
     app = FastAPI(title="emoengine serve", version="1",
                   description="EmoNet facial emotion (expression, valence, arousal, landmarks, feature maps) over "
                               "HTTP. Errors are {\"error\": {\"status\", \"message\"}}.")
+
+    install_error_handlers(app)
+
+    @serve.ingress(app)
+    class Routes(health_routes(app), face_routes(app), video_routes(app)):
+        """Every route; Serve finds each through the class it was written in (its MRO)."""
+
+    return Routes
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """FastAPI's own validation and HTTP errors in our {\"error\": ...} shape."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -154,8 +166,11 @@ def make_ingress():  # noqa: C901 - one short closure per route, counted as its 
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
 
-    @serve.ingress(app)
-    class Routes(Gateway):
+
+def health_routes(app: FastAPI) -> type:
+    """/healthz and /metrics, as a Gateway mixin."""
+
+    class HealthRoutes(Gateway):
         # -- health and metrics ----------------------------------------------------------------------------------
         @app.get("/healthz", summary="200 once EmoNet is loaded and a request would be answered")
         async def healthz(self, request: Request) -> Response:
@@ -175,6 +190,13 @@ def make_ingress():  # noqa: C901 - one short closure per route, counted as its 
                 return PlainTextResponse(self.metrics.text(), media_type="text/plain; version=0.0.4")
             return await self._answer("metrics", request, work)
 
+    return HealthRoutes
+
+
+def face_routes(app: FastAPI) -> type:
+    """/v1/crops and /v1/faces, as a Gateway mixin."""
+
+    class FaceRoutes(Gateway):
         # -- crops and faces -------------------------------------------------------------------------------------
         @app.post("/v1/crops", summary="EmoNet on an .npy body of uint8 (N, 256, 256, 3) RGB crops")
         async def crops(self, request: Request, taps: str | None = None) -> Response:
@@ -211,6 +233,13 @@ def make_ingress():  # noqa: C901 - one short closure per route, counted as its 
                                      "height": answer["height"], "faces": faces})
             return await self._answer("faces", request, work)
 
+    return FaceRoutes
+
+
+def video_routes(app: FastAPI) -> type:
+    """/v1/videos' jobs and files, as a Gateway mixin."""
+
+    class VideoRoutes(Gateway):
         # -- video jobs ------------------------------------------------------------------------------------------
         async def _jobs(self, method: str, *args):
             try:
@@ -250,4 +279,4 @@ def make_ingress():  # noqa: C901 - one short closure per route, counted as its 
                 return Response(data, media_type=media)
             return await self._answer("videos", request, work)
 
-    return Routes
+    return VideoRoutes
