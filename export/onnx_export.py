@@ -62,7 +62,8 @@ def export_onnx(loaded: LoadedEmoNet, output: Path | None = None, full_taps: boo
     `taps`: module paths (export.taps) each added as one more output under its path, the full tensor.
     """
     if opset not in SUPPORTED_OPSETS:
-        raise UserInputError(f"--opset {opset} is not supported (use {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]})")
+        raise UserInputError(f"opset {opset} is not supported (use {SUPPORTED_OPSETS[0]}..{SUPPORTED_OPSETS[-1]})",
+                             options=("opset",))
     graph = EmoNetGraph(loaded.model, full_taps, taps).eval()  # first: a bad tap name writes nothing
     output = Path(output) if output is not None else default_output(loaded.num_classes)
     if output.is_dir():
