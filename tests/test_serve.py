@@ -141,6 +141,24 @@ def test_faces_match_engine_on_the_same_image(client, engine):
             assert np.abs(g.taps[name] - tap).max() <= FLOAT16_WIRE_TOLERANCE * max(np.abs(tap).max(), 1e-6)
 
 
+def test_faces_takes_a_multipart_upload(server, client):
+    """A browser form's upload (a text field, then the file): the same faces as the plain JPEG body."""
+    import httpx
+
+    image = photo("t1.jpg")
+    want = sorted(client.faces(image), key=lambda f: f.id)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        r = http.post("/v1/faces", data={"note": "from a form"}, headers={"Authorization": f"Bearer {TOKEN}"},
+                      files={"image": ("t1.jpg", image.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    got = sorted(r.json()["faces"], key=lambda f: f["id"])
+    assert len(got) == len(want) == 6
+    for g, w in zip(got, want, strict=True):
+        assert g["id"] == w.id and g["expression"] == w.expression
+        np.testing.assert_allclose(g["box"], w.box, atol=1e-4)
+        np.testing.assert_allclose(g["probabilities"], w.probabilities, atol=1e-5)
+
+
 def test_health_docs_and_metrics(client, server):
     health = client.health()
     assert health["status"] == "ok" and health["classes"][1] == "Happy"
