@@ -55,8 +55,19 @@ class ExportTarget:
     no_onnx: str = "onnx is the source of trt (or of precision fp16); add one of them"
 
 
+
+
+def _engine_option() -> str:
+    """The request field that also builds an engine: named after the runtime that builds one (the backends' row
+    ENGINE_TARGET), so that a refusal names it without spelling a backend here; KeyError if the two part."""
+    from emoengine.engine.backends import ENGINE_TARGET
+
+    return ExportRequest.__dataclass_fields__[ENGINE_TARGET].name
+
+
+ENGINE_OPTION = _engine_option()
 # the options a refusal below names, by their Python names (the CLI shows them as flags)
-NAMED = ("weights", "onnx", "trt", "precision")
+NAMED = ("weights", "onnx", ENGINE_OPTION, "precision")
 INT8_FROM_WEIGHTS = "precision int8 needs weights (a .pth checkpoint or 'random')"
 INT8_FROM_ONNX = ("precision int8 quantises an export of weights; for a TensorRT int8 engine from a QDQ model "
                   "add trt")
@@ -117,7 +128,7 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
     target = TARGETS.get((request.precision, runtime, request.trt))
     if target is None:   # options that contradict each other, whatever is installed
         raise UserInputError(f"trt builds a TensorRT engine: drop target {runtime} (the engine's ONNX is made "
-                             "for TensorRT)", options=("trt", "target"))
+                             "for TensorRT)", options=(ENGINE_OPTION, "target"))
     if request.trt:
         from emoengine.export.trt_engine import require_tensorrt
 
