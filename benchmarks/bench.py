@@ -165,8 +165,8 @@ def run_bench(weights: str, backends: list[str], batches: list[int], runs: int =
         raise UserInputError("unknown backend(s) (none given)")
     options = [parse_backend(b) for b in backends]   # unknown names or options: one line, before any work
     if not batches or min(batches) < 1 or runs < 1 or warmup < 0 or parity_inputs < 1 or min_time_s < 0:
-        raise UserInputError("batch sizes, --runs and --parity-inputs must be positive integers, --warmup and "
-                             "--min-time >= 0")
+        raise UserInputError("batch sizes, runs and parity_inputs must be positive integers, warmup and "
+                             "min_time >= 0", options=("runs", "parity_inputs", "warmup", "min_time"))
     # eager fp32 PyTorch first: the parity reference and the speed baseline
     options.sort(key=lambda o: not (backend_row(o.name).reference and o.label == o.name))
     specs = list(dict.fromkeys(o.label for o in options))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.compare import relative_diff, tolerance, within
+from emoengine.compare import Comparison, compare_runners
 from emoengine.contract import INPUT_NAME
 from emoengine.errors import RunFailure, UserInputError
 
@@ -332,11 +332,10 @@ def run_cpu(model, images: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(names, sess.run(names, {INPUT_NAME: images}), strict=True))
 
 
-def fp16_parity(model, keep: Iterable[str], images: np.ndarray) -> dict[str, float]:
-    """Worst relative difference per output of emulated fp16 storage (`emulate_fp16`) vs the fp32 graph."""
-    reference = run_cpu(model, images)
-    got = run_cpu(emulate_fp16(model, list(keep)), images)
-    return {name: relative_diff(got[name], reference[name]) for name in reference}
+def fp16_parity(model, keep: Iterable[str], images: np.ndarray) -> Comparison:
+    """Emulated fp16 storage (`emulate_fp16`) vs the fp32 graph on `images`, judged as fp16 (emoengine.compare)."""
+    emulated = emulate_fp16(model, list(keep))
+    return compare_runners(lambda x: run_cpu(emulated, x), lambda x: run_cpu(model, x), images, "fp16")
 
 
 def export_fp16(fp32_path: str | os.PathLike, output: str | os.PathLike, images: np.ndarray | None = None,
@@ -357,13 +356,11 @@ def export_fp16(fp32_path: str | os.PathLike, output: str | os.PathLike, images:
     converted, kept = convert_to_fp16(model, keep)
     report = Fp16Report(output, kept, max(r[2] for r in ranges.values()))
     if check:
-        report.worst_rel_diff = fp16_parity(model, keep, images)
-        report.tolerance = {k: tolerance("fp16").limit(k) for k in report.worst_rel_diff}
-        bad = within(report.worst_rel_diff, "fp16")
-        if bad:
-            worst = max(bad, key=bad.get)
-            raise RunFailure(f"fp16 model disagrees with fp32: {worst} off by {bad[worst]:.2e} of its magnitude "
-                             f"(tolerance {report.tolerance[worst]:g}); not written")
+        verdict = fp16_parity(model, keep, images)
+        report.worst_rel_diff = {k: v["max_rel"] for k, v in verdict.outputs.items()}
+        report.tolerance = {k: v["tolerance"] for k, v in verdict.outputs.items()}
+        if not verdict:
+            raise RunFailure(f"fp16 model disagrees with fp32: {verdict.worst()}; not written")
     from emoengine.engine.outputs.writers import write_bytes_atomic
 
     try:

@@ -47,17 +47,18 @@ class AgreementCheck:
             return cls(crops, runner.infer(crops))
 
     def __call__(self, path: Path) -> float:
-        from emoengine.compare import compare
+        from emoengine.compare import compare_runners
         from emoengine.engine.backends import OrtRunner
 
         with OrtRunner(path) as runner:
-            agreement = compare(runner.infer(self.crops), self.reference, "int8").top1_agreement
+            agreement = compare_runners(runner, self.reference, self.crops, "int8").top1_agreement
         return 1.0 if agreement is None else agreement
 
 
 def check_min_agreement(value: float | None) -> None:
     if value is not None and not 0.0 <= value <= 1.0:
-        raise UserInputError(f"--min-agreement is a fraction of crops between 0 and 1 (e.g. 0.97), not {value:g}")
+        raise UserInputError(f"min_agreement is a fraction of crops between 0 and 1 (e.g. 0.97), not {value:g}",
+                             options=("min_agreement",))
 
 
 def search_keep_float(make: Callable[[tuple[str, ...]], Path], agreement: Callable[[Path], float],

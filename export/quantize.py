@@ -100,7 +100,7 @@ def check_recipe(calibration_crops: int, method: str, keep_float: tuple[str, ...
     if method not in CALIBRATION_METHODS:
         raise UserInputError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, not {method!r}")
     if calibration_crops < 1:
-        raise UserInputError("--calibration-crops must be a positive integer")
+        raise UserInputError("calibration_crops must be a positive integer", options=("calibration_crops",))
     unknown = [g for g in keep_float if g not in LAYER_GROUPS]
     if unknown:
         raise UserInputError(f"unknown layer group(s) {', '.join(unknown)} (choose from {', '.join(LAYER_GROUPS)})")

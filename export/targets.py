@@ -51,14 +51,27 @@ class ExportTarget:
 
     from_weights: tuple[str, ...] | None
     from_onnx: tuple[str, ...] | None
-    no_weights: str = "give --weights (a .pth checkpoint or 'random') or, with --trt, --onnx"
-    no_onnx: str = "--onnx is the source of --trt (or of --precision fp16); add one of them"
+    no_weights: str = "give weights (a .pth checkpoint or 'random') or, with trt, onnx"
+    no_onnx: str = "onnx is the source of trt (or of precision fp16); add one of them"
 
 
-INT8_FROM_WEIGHTS = "--precision int8 needs --weights (a .pth checkpoint or 'random')"
-INT8_FROM_ONNX = ("--precision int8 quantises an export of --weights; for a TensorRT int8 engine from a QDQ model "
-                  "add --trt")
-FP32_FROM_WEIGHTS = "--weights is required (a .pth checkpoint or 'random')"
+
+
+def _engine_option() -> str:
+    """The request field that also builds an engine: named after the runtime that builds one (the backends' row
+    ENGINE_TARGET), so that a refusal names it without spelling a backend here; KeyError if the two part."""
+    from emoengine.engine.backends import ENGINE_TARGET
+
+    return ExportRequest.__dataclass_fields__[ENGINE_TARGET].name
+
+
+ENGINE_OPTION = _engine_option()
+# the options a refusal below names, by their Python names (the CLI shows them as flags)
+NAMED = ("weights", "onnx", ENGINE_OPTION, "precision")
+INT8_FROM_WEIGHTS = "precision int8 needs weights (a .pth checkpoint or 'random')"
+INT8_FROM_ONNX = ("precision int8 quantises an export of weights; for a TensorRT int8 engine from a QDQ model "
+                  "add trt")
+FP32_FROM_WEIGHTS = "weights is required (a .pth checkpoint or 'random')"
 
 
 def _table() -> dict[tuple[str, str, bool], ExportTarget]:
@@ -78,7 +91,7 @@ def _table() -> dict[tuple[str, str, bool], ExportTarget]:
     table[("int8", ENGINE_TARGET, True)] = ExportTarget(
         ("onnx", f"int8-{EXPORT_TARGETS[ENGINE_TARGET]}", "engine"), ("engine",),
         no_weights="TensorRT int8 builds from the QDQ model of `export --precision int8 --target "
-                   f"{ENGINE_TARGET}`: give --weights, or that model with --onnx")
+                   f"{ENGINE_TARGET}`: give weights, or that model with onnx")
     return table
 
 
@@ -108,25 +121,25 @@ class Exported:
 def steps_for(request: ExportRequest) -> tuple[str, ...]:
     """The chain for `request`, checked before any work (one line, exit 2 when the request cannot be met)."""
     if request.precision not in PRECISIONS:
-        raise UserInputError(f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
-                             f"not {request.precision!r}")
+        raise UserInputError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, "
+                             f"not {request.precision!r}", options=("precision",))
     _check_int8_options(request)
     runtime = target_runtime(request)
     target = TARGETS.get((request.precision, runtime, request.trt))
     if target is None:   # options that contradict each other, whatever is installed
-        raise UserInputError(f"--trt builds a TensorRT engine: drop --target {runtime} (the engine's ONNX is made "
-                             "for TensorRT)")
+        raise UserInputError(f"trt builds a TensorRT engine: drop target {runtime} (the engine's ONNX is made "
+                             "for TensorRT)", options=(ENGINE_OPTION, "target"))
     if request.trt:
         from emoengine.export.trt_engine import require_tensorrt
 
         if request.max_batch < 1:
-            raise UserInputError(f"--max-batch must be at least 1, not {request.max_batch}")
+            raise UserInputError(f"max_batch must be at least 1, not {request.max_batch}", options=("max_batch",))
         require_tensorrt()   # then: without TensorRT nothing else matters
     steps = target.from_onnx if request.onnx is not None else target.from_weights
     if steps is None:
-        raise UserInputError(target.no_onnx if request.onnx is not None else target.no_weights)
+        raise UserInputError(target.no_onnx if request.onnx is not None else target.no_weights, options=NAMED)
     if request.onnx is None and request.weights is None:
-        raise UserInputError(target.no_weights)
+        raise UserInputError(target.no_weights, options=NAMED)
     if request.taps:
         _check_taps(request)
     if request.onnx is not None and not request.onnx.is_file():
@@ -146,7 +159,7 @@ def target_runtime(request: ExportRequest) -> str:
 
     runtime = request.target or (ENGINE_TARGET if request.trt else TARGET_RUNTIMES[0])
     if runtime not in TARGET_RUNTIMES:
-        raise UserInputError(f"--target must be {' or '.join(TARGET_RUNTIMES)}, not {runtime!r}")
+        raise UserInputError(f"target must be {' or '.join(TARGET_RUNTIMES)}, not {runtime!r}", options=("target",))
     return runtime
 
 
@@ -154,11 +167,13 @@ def _check_int8_options(request: ExportRequest) -> None:
     """--keep-float and --min-agreement choose an int8 export's float layers: one or the other, int8 only."""
     from emoengine.export.int8_search import check_min_agreement
 
-    for option, value in (("--keep-float", request.keep_float), ("--min-agreement", request.min_agreement)):
+    for option, value in (("keep_float", request.keep_float), ("min_agreement", request.min_agreement)):
         if value is not None and request.precision != "int8":
-            raise UserInputError(f"{option} chooses the layers an int8 export leaves in float: add --precision int8")
+            raise UserInputError(f"{option} chooses the layers an int8 export leaves in float: add precision int8",
+                                 options=(option, "precision"))
     if request.keep_float is not None and request.min_agreement is not None:
-        raise UserInputError("give --keep-float (the float layers) or --min-agreement (measure them), not both")
+        raise UserInputError("give keep_float (the float layers) or min_agreement (measure them), not both",
+                             options=("keep_float", "min_agreement"))
     check_min_agreement(request.min_agreement)
 
 
@@ -167,8 +182,8 @@ def _check_taps(request: ExportRequest) -> None:
     from emoengine.export.taps import check_taps, emonet_module_paths
 
     if request.onnx is not None:
-        raise UserInputError("--taps applies to an export from --weights; an --onnx model has the taps it was "
-                             "exported with")
+        raise UserInputError("taps applies to an export from weights; an onnx model has the taps it was "
+                             "exported with", options=("taps", "weights", "onnx"))
     check_taps(request.taps, emonet_module_paths())
 
 

@@ -1,9 +1,13 @@
 """Shared fixtures: the golden EmoNet data, upstream-format .pth files made from it, and ONNX files exported once
-per session (an EmoNet export + verification takes a few seconds on CPU, so tests share them)."""
+per session (an EmoNet export + verification takes a few seconds on CPU, so tests share them): the golden 8-class
+model with full taps and with the 13 golden layers tapped, the golden 5-class plain model, and random weights with
+full taps."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -197,6 +201,50 @@ def onnx_full_8(golden_pth_8, tmp_path_factory) -> tuple[Path, subprocess.Comple
     out = workdir / "emonet8_full.onnx"
     result = emoengine_cli("export", "--weights", str(golden_pth_8), "--full-taps", "--output", str(out),
                            cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def emoengine_here(*args: str) -> subprocess.CompletedProcess:
+    """`emoengine ...` by the console entry point's function in this process, stdout and stderr captured at the
+    Python level (`cli_in_process` captures at the file descriptors, but is per test): for session fixtures."""
+    from emoengine.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    return subprocess.CompletedProcess(["emoengine", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def random_onnx_full(tmp_path_factory) -> Path:
+    """Random-weight 8-class EmoNet exported (and verified) once for the session through the CLI, with full taps
+    (so --save-activations and the grid view work): a model for tests of what a run does, not of its numbers."""
+    out = tmp_path_factory.mktemp("export_random") / "emonet8-random.onnx"
+    result = emoengine_here("export", "--weights", "random", "--output", str(out), "--full-taps")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def golden_layers() -> tuple[str, ...]:
+    """tests/test_taps.py's 13 golden layers, in the order its export asks for them."""
+    spec = importlib.util.spec_from_file_location("_emoengine_conftest_taps", Path(__file__).with_name("test_taps.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GOLDEN_LAYERS
+
+
+@pytest.fixture(scope="session")
+def onnx_taps13_8(golden_pth_8, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The golden 8-class model exported through the CLI with `--taps` naming the 13 golden layers (verified), and
+    that command's result; alone in its folder."""
+    out = tmp_path_factory.mktemp("export_taps") / "emonet8_taps.onnx"
+    result = emoengine_here("export", "--weights", str(golden_pth_8), "--taps", ",".join(golden_layers()),
+                            "--output", str(out))
     assert result.returncode == 0, result.stderr
     return out, result
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import emoengine
+from emoengine.compare import FP32_TOLERANCE, relative_diff
 from emoengine.contract import TAP_TOLERANCE
 from emoengine.engine.run.demo import single_face_frames, write_clip
 from emoengine.errors import UserInputError
@@ -69,7 +70,7 @@ def check_predictions(out: dict, golden: dict, golden_taps: dict, n: int) -> Non
     assert all(out[name].dtype == np.float32 and len(out[name]) == n for name in GOLDEN_LAYERS)
     for key in ("expression", "valence", "arousal", "heatmap"):
         ref = golden[key][:n]
-        assert out[key].shape == ref.shape and np.abs(out[key] - ref).max() <= 1e-3 * np.abs(ref).max(), key
+        assert out[key].shape == ref.shape and relative_diff(out[key], ref) <= FP32_TOLERANCE, key
     assert np.allclose(out["probabilities"].sum(axis=1), 1) and out["landmarks"].shape == (n, 68, 2)
     assert np.array_equal(out["probabilities"].argmax(1), golden["expression"][:n].argmax(1))
 

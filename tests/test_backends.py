@@ -14,19 +14,12 @@ import numpy as np
 import pytest
 
 from emoengine import CLASS_NAMES_8
+from emoengine.compare import compare
 from emoengine.contract import CROP_SIZE
 from emoengine.engine.backends import Runner, backend_for_artifact
 from emoengine.engine.model.emonet_model import EmoNetModel, heatmap_landmarks, open_emonet, softmax
 from emoengine.errors import UserInputError
 from emoengine.export.emonet import output_names
-
-TOL = 1e-3  # worst |a - b| relative to max |reference|, per output
-
-
-def rel_diff(got: np.ndarray, ref: np.ndarray) -> float:
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape
-    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
 def tree(folder: Path) -> list[str]:
@@ -85,7 +78,8 @@ def test_backends_report_their_names_and_the_contract_outputs(torch8, ort8):
 def test_torch_and_ort_predictions_agree_on_golden_crops(predictions, field):
     t, o = predictions
     assert len(t) == len(o) == 4
-    assert rel_diff(getattr(o, field), getattr(t, field)) <= TOL
+    verdict = compare({field: getattr(o, field)}, {field: getattr(t, field)}, "fp32")
+    assert verdict and list(verdict.outputs) == [field], verdict.table()
 
 
 def test_torch_and_ort_landmarks_agree(predictions):
@@ -99,11 +93,10 @@ def test_torch_and_ort_landmarks_agree(predictions):
 def test_predictions_match_upstream_golden_outputs(predictions, golden8):
     t, o = predictions
     for p in (t, o):
-        assert rel_diff(p.logits, golden8["expression"]) <= TOL
-        assert rel_diff(p.valence, golden8["valence"]) <= TOL
-        assert rel_diff(p.arousal, golden8["arousal"]) <= TOL
-        assert rel_diff(p.conv1_mean, golden8["conv1_mean"]) <= TOL
-        assert rel_diff(p.emo_conv1_mean, golden8["emo_conv1_mean"]) <= TOL
+        got = {"expression": p.logits, "valence": p.valence, "arousal": p.arousal, "conv1_mean": p.conv1_mean,
+               "emo_conv1_mean": p.emo_conv1_mean}
+        verdict = compare(got, {name: golden8[name] for name in got}, "fp32")
+        assert verdict and len(verdict.outputs) == len(got), verdict.table()
 
 
 # --- EmoNetModel post-processing ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from emoengine.compare import GOLDEN_TORCH_TOLERANCE
 from emoengine.export.checkpoint import load_emonet
 from emoengine.export.emonet import EmoNet, EmoNetGraph, output_names, random_emonet, synthetic_crops
 
@@ -30,7 +31,7 @@ def test_reference_reproduces_golden_outputs(num_classes, request, golden_output
     for key in GOLDEN_KEYS:
         assert got[key].shape == golden[key].shape, key
         diff = np.abs(got[key] - golden[key]).max()
-        assert diff <= 1e-4 * np.abs(golden[key]).max(), f"{key}: max |diff| {diff:.3g}"
+        assert diff <= GOLDEN_TORCH_TOLERANCE * np.abs(golden[key]).max(), f"{key}: max |diff| {diff:.3g}"
 
 
 def test_output_names_order():

@@ -2,7 +2,7 @@
 
 Without a CUDA GPU (CI, this machine) the GPU tests skip with the reason `backend_availability` gives, and the
 refusal tests check one line, exit 2, nothing written. With one, the runners are held to the CPU reference:
-fp32 within 1e-3 (TF32 off), fp16/bf16 within emoengine.compare's tolerance table."""
+fp32 (TF32 off), fp16 and bf16 each within its row of emoengine.compare's tolerance table."""
 
 from __future__ import annotations
 

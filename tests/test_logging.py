@@ -43,8 +43,13 @@ def test_the_command_handler_writes_one_line_on_the_current_stderr(capsys):
     assert capsys.readouterr().err == "emoengine: first line\n"
 
 
-def test_random_weights_warning_is_one_stderr_line_from_the_command(tmp_path):
-    code = ("from emoengine.log import install_stderr_handler; install_stderr_handler()\n"
+def test_random_weights_warning_is_one_stderr_line_from_the_command(tmp_path, caplog):
+    """The library names the option `weights`; the command's handler (the CLI's rename) shows `--weights`."""
+    with caplog.at_level(logging.WARNING, logger="emoengine"):
+        warn_random_weights()
+    assert caplog.messages[-1].startswith("WARNING: weights random") and "--" not in caplog.messages[-1]
+    code = ("from emoengine.log import install_stderr_handler; from emoengine.settings import speak_flags\n"
+            "install_stderr_handler(rename=speak_flags)\n"
             "from emoengine.errors import warn_random_weights; warn_random_weights()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.startswith("emoengine: WARNING: --weights random") \
@@ -69,3 +74,35 @@ def test_class_names_is_a_user_input_error():
 
     with pytest.raises(UserInputError):
         class_names(7)
+
+
+def _refusals():
+    from emoengine.benchmarks.bench import run_bench
+    from emoengine.export.int8_search import check_min_agreement
+    from emoengine.export.quantize import check_recipe
+    from emoengine.export.targets import ExportRequest, steps_for
+
+    return {
+        "precision": lambda: steps_for(ExportRequest(weights="random", precision="int4")),
+        "target": lambda: steps_for(ExportRequest(weights="random", precision="int8", target="tpu")),
+        "keep_float": lambda: steps_for(ExportRequest(weights="random", precision="fp16", keep_float="stem")),
+        "weights": lambda: steps_for(ExportRequest()),
+        "taps": lambda: steps_for(ExportRequest(onnx=Path("m.onnx"), precision="fp16", taps=("m0",))),
+        "min_agreement": lambda: check_min_agreement(1.5),
+        "calibration_crops": lambda: check_recipe(0, "minmax", ()),
+        "runs": lambda: run_bench("random", ["torch"], [1], runs=0),
+    }
+
+
+@pytest.mark.parametrize("option", ["precision", "target", "keep_float", "weights", "taps", "min_agreement",
+                                    "calibration_crops", "runs"])
+def test_library_refusals_name_options_by_their_python_names(option):
+    """A notebook user reads `min_agreement`, not `--min-agreement`; the error carries the names it uses, which
+    the CLI turns into flags (tests/test_bench.py's table checks the command's line)."""
+    from emoengine.settings import flag, speak_flags
+
+    with pytest.raises(UserInputError) as e:
+        _refusals()[option]()
+    message = str(e.value)
+    assert option in message and flag(option) not in message and option in e.value.options, message
+    assert flag(option) in speak_flags(message, e.value.options)

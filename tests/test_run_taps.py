@@ -1,5 +1,6 @@
 """`run --taps` (issue 13): per-tap videos, mean PNGs and vector CSVs from a real clip through the real CLI code
-path (in-process), with the golden 8-class weights exported once with the taps these runs ask for.
+path (in-process), with the golden 8-class weights exported once with the 13 golden layers tapped (conftest's
+session export, which tests/test_taps.py checks), among them every tap these runs ask for.
 
 The clip is the golden crops as 256x256 frames and `--detector none` makes each whole frame the face, so a run's
 crop is the decoded frame itself and its values can be checked against the model run on those frames."""
@@ -14,12 +15,12 @@ import numpy as np
 import pytest
 
 from emoengine.cli.main import main as cli_main
+from emoengine.compare import FP32_TOLERANCE
 from emoengine.contract import DEFAULT_TAPS
 from emoengine.engine.outputs.featuremaps import GRID_GAP, GRID_TILE, colorize, feature_map_frame, grid_size
 
 av = pytest.importorskip("av", reason="PyAV decodes the clip and the tap videos")
 
-MODEL_TAPS = ("conv1", "emo_net_2.0.conv1", "m0", "emo_fc_2.1")   # what the test export outputs in full
 RUN_TAPS = "conv1,emo_net_2.0.conv1,m0,emo_fc_2.1"                 # three maps, one of them deep, and a vector
 
 
@@ -42,13 +43,9 @@ def read_png(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tap_model(golden_pth_8, tmp_path_factory) -> Path:
-    from emoengine.export.checkpoint import load_emonet
-    from emoengine.export.onnx_export import export_onnx
-
-    out = tmp_path_factory.mktemp("models") / "emonet8-taps.onnx"
-    export_onnx(load_emonet(golden_pth_8), out, verify=False, taps=MODEL_TAPS)
-    return out
+def tap_model(onnx_taps13_8) -> Path:
+    """Outputs the run's taps in full, and not emo_fc_2.2 (the in-place ReLU after emo_fc_2.1)."""
+    return onnx_taps13_8[0]
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +112,15 @@ def test_mean_png_is_the_mean_of_the_per_frame_maps(mean_run, expected):
 
 
 def test_vector_csv_holds_the_models_output_for_each_crop(mean_run, expected):
-    """Tolerance: 1e-3 of the tap's largest magnitude (the CSV keeps 6 significant digits)."""
+    """Tolerance: the fp32 one (emoengine.compare) of the tap's largest magnitude; the CSV keeps 6 significant
+    digits."""
     _, batch = expected
     with open(mean_run / "emo_fc_2.1.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     want = batch.taps["emo_fc_2.1"]
     assert [int(r["frame"]) for r in rows] == list(range(len(want))) and {r["face_id"] for r in rows} == {"0"}
     got = np.array([[float(r[f"f{i}"]) for i in range(want.shape[1])] for r in rows])
-    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.abs(got - want).max() <= FP32_TOLERANCE * np.abs(want).max()
 
 
 def test_grid_view_tiles_the_channels(tap_model, clip, expected, tmp_path):
@@ -152,7 +150,7 @@ def test_unknown_tap_exits_2_with_one_line_and_writes_nothing(taps, words, clip,
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("taps, words", [("conv1,avg_pool_2", ("avg_pool_2", "--taps avg_pool_2")),
+@pytest.mark.parametrize("taps, words", [("conv1,emo_fc_2.2", ("emo_fc_2.2", "--taps emo_fc_2.2")),
                                          ("m0,avg_pool2", ("unknown tap 'avg_pool2'", "closest: avg_pool_2"))])
 def test_tap_the_model_lacks_exits_2_saying_how_to_export_it(taps, words, tap_model, clip, tmp_path, capsys):
     out = tmp_path / "o"

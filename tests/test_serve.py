@@ -34,6 +34,10 @@ from emoengine.engine.serve.limits import Limits
 TOKEN = "t0ken-for-the-serve-tests-0123456789"
 OUTPUTS = ("expression", "probabilities", "valence", "arousal", "landmarks")
 
+# A tap travels as float16: only rounding to 11 significant bits (2**-11 ~ 4.9e-4 of the largest value), no fp16
+# arithmetic, so tighter than the fp16 row of emoengine.compare's table.
+FLOAT16_WIRE_TOLERANCE = 1e-3
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -94,7 +98,7 @@ def test_crops_match_engine_predict_within_the_fp32_tolerance(client, engine, go
     verdict = compare({k: got[k] for k in OUTPUTS}, {k: want[k] for k in OUTPUTS}, "fp32")
     assert verdict.passed, verdict.outputs
     # a tap travels as float16: within fp16's rounding of the layer's largest value
-    assert np.abs(got["conv1"] - want["conv1"]).max() <= 1e-3 * np.abs(want["conv1"]).max()
+    assert np.abs(got["conv1"] - want["conv1"]).max() <= FLOAT16_WIRE_TOLERANCE * np.abs(want["conv1"]).max()
 
 
 def test_concurrent_single_crops_are_batched_together(client, golden_crops_8):
@@ -134,7 +138,25 @@ def test_faces_match_engine_on_the_same_image(client, engine):
                            "arousal": np.array([w.arousal]), "landmarks": w.landmarks[None]}, "fp32")
         assert verdict.passed, verdict.outputs
         for name, tap in w.taps.items():   # channel means, float16 on the wire
-            assert np.abs(g.taps[name] - tap).max() <= 1e-3 * max(np.abs(tap).max(), 1e-6)
+            assert np.abs(g.taps[name] - tap).max() <= FLOAT16_WIRE_TOLERANCE * max(np.abs(tap).max(), 1e-6)
+
+
+def test_faces_takes_a_multipart_upload(server, client):
+    """A browser form's upload (a text field, then the file): the same faces as the plain JPEG body."""
+    import httpx
+
+    image = photo("t1.jpg")
+    want = sorted(client.faces(image), key=lambda f: f.id)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        r = http.post("/v1/faces", data={"note": "from a form"}, headers={"Authorization": f"Bearer {TOKEN}"},
+                      files={"image": ("t1.jpg", image.read_bytes(), "image/jpeg")})
+    assert r.status_code == 200, r.text
+    got = sorted(r.json()["faces"], key=lambda f: f["id"])
+    assert len(got) == len(want) == 6
+    for g, w in zip(got, want, strict=True):
+        assert g["id"] == w.id and g["expression"] == w.expression
+        np.testing.assert_allclose(g["box"], w.box, atol=1e-4)
+        np.testing.assert_allclose(g["probabilities"], w.probabilities, atol=1e-5)
 
 
 def test_health_docs_and_metrics(client, server):

@@ -4,6 +4,8 @@ load comes back and no request hangs or is lost without an answer; SIGTERM drain
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +89,65 @@ def test_a_killed_replica_is_restarted_and_no_request_hangs(served, golden_crops
     assert max(took for _, took in outcomes) < REQUEST_TIMEOUT_S * 10   # retries included: none hung
     assert client.predict(golden_crops_8[:1])["probabilities"].shape == (1, 8)
     assert sum(o[0] == "ok" for o in outcomes) > 4
+
+
+def videos_worker(root_pid: int):
+    """The process of the video-jobs replica, below the `emoengine serve` command."""
+    for child in psutil.Process(root_pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::ServeReplica:emoengine:videos"):
+                return child
+    raise AssertionError("no video-jobs replica process")
+
+
+def poll_job(client, job_id: str, until, timeout_s: float) -> dict:
+    """The job's status once `until(job)`; a 503 while the replica restarts is waited out, not a failure."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(RunFailure):
+            job = client.job(job_id)
+            if until(job):
+                return job
+        assert time.monotonic() < deadline, f"job {job_id} not there within {timeout_s} s"
+        time.sleep(0.2)
+
+
+def test_a_video_job_whose_worker_dies_is_retried_once(served, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_serve_tests", Path(__file__).with_name("test_serve.py"))
+    assert spec is not None and spec.loader is not None
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)   # its write_clip: one clip writer for both files
+    write_clip = helpers.write_clip
+    demo = Path(__file__).resolve().parents[1] / ".." / "shared" / "media" / "demo.mp4"
+    if not demo.is_file():
+        pytest.skip(f"no demo clip at {demo}")
+    proc, url, _ = served
+    client = emoengine.Client(url, timeout_s=REQUEST_TIMEOUT_S, retries=8)
+    job_id = client.submit(write_clip(demo, tmp_path / "clip.mp4", 30))
+    poll_job(client, job_id, lambda j: j["state"] != "queued", 120)
+    worker = videos_worker(proc.pid)
+    worker.kill()
+    worker.wait(30)
+    job = poll_job(client, job_id, lambda j: j["state"] not in ("queued", "running"), READY_S)
+    assert job["state"] == "done", job
+    assert job["attempts"] == 2 and "died" in job["note"] and job["frames"] == 30, job
+
+
+def test_a_job_whose_worker_died_twice_is_failed_with_the_reason(tmp_path):
+    """What a restarted jobs replica does with a job that was running when its process died a second time."""
+    from emoengine.engine.serve.jobs import VideoJobs
+    from emoengine.engine.serve.limits import Limits
+
+    job_id = "0123456789abcdef" * 2
+    (tmp_path / job_id).mkdir()
+    (tmp_path / job_id / "job.json").write_text(json.dumps({"id": job_id, "state": "running", "attempts": 2,
+                                                            "input": "input.mp4", "files": []}))
+    jobs = VideoJobs({}, str(tmp_path), Limits())
+    job = jobs.status(job_id)
+    assert job is not None and job["state"] == "failed" and "died" in job["error"], job
+    assert json.loads((tmp_path / job_id / "job.json").read_text())["state"] == "failed"   # on disk too
 
 
 def test_sigterm_drains_and_leaves_no_ray_process_behind(served):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emoengine.cli.main import main as cli_main
+from emoengine.compare import FP32_TOLERANCE, GOLDEN_TORCH_TOLERANCE
 from emoengine.contract import TAP_TOLERANCE, output_names, tap_outputs
 from emoengine.engine.backends import OrtRunner
 from emoengine.engine.model.emonet_model import EmoNetModel
@@ -74,14 +75,10 @@ def torch_taps(net8, golden_outputs) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def onnx_taps_8(golden_pth_8, tmp_path_factory, cli):
-    """The golden 8-class model exported through the CLI with `--taps` naming every golden layer (verified)."""
-    workdir = tmp_path_factory.mktemp("export_taps")
-    out = workdir / "emonet8_taps.onnx"
-    result = cli("export", "--weights", str(golden_pth_8), "--taps", ",".join(GOLDEN_LAYERS), "--output", str(out),
-                 cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    return out, result
+def onnx_taps_8(onnx_taps13_8):
+    """The golden 8-class model exported through the CLI with `--taps` naming every golden layer (verified):
+    conftest's session export, also run by tests/test_run_taps.py."""
+    return onnx_taps13_8
 
 
 def test_torch_graph_taps_match_upstream_hooks(torch_taps, golden_outputs, golden_taps):
@@ -89,7 +86,7 @@ def test_torch_graph_taps_match_upstream_hooks(torch_taps, golden_outputs, golde
     assert all(e <= TAP_TOLERANCE for e in errors.values()), errors
     golden = golden_outputs(8)
     for key in output_names():  # taps only observe: the contract outputs as test_emonet_reference has them
-        assert np.abs(torch_taps[key] - golden[key]).max() <= 1e-4 * np.abs(golden[key]).max(), key
+        assert np.abs(torch_taps[key] - golden[key]).max() <= GOLDEN_TORCH_TOLERANCE * np.abs(golden[key]).max(), key
 
 
 def test_tap_after_in_place_relu_is_a_copy(net8, torch_taps, golden_taps):
@@ -114,7 +111,7 @@ def test_onnx_export_taps_match_upstream_hooks(ort_taps, golden_outputs, golden_
     errors = tap_errors({name: got[name] for name in GOLDEN_LAYERS}, golden_taps)
     assert all(e <= TAP_TOLERANCE for e in errors.values()), errors
     for key in output_names():  # the contract outputs as without taps (test_export's tolerance)
-        assert np.abs(got[key] - golden[key]).max() <= 1e-3 * np.abs(golden[key]).max(), key
+        assert np.abs(got[key] - golden[key]).max() <= FP32_TOLERANCE * np.abs(golden[key]).max(), key
 
 
 def test_export_with_taps_outputs_metadata_and_report(onnx_taps_8):

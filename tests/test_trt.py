@@ -3,8 +3,8 @@
 Where TensorRT (or a CUDA GPU) is missing — as on CI's CPU machines — every way in (`run --backend trt`,
 `--model x.engine`, the Python entry points) must fail with one line that names TensorRT, exit 2, and leave no
 engine or export behind. Where TensorRT 10/11 and a GPU are present, the real tests build an engine from our
-exported ONNX and hold it to PyTorch's outputs within 1e-3 at batch 1 and 4 (dynamic batch), and check the
-engine cache. Nothing here pretends an engine was built."""
+exported ONNX and hold it to PyTorch's outputs within the fp32 tolerance (emoengine.compare) at batch 1 and 4
+(dynamic batch), and check the engine cache. Nothing here pretends an engine was built."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emoengine.compare import FP32_TOLERANCE, relative_diff
 from emoengine.engine.backends import BACKENDS, request_for
 from emoengine.errors import RunFailure, UserInputError
 
@@ -366,8 +367,8 @@ def test_engine_matches_torch_within_1e3(trt_runner, torch_reference, golden_out
     for name, ref in torch_reference.items():
         ref = ref[rows]
         assert got[name].shape == ref.shape, name
-        rel = np.abs(got[name].astype(np.float64) - ref).max() / np.abs(ref).max()
-        assert rel <= 1e-3, f"{name}: worst diff {rel:.2e} of its magnitude"
+        rel = relative_diff(got[name], ref)
+        assert rel <= FP32_TOLERANCE, f"{name}: worst diff {rel:.2e} of its magnitude"
 
 
 def test_batches_beyond_the_profile_are_split(trt_runner, torch_reference, golden_outputs):
@@ -375,7 +376,7 @@ def test_batches_beyond_the_profile_are_split(trt_runner, torch_reference, golde
     got = trt_runner.infer(crops)
     assert got["expression"].shape == (12, 8)
     ref = np.concatenate([torch_reference["expression"]] * 3)
-    assert np.abs(got["expression"] - ref).max() <= 1e-3 * np.abs(ref).max()
+    assert relative_diff(got["expression"], ref) <= FP32_TOLERANCE
 
 
 def test_emonet_model_on_an_engine(engine_b8, golden_outputs, torch_reference):

@@ -130,10 +130,24 @@ def no_progress(total: int | None):
 
 def open_run_detector(cfg: RunConfig):
     """The detector `cfg` asks for, on the GPU when EmoNet runs there. On the CPU it gets one thread: it runs
-    beside EmoNet, whose ONNX Runtime already uses every core, and two pools fighting for them cost both."""
+    beside EmoNet, whose ONNX Runtime already uses every core, and two pools fighting for them cost both.
+    With a torch backend MTCNN's nets run in PyTorch on EmoNet's device (a lent GPU has PyTorch with CUDA but
+    no onnxruntime-gpu), the keyframes that wait on the workers batched into one call."""
+    device = torch_detector_device(cfg.backend) if cfg.detector == "mtcnn" else None
+    if device is not None:
+        from emoengine.engine.tracking.detectors.batching import BatchedDetector
+
+        return BatchedDetector(make_detector(cfg.detector, model_path=cfg.detector_model, min_face=cfg.min_face,
+                                             device=device), max_frames=GPU_DETECT_BATCH * 4)
     providers = detector_providers(cfg.backend)
     return make_detector(cfg.detector, model_path=cfg.detector_model, providers=providers,
                          min_face=cfg.min_face, threads=None if providers else 1)
+
+
+def torch_detector_device(backend: str) -> str | None:
+    """"cpu" / "cuda" where the backend is PyTorch's (torch, torch-cuda): MTCNN runs in PyTorch there too."""
+    spec = BACKENDS.get(backend.partition(":")[0].strip())
+    return spec.device if spec is not None and spec.module == "torch" else None
 
 
 def run_pipeline(cfg: RunConfig, model: EmoNetModel | Callable[[], EmoNetModel],

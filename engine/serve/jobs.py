@@ -198,6 +198,6 @@ class VideoJobs:
                     self._save(job)
 
         cfg = self._engine.run_config(folder / job["input"], folder / "out")
-        summary = run_pipeline(cfg, *self._engine._loans(), observe=progress)
+        summary = run_pipeline(cfg, *self._engine.parts(), observe=progress)
         written = folder / "out" / "summary.json"   # as committed: with its `files`
         return json.loads(written.read_text()) if written.is_file() else summary

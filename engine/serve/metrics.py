@@ -1,7 +1,7 @@
 """`GET /metrics`: the gateway's counters in Prometheus' text format (version 0.0.4).
 
 Requests by endpoint and status, latency histograms by endpoint, the EmoNet batches formed (each counted once,
-by its id, however many requests it answered) with their sizes, and the queue depth (requests the gateway is
+by its id, however many requests it answered) with their sizes and times, and the queue depth (requests the gateway is
 working on now). Counters live in the gateway process: one gateway replica sees every request.
 """
 
@@ -42,6 +42,7 @@ class Metrics:
         self.requests: Counter = Counter()          # (endpoint, status) -> count
         self.latency: dict[str, Histogram] = {}
         self.batch_sizes = Histogram(BATCH_BUCKETS)
+        self.model_seconds = Histogram(LATENCY_BUCKETS_S)
         self.crops = 0
         self.faces = 0
         self.in_flight = 0
@@ -61,6 +62,7 @@ class Metrics:
             if len(self._seen) > _SEEN_BATCHES:
                 self._seen.popitem(last=False)
             self.batch_sizes.observe(info["size"])
+            self.model_seconds.observe(info["model_s"])
 
     def text(self) -> str:
         lines = ["# HELP emoengine_requests_total HTTP requests answered, by endpoint and status.",
@@ -73,6 +75,8 @@ class Metrics:
             lines += hist.lines("emoengine_request_seconds", f'endpoint="{endpoint}"')
         lines += ["# HELP emoengine_batch_size Crops per EmoNet call formed by the dynamic batcher.",
                   "# TYPE emoengine_batch_size histogram", *self.batch_sizes.lines("emoengine_batch_size"),
+                  "# HELP emoengine_model_seconds Seconds each of those EmoNet calls took in its replica.",
+                  "# TYPE emoengine_model_seconds histogram", *self.model_seconds.lines("emoengine_model_seconds"),
                   "# HELP emoengine_crops_total Crops sent to EmoNet through /v1/crops.",
                   "# TYPE emoengine_crops_total counter", f"emoengine_crops_total {self.crops}",
                   "# HELP emoengine_faces_total Faces found and answered through /v1/faces.",

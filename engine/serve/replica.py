@@ -57,7 +57,7 @@ class EmoNetReplica:
         import emoengine
 
         self.engine = emoengine.Engine(**engine_args)
-        self._model, self._detector = self.engine._loans()   # the Engine's own, lent; it closes them
+        self._model, self._detector = self.engine.parts()   # the Engine's own, lent; it closes them
         self.name = f"pid{os.getpid()}"
         from emoengine.engine.model.tapset import tap_specs_for_run
 
@@ -81,24 +81,12 @@ class EmoNetReplica:
         return {"faces": faces, "width": size[0], "height": size[1], "batches": [i.__dict__ for i in infos]}
 
     def _faces_blocking(self, image: bytes, taps, loop, infos: list):
-        from emoengine.engine.run.driver import FrameAssembler
-        from emoengine.engine.run.pipeline import Pipeline, PipelineOptions
-        from emoengine.engine.sources.frame_source import Frame
         from emoengine.engine.sources.images import decode_image
 
         rgb = decode_image(np.frombuffer(image, np.uint8), "the uploaded image")
-        cfg = self.engine.template
         model = _BatchedModel(self._model, self.batcher, loop, infos)
-        assemble = FrameAssembler(model.class_names, 0.0, taps=self._specs,
-                                  independent_frames=True)
-        records = []
-        options = PipelineOptions(max_batch=self.batcher.max_batch, max_wait_ms=0.0, max_faces=cfg.max_faces,
-                                  crop_mode=cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square"),
-                                  queue_size=2, detect_every=1, independent_frames=True)
-        Pipeline([Frame(0, 0.0, rgb)], self._detector, model, lambda r: records.append(assemble(r)),
-                 options).run()
-        faces = [face_fields(f, taps) for r in records for f in r.faces]
-        return faces, (rgb.shape[1], rgb.shape[0])
+        faces = image_faces(rgb, model, self._detector, self.engine.template, self._specs, self.batcher.max_batch)
+        return [face_fields(f, taps) for f in faces], (rgb.shape[1], rgb.shape[0])
 
     def check_health(self) -> None:
         """Ray Serve's health check: a closed Engine is a replica to replace."""
@@ -111,6 +99,22 @@ class EmoNetReplica:
             self.engine.close()
         except Exception:  # noqa: BLE001  at process exit
             pass
+
+
+def image_faces(rgb: np.ndarray, model, detector, cfg, specs, max_batch: int) -> list:
+    """Every face of one RGB image as FaceResults: `run`'s pipeline on a one-frame source, with an Engine's
+    model (or the batcher in front of it) and detector (`Engine.parts()`) and its RunConfig `cfg`."""
+    from emoengine.engine.run.driver import FrameAssembler
+    from emoengine.engine.run.pipeline import Pipeline, PipelineOptions
+    from emoengine.engine.sources.frame_source import Frame
+
+    assemble = FrameAssembler(model.class_names, 0.0, taps=specs, independent_frames=True)
+    records = []
+    options = PipelineOptions(max_batch=max_batch, max_wait_ms=0.0, max_faces=cfg.max_faces,
+                              crop_mode=cfg.crop_mode or ("upstream" if cfg.detector == "none" else "square"),
+                              queue_size=2, detect_every=1, independent_frames=True)
+    Pipeline([Frame(0, 0.0, rgb)], detector, model, lambda r: records.append(assemble(r)), options).run()
+    return [f for r in records for f in r.faces]
 
 
 def face_fields(face, taps) -> dict:

@@ -8,8 +8,8 @@
 
 Options are `run`'s: the fields of emoengine.RunSettings, by their Python names, checked by RunSettings itself,
 so a bad one is the same one-line `UserInputError` (a ValueError) the CLI exits 2 with. The model and the
-detector are opened once per Engine and lent to each run (run_pipeline closes only what it opens);
-`close()` (or leaving `with`) closes them.
+detector are opened once per Engine and lent to each run (run_pipeline closes only what it opens), and to your
+own code by `parts()`; `close()` (or leaving `with`) closes them.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Engine(Closing):
         out_dir = Path(holder.name if holder else out)
         collect = MainFaceTaps(self.taps, self.template.face_id)
         try:
-            summary = run_pipeline(self.run_config(source, out_dir), *self._loans(), observe=collect)
+            summary = run_pipeline(self.run_config(source, out_dir), *self.parts(), observe=collect)
         except BaseException:
             if holder is not None:
                 holder.cleanup()
@@ -146,8 +146,11 @@ class Engine(Closing):
         return dataclasses.replace(self.template, input=str(source), out_dir=Path(out_dir),
                                    settings=dataclasses.replace(self.settings, **settings), **resolved)
 
-    def _loans(self):
-        """(model, detector) for run_pipeline: the Engine's own, lent (run_pipeline does not close them)."""
+    def parts(self):
+        """(model, detector): the Engine's own EmoNet model and face detector, lent to code that drives them
+        itself (run_pipeline, `emoengine serve`'s replicas) so nothing is opened twice. Use them while the Engine
+        is open and never close them: the Engine's `close()` does. The model's `predict(crops)` takes uint8
+        (N, 256, 256, 3) RGB; the detector is None with detector='none'."""
         return self._require_open(), self._detector
 
     def _require_open(self):

@@ -265,7 +265,7 @@ class FrameStream:
         self._tmp = tempfile.TemporaryDirectory(prefix="emoengine-stream-")
         cfg = self.engine.run_config(self.source, Path(self._tmp.name), write_video=False, report=False,
                                      save_activations=False, resume=False, quiet=True)
-        self._thread = threading.Thread(target=_pump, args=(self._channel, cfg, self.engine._loans(),
+        self._thread = threading.Thread(target=_pump, args=(self._channel, cfg, self.engine.parts(),
                                                             self.engine.taps), name="emoengine-stream", daemon=True)
         self._thread.start()
 

@@ -1,9 +1,9 @@
 """One comparator and one tolerance table, by precision: how far a backend's outputs may be from a reference.
 
-In the spirit of Polygraphy's comparator: per-output tolerances, and a result that is true or false with the
-numbers that decided it (worst |a-b| and worst |a-b| / max|ref| per output, expression top-1 agreement). The
-ONNX export's verification, the fp16 export, `emoengine bench` (CPU and GPU rows alike) and the GPU tests all
-judge with this table, so a tolerance is changed in one place.
+In the spirit of Polygraphy's comparator: runners run on the same crops, per-output tolerances, and a result that
+is true or false with the table that decided it (worst |a-b| and worst |a-b| / max|ref| per output, expression
+top-1 agreement). The ONNX export's verification, the fp16 export, the int8 search, `emoengine bench` (CPU and
+GPU rows alike) and the tests all judge with this table, so a tolerance is changed in one place.
 
 The measure is `relative_diff`: max|got - ref| / max|ref| over a whole output, one number that ignores the
 output's scale. fp32 backends must stay within 1e-3 of it. fp16/bf16 have per-output tolerances, measured (see
@@ -12,6 +12,7 @@ the comments below and export/fp16.py). int8 is judged by expression top-1 agree
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,9 @@ BF16_TOLERANCE = {"expression": 0.15, "valence": 0.1, "arousal": 0.25, "heatmap"
                   "conv1_mean": 2e-2, "emo_conv1_mean": 0.15, "conv1": 2e-2, "emo_conv1": 0.15}
 # int8: expression top-1 agreement with the fp32 reference (closeness is reported, not judged)
 INT8_TOP1_TARGET = 0.97
+# Our PyTorch EmoNet against upstream's recorded outputs (golden data): the same fp32 arithmetic on the same
+# device, only the order of operations may differ, so 10x tighter than what another fp32 backend is held to.
+GOLDEN_TORCH_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -102,9 +106,32 @@ class Comparison:
     inputs: int
     passed: bool
 
+    def __bool__(self) -> bool:
+        return self.passed
+
     def failures(self) -> dict[str, float]:
         """Outputs over their tolerance (name -> max_rel)."""
         return within({k: v["max_rel"] for k, v in self.outputs.items()}, self.precision)
+
+    def table(self) -> str:
+        """One line per output (max abs, max rel, its tolerance, ok or OVER), then the verdict: for a message."""
+        lines = [f"{name}: max abs {v['max_abs']:.2e}, max rel {v['max_rel']:.2e} "
+                 f"(tolerance {'-' if v['tolerance'] is None else format(v['tolerance'], 'g')}) "
+                 f"{'OVER' if name in self.failures() else 'ok'}" for name, v in self.outputs.items()]
+        if self.top1_agreement is not None:
+            lines.append(f"expression top-1 agreement {self.top1_agreement:.2%} on {self.inputs} inputs")
+        return "\n".join([*lines, f"{self.precision}: {'PASS' if self.passed else 'FAIL'}"])
+
+    def worst(self) -> str:
+        """Why it failed in a few words: the output furthest over its tolerance, or the top-1 agreement."""
+        bad = self.failures()
+        if bad:
+            name = max(bad, key=lambda n: bad[n] / (self.outputs[n]["tolerance"] or 1.0))
+            return f"{name} off by {bad[name]:.2e} of its magnitude (tolerance {self.outputs[name]['tolerance']:g})"
+        if not self.outputs:
+            return "no output in common with the reference"
+        agreement = "none" if self.top1_agreement is None else f"{self.top1_agreement:.1%}"
+        return f"expression top-1 agreement {agreement} (target {tolerance(self.precision).top1})"
 
 
 def _output_stats(got: np.ndarray, ref: np.ndarray, limit: float | None) -> dict[str, float | None]:
@@ -135,3 +162,17 @@ def compare(got: dict[str, np.ndarray], reference: dict[str, np.ndarray], precis
         passed = bool(outputs) and not within({k: v["max_rel"] for k, v in outputs.items()}, precision)
     inputs = len(next(iter(reference.values()))) if reference else 0
     return Comparison(precision, outputs, worst, top1, flipped_margins, inputs, passed)
+
+
+def outputs_of(runner, crops: np.ndarray) -> dict[str, np.ndarray]:
+    """A runner's outputs on `crops` by name: anything with `infer` (an engine.backends Runner, EmoNet's torch
+    graph in a TorchRunner), or a callable from crops to outputs (a model file run by export.fp16.run_cpu)."""
+    out = runner.infer(crops) if hasattr(runner, "infer") else runner(crops)
+    return {name: np.asarray(value) for name, value in out.items()}
+
+
+def compare_runners(runner, reference, crops: np.ndarray, precision: str) -> Comparison:
+    """Run `runner` and `reference` (a runner, or its outputs on these crops already) on the same `crops`, and
+    judge `runner`'s outputs by `precision`'s row of TOLERANCES."""
+    ref = dict(reference) if isinstance(reference, Mapping) else outputs_of(reference, crops)
+    return compare(outputs_of(runner, crops), ref, precision)

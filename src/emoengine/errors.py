@@ -37,4 +37,5 @@ def warn_random_weights(seed: int = 0) -> None:
     import logging
 
     logging.getLogger("emoengine.weights").warning(
-        f"WARNING: --weights random: seeded RANDOM EmoNet weights (seed {seed}); its predictions MEAN NOTHING")
+        f"WARNING: weights random: seeded RANDOM EmoNet weights (seed {seed}); its predictions MEAN NOTHING",
+        extra={"options": ("weights",)})

@@ -97,10 +97,12 @@ class MTCNNDetector:
     def __init__(self, weights_dir: str | None = None, providers: list[str] | None = None,
                  threads: int | None = None, min_face_size: float = WHEEL_MIN_FACE, scale_factor: float = 0.709,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.9), max_side: int = 1280,
-                 max_batch: int = 8) -> None:
+                 max_batch: int = 8, device: str | None = None) -> None:
         """weights_dir: a folder with pnet/rnet/onet.lz4 (default: the mtcnn wheel's). min_face_size is in frame
         pixels. The working image is the frame downscaled to long side <= max_side; there a face shrinks with the
-        frame, and none under 12 px can be found (in a 4K frame at max_side 1280: none under 38 frame pixels)."""
+        frame, and none under 12 px can be found (in a 4K frame at max_side 1280: none under 38 frame pixels).
+        device: None runs the nets on ONNX Runtime (`providers`, `threads`); "cpu" / "cuda" in PyTorch there
+        (engine.tracking.detectors.mtcnn_torch: the same weights and numbers, for the torch backends)."""
         min_face_size = checked_min_face(min_face_size, PNET_CELL, "mtcnn", " (P-Net's cell)")
         if not 0 < scale_factor < 1 or max_side < PNET_CELL or len(thresholds) != 3:
             raise UserInputError("mtcnn needs 0 < scale_factor < 1, max_side >= 12 and three thresholds (P-, R-, "
@@ -108,8 +110,14 @@ class MTCNNDetector:
         self.min_face_size, self.scale_factor = min_face_size, float(scale_factor)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.max_side, self.max_batch = int(max_side), int(max_batch)
-        models = mtcnn_models(str(weights_dir) if weights_dir else None)
-        self._nets = {n: OrtRunner(models[n], providers=providers, threads=threads) for n in NET_NAMES}
+        self.device = device
+        if device is not None:
+            from emoengine.engine.tracking.detectors.mtcnn_torch import torch_nets
+
+            self._nets = torch_nets(str(weights_dir) if weights_dir else None, device)
+        else:
+            models = mtcnn_models(str(weights_dir) if weights_dir else None)
+            self._nets = {n: OrtRunner(models[n], providers=providers, threads=threads) for n in NET_NAMES}
 
     # -- public -------------------------------------------------------------------------------------------
     def detect(self, frames: Sequence[np.ndarray]) -> list[Faces]:
