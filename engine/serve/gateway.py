@@ -103,8 +103,9 @@ class Gateway:
 
     async def _served(self) -> dict:
         if self._info is None:
-            self._info = await self._call("info")
-        return self._info
+            info: dict = await self._call("info")
+            self._info = info
+        return info if self._info is None else self._info
 
     async def _answer(self, endpoint: str, request: Request, work, auth: bool = True) -> Response:
         """Token, then `work()`; its ApiError (or any error) as JSON; latency and status into the metrics."""

@@ -180,11 +180,11 @@ class VideoJobs:
                 self._save(job)
 
     def _run(self, job: dict) -> dict:
-        import emoengine
+        from emoengine.api import Engine
         from emoengine.engine.run.driver import run_pipeline
 
         if self._engine is None:
-            self._engine = emoengine.Engine(**self.engine_args)
+            self._engine = Engine(**self.engine_args)
         folder = self.root / job["id"]
         t0, last = time.perf_counter(), [0.0]
 

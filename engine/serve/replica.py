@@ -54,9 +54,9 @@ class EmoNetReplica:
     run options such as max_faces, min_face, crop); `max_batch` / `batch_wait_ms` the batcher's."""
 
     def __init__(self, engine_args: dict, max_batch: int = 32, batch_wait_ms: float = 10.0) -> None:
-        import emoengine
+        from emoengine.api import Engine
 
-        self.engine = emoengine.Engine(**engine_args)
+        self.engine = Engine(**engine_args)
         self._model, self._detector = self.engine.parts()   # the Engine's own, lent; it closes them
         self.name = f"pid{os.getpid()}"
         from emoengine.engine.model.tapset import tap_specs_for_run

@@ -80,17 +80,17 @@ def build_app(cfg: ServeConfig, jobs_dir: str, cpus: float):
     from emoengine.engine.serve.jobs import VideoJobs
     from emoengine.engine.serve.replica import EmoNetReplica
 
-    common = dict(graceful_shutdown_timeout_s=GRACEFUL_S, graceful_shutdown_wait_loop_s=0.5,
-                  max_constructor_retry_count=2, health_check_period_s=2.0, health_check_timeout_s=30.0)
-    replica = serve.deployment(EmoNetReplica, name="emonet", num_replicas=cfg.replicas,
-                               ray_actor_options={"num_cpus": cpus},
-                               max_ongoing_requests=max(64, 4 * cfg.max_batch), **common
-                               ).bind({**cfg.engine_args, "max_batch": cfg.max_batch}, cfg.max_batch, cfg.batch_wait_ms)
-    jobs = serve.deployment(VideoJobs, name="videos", num_replicas=1, ray_actor_options={"num_cpus": 0.1},
-                            max_ongoing_requests=64, **common
-                            ).bind(cfg.engine_args, jobs_dir, cfg.limits, cfg.max_jobs, cfg.keep_hours)
-    gateway = serve.deployment(make_ingress(), name="gateway", num_replicas=1,
-                               ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1024, **common)
+    def deployment(body, name: str, replicas: int, cpus_each: float, max_ongoing: int):
+        return serve.deployment(body, name=name, num_replicas=replicas, ray_actor_options={"num_cpus": cpus_each},
+                                max_ongoing_requests=max_ongoing, graceful_shutdown_timeout_s=GRACEFUL_S,
+                                graceful_shutdown_wait_loop_s=0.5, max_constructor_retry_count=2,
+                                health_check_period_s=2.0, health_check_timeout_s=30.0)
+
+    replica = deployment(EmoNetReplica, "emonet", cfg.replicas, cpus, max(64, 4 * cfg.max_batch)).bind(
+        {**cfg.engine_args, "max_batch": cfg.max_batch}, cfg.max_batch, cfg.batch_wait_ms)
+    jobs = deployment(VideoJobs, "videos", 1, 0.1, 64).bind(
+        cfg.engine_args, jobs_dir, cfg.limits, cfg.max_jobs, cfg.keep_hours)
+    gateway = deployment(make_ingress(), "gateway", 1, 0.1, 1024)
     return gateway.bind(replica, jobs, cfg.limits, cfg.token)
 
 
@@ -114,9 +114,10 @@ class Server:
         try:
             total = ray.cluster_resources().get("CPU", 1.0)
             cpus = cfg.cpus_per_replica or round(min(1.0, max(total - 0.3, 0.2) / cfg.replicas), 2)
-            if cfg.jobs_dir is None:
+            jobs_dir = cfg.jobs_dir
+            if jobs_dir is None:
                 self._jobs_tmp = tempfile.TemporaryDirectory(prefix="emoengine-serve-jobs-")
-            jobs_dir = cfg.jobs_dir or self._jobs_tmp.name
+                jobs_dir = self._jobs_tmp.name
             serve.start(http_options={"host": cfg.host, "port": cfg.port})
             self._serving = True
             serve.run(build_app(cfg, jobs_dir, cpus), name=APP_NAME, route_prefix="/")
@@ -163,7 +164,7 @@ def wait_healthy(url: str, timeout_s: float, token: str | None = None) -> dict:
                 return json.loads(r.read())
         status = serve.status().applications.get(APP_NAME)
         if status is not None and str(status.status).endswith("DEPLOY_FAILED"):
-            raise RunFailure(f"the EmoNet replicas failed to start: {first_line(status.message or '')}")
+            raise RunFailure(f"the EmoNet replicas failed to start: {first_line(RuntimeError(status.message))}")
         time.sleep(0.5)
     raise RunFailure(f"no healthy answer from {url}/healthz within {timeout_s:.0f} s")
 
@@ -179,7 +180,7 @@ def prepare_engine(engine_args: dict) -> None:
     """Open (and close) the Engine here once, before Ray starts: a bad option, a missing file or a tap the model
     lacks is the Engine's own one-line error (exit 2), and a .pth is exported once for every replica to reuse."""
     require_serve()
-    import emoengine
+    from emoengine.api import Engine
 
-    with emoengine.Engine(**engine_args):
+    with Engine(**engine_args):
         pass
