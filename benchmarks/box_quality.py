@@ -29,9 +29,10 @@ import numpy as np
 from emoengine.benchmarks.bench import machine_facts, save_report
 from emoengine.benchmarks.end_to_end import load_1m, make_clip
 from emoengine.benchmarks.pipeline_capacity import child_env, run_once
+from emoengine.benchmarks.shared_data import shared_path
 from emoengine.benchmarks.standin_model import write_standin
 
-DEMO = Path(__file__).resolve().parents[1] / ".." / "shared" / "media" / "demo.mp4"
+DEMO = shared_path("media", "demo.mp4")
 THRESHOLDS = {"iou_median": 0.9, "iou_min": 0.7, "frames_without_face_fraction": 0.01}
 RUNS = {"default": ["--no-video", "--no-taps"], "detect_every_1": ["--detect-every", "1", "--no-video", "--no-taps"]}
 

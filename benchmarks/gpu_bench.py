@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.benchmarks.measure import BenchSettings, PlanRow
+from emoengine.benchmarks.shared_data import shared_path
 
 BATCHES = (1, 8, 64, 256)
 COMPILE_BATCHES = (1, 256)   # each is a cold compile: two shapes, the upstream way and the largest batch
@@ -85,7 +86,7 @@ def results_file(device: str, folder: Path = Path("benchmarks/results")) -> Path
 
 
 def golden_folder() -> Path:
-    return Path(os.environ.get("EMOENGINE_GOLDEN") or Path(__file__).resolve().parents[1] / ".." / "shared" / "golden")
+    return Path(os.environ.get("EMOENGINE_GOLDEN") or shared_path("golden"))
 
 
 def save_upstream_format(state: dict, path: Path) -> Path:

@@ -35,9 +35,10 @@ import numpy as np
 
 from emoengine.benchmarks.bench import _load_average, machine_facts, save_report
 from emoengine.benchmarks.process_tree import server_cpu, server_memory
+from emoengine.benchmarks.shared_data import shared_path
 from emoengine.errors import EmoengineError
 
-GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "golden"
+GOLDEN = shared_path("golden")
 SIZE_720P = (1280, 720)
 TARGETS = {"crops_vs_model_only": 0.8, "faces_vs_engine": 0.7, "rss_growth_mb": 50.0}
 
