@@ -26,6 +26,13 @@ APP_NAME = "emoengine"
 GRACEFUL_S = 20.0        # a stopping replica waits this long for its in-flight requests
 READY_TIMEOUT_S = 600.0  # replicas load EmoNet (and export it from a .pth the first time)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HEALTH_CHECK_PERIOD_S = 5.0   # a hung replica is replaced within this + health_check_timeout_s; a dead one at once
+# Ray's and Serve's own background work, slowed for the local Ray that `serve` starts (the environment wins; a
+# cluster keeps its own): idle, the server spent 173 ms of CPU a second on its control loop (10 Hz), metrics
+# export (10 Hz per replica) and Ray's metrics agent, and 136 ms with these. On a small machine that time is taken
+# from EmoNet, whose intra-op threads then wait for the one preempted.
+QUIET_LOCAL_RAY = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+                   "RAY_enable_metrics_collection": "0"}
 
 
 @dataclass
@@ -84,10 +91,11 @@ def build_app(cfg: ServeConfig, jobs_dir: str, cpus: float):
         return serve.deployment(body, name=name, num_replicas=replicas, ray_actor_options={"num_cpus": cpus_each},
                                 max_ongoing_requests=max_ongoing, graceful_shutdown_timeout_s=GRACEFUL_S,
                                 graceful_shutdown_wait_loop_s=0.5, max_constructor_retry_count=2,
-                                health_check_period_s=2.0, health_check_timeout_s=30.0)
+                                health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=30.0)
 
     replica = deployment(EmoNetReplica, "emonet", cfg.replicas, cpus, max(64, 4 * cfg.max_batch)).bind(
-        {**cfg.engine_args, "max_batch": cfg.max_batch}, cfg.max_batch, cfg.batch_wait_ms)
+        {**cfg.engine_args, "max_batch": cfg.max_batch}, cfg.max_batch, cfg.batch_wait_ms,
+        max(1, (os.cpu_count() or 1) // cfg.replicas))   # on a CPU: one single-threaded session per core
     jobs = deployment(VideoJobs, "videos", 1, 0.1, 64).bind(
         cfg.engine_args, jobs_dir, cfg.limits, cfg.max_jobs, cfg.keep_hours)
     gateway = deployment(make_ingress(), "gateway", 1, 0.1, 1024)
@@ -110,6 +118,9 @@ class Server:
         from emoengine.engine.batch.ray_driver import start_ray
 
         cfg = self.cfg
+        if cfg.ray_address is None and not ray.is_initialized():
+            for name, value in QUIET_LOCAL_RAY.items():
+                os.environ.setdefault(name, value)
         self._ray_started, info = start_ray(cfg.ray_address, quiet=True)
         try:
             total = ray.cluster_resources().get("CPU", 1.0)
