@@ -32,10 +32,7 @@ from emoengine.errors import EmoengineError, RunFailure
 
 log = logging.getLogger(__name__)
 
-class _End(enum.Enum):   # the end of the stream, down the queues after the last frame (an enum: `is` narrows)
-    END = "end"
-
-
+_End = enum.Enum("_End", "END")   # the end of the stream, down the queues after the last frame (`is` narrows)
 _END: Final = _End.END
 _POLL_S = 0.05
 # every thread but inference runs at nice +BACKGROUND_NICE: where threads outnumber cores, a core goes to EmoNet
