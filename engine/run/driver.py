@@ -74,7 +74,7 @@ class RunConfig:
         artifact (model) has them, or the run says how to make one that does."""
         s = self.settings
         args: dict[str, Any] = dict(backend=self.backend, weights=s.weights, model=s.model, classes=s.classes,
-                    full_taps=s.full_taps, max_batch=self.max_batch)
+                                    full_taps=s.full_taps, max_batch=self.max_batch)
         if s.weights is not None and self.taps:
             args["taps"] = model_taps(self.tap_names, s.tap_view, s.full_taps)
         # ONNX Runtime's idle threads spin by default: in a pipeline that steals the cores the other stages need
@@ -101,12 +101,10 @@ class FrameAssembler:
     def __call__(self, record: FrameRecord) -> FrameRecord:
         self.smoother.forget(record.dropped_ids)
         faces, p, ids, regions = record.detections, record.predictions, record.ids, record.regions
-        if p is None:
+        if p is None or (faces is not None and not len(faces)):
             return record
         if faces is None or ids is None or regions is None:
             raise RuntimeError(f"frame {record.index} has predictions without detections, ids and crop regions")
-        if not len(faces):
-            return record
         lm68 = regions_to_frame(p.landmarks, regions)
         for k in range(len(faces)):
             fid = int(ids[k])
