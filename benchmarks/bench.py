@@ -144,8 +144,11 @@ def torch_reference(weights: str, parity_crops: np.ndarray) -> tuple[dict | None
     from emoengine.benchmarks.measure import reference_label
     from emoengine.engine.model.emonet_model import open_emonet
 
+    label = reference_label("cpu")
+    if label is None:
+        return None, "no reference PyTorch backend for the CPU"
     try:
-        model = open_emonet(reference_label("cpu"), weights=weights, max_batch=16)
+        model = open_emonet(label, weights=weights, max_batch=16)
         try:
             return model.runner.infer(parity_crops), None
         finally:

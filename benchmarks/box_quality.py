@@ -115,7 +115,7 @@ def generated_clips(tmp: Path) -> dict[str, Path]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--clip", type=Path, action="append", default=[], help="a video to check as well (repeatable)")
     ap.add_argument("--no-generated", action="store_true", help="only demo.mp4 and the --clip videos")
     ap.add_argument("--json", type=Path, help="where the results go (default benchmarks/results/...)")

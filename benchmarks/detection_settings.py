@@ -95,7 +95,7 @@ def every_rows(frames: list[np.ndarray]) -> list[dict]:
 def main(argv: list[str] | None = None) -> Path:
     import cv2
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--clip", type=Path, action="append", default=[], help="also measure on this video")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

@@ -73,7 +73,7 @@ def encode(frames: list[np.ndarray], path: Path, preset: str, crf: int, threads:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--clip", type=Path, help="a real video's frames instead of the generated 720p face")
     ap.add_argument("--json", type=Path)

@@ -63,11 +63,11 @@ def _timed(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, dict
     done = subprocess.run(full, capture_output=True, text=True, env=env)
     facts["load_1m_after"] = load_1m()
     if gnu_time:
-        found = {k: re.search(rf"{k}.*?: ([\d.]+)", done.stderr) for k in ("Maximum resident", "User time",
-                                                                             "System time")}
-        if all(found.values()):
-            facts["time_v_peak_rss_mb"] = round(int(found["Maximum resident"].group(1)) / 1024, 1)
-            facts["cpu_s"] = round(float(found["User time"].group(1)) + float(found["System time"].group(1)), 2)
+        keys = ("Maximum resident", "User time", "System time")
+        found = {k: m.group(1) for k in keys if (m := re.search(rf"{k}.*?: ([\d.]+)", done.stderr))}
+        if len(found) == len(keys):
+            facts["time_v_peak_rss_mb"] = round(int(found["Maximum resident"]) / 1024, 1)
+            facts["cpu_s"] = round(float(found["User time"]) + float(found["System time"]), 2)
     return done, facts
 
 
@@ -184,7 +184,7 @@ def export_model(weights: str, folder: Path, env: dict) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--weights", default="random")
     ap.add_argument("--clip", type=Path, action="append", default=[],
                     help="a video to run on as well (repeatable), e.g. ../shared/media/demo.mp4")

@@ -123,7 +123,7 @@ def resolve_weights(weights: str | None) -> tuple[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--weights", default=None, help="checkpoint (.pth); default: the golden weights, else random")
     parser.add_argument("--deadline-s", type=float, default=None,
                         help="begin no row whose stated cost (ROW_COST_S) does not fit before this many seconds; "

@@ -106,6 +106,8 @@ def junit_counts(path: Path) -> dict:
     except (OSError, ET.ParseError) as e:
         return {"error": f"no JUnit results ({type(e).__name__})"}
     suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return {"error": "no testsuite in the JUnit results"}
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     bad = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
            if c.find("failure") is not None or c.find("error") is not None]
@@ -154,7 +156,7 @@ def run_e2e(env: dict[str, str], out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else "
                         "benchmarks/results)")
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ import argparse
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def cpu_ms_per_face(runner, crops: np.ndarray, runs: int = 3) -> float:
 
 def measure(runner, crops, reference, parity_inputs, runs, batches, precision: str = "int8") -> dict:
     """Parity (an int8 model's judged by top-1 agreement) and speed of one model."""
-    row = {"parity": parity(runner.infer(crops[:parity_inputs], max_batch=8), reference, precision)}
+    row: dict[str, Any] = {"parity": parity(runner.infer(crops[:parity_inputs], max_batch=8), reference, precision)}
     for b in batches:
         row[f"b{b}"] = time_calls(runner.infer, crops[:b], BenchSettings(runs=runs, min_time_s=0.0, warmup=1))
     row["cpu_ms_per_face_b1"] = cpu_ms_per_face(runner, crops[:1])
@@ -75,7 +76,7 @@ def torch_reference_and_speed(args, crops: np.ndarray) -> tuple[dict, dict | Non
         else:
             reference = torch_model.runner.infer(crops[:args.parity_inputs], max_batch=16)
             if cache:
-                np.savez(cache, **reference)
+                np.savez(cache, **reference)  # pyright: ignore[reportArgumentType]  output names, never allow_pickle
         torch_b1 = None if args.no_torch_timing else time_calls(
             torch_model.runner.infer, crops[:1], BenchSettings(runs=args.runs, min_time_s=0.0, warmup=1))
     finally:
@@ -125,7 +126,7 @@ def recipe_row(args, request, recipe, crops, reference, batches, torch_b1, fp32)
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--parity-inputs", type=int, default=BenchSettings.parity_inputs)
     ap.add_argument("--runs", type=int, default=5)

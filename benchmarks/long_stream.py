@@ -92,7 +92,7 @@ def run_and_sample(args: list[str], interval_s: float = 0.25, env: dict | None =
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--frames", type=int, default=90_000)
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--face-every", type=int, default=500)

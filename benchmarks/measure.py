@@ -69,7 +69,8 @@ def time_calls(infer: Callable[[np.ndarray], object], crops: np.ndarray, setting
             device.append(d)
     ms = np.asarray(times) * 1000
     median = float(np.median(ms))
-    latency = {"p50": round(median, 3), "p95": round(float(np.percentile(ms, 95)), 3), "min": round(float(ms.min()), 3)}
+    latency: dict[str, float | list[float]] = {
+        "p50": round(median, 3), "p95": round(float(np.percentile(ms, 95)), 3), "min": round(float(ms.min()), 3)}
     if len(ms) <= 100:
         latency["runs"] = [round(float(t), 3) for t in ms]
     out = {"faces_per_s": round(len(crops) / (median / 1000), 3), "latency_ms": latency, "calls": len(times),

@@ -24,7 +24,7 @@ from emoengine.contract import INPUT_NAME
 
 
 def main(argv: list[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--weights", default="random")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batches", default="1,8")

@@ -142,7 +142,7 @@ def make_looped_clip(path: Path, frames: int, loops: int) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--clip", type=Path, action="append", default=[], help="a video to run on as well (repeatable)")
     ap.add_argument("--no-generated", action="store_true", help="only the --clip videos")
     ap.add_argument("--frames", type=int, default=149, help="frames of one pass of the generated clip")

@@ -78,7 +78,7 @@ def face_image_720p() -> bytes:
         raise SystemExit("needs insightface (its wheel carries the face photo)")
     face = Image.open(Path(spec.origin).parent / "data" / "images" / "Tom_Hanks_54745.png").convert("RGB")
     canvas = Image.new("RGB", SIZE_720P, (118, 112, 104))
-    canvas.paste(face.resize((400, 400), Image.BICUBIC), ((SIZE_720P[0] - 400) // 2, (SIZE_720P[1] - 400) // 2))
+    canvas.paste(face.resize((400, 400), Image.Resampling.BICUBIC), ((SIZE_720P[0] - 400) // 2, (SIZE_720P[1] - 400) // 2))
     buf = io.BytesIO()
     canvas.save(buf, "JPEG", quality=92)
     return buf.getvalue()
@@ -306,7 +306,7 @@ def verdicts(report: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed scenario")
     parser.add_argument("--requests", type=int, default=2000, help="requests of the held-load scenario")
     parser.add_argument("--max-batch", type=int, default=32)

@@ -57,10 +57,10 @@ def _nodes(helper, num_classes: int) -> list:
 def _initializers(numpy_helper, num_classes: int) -> list:
     rng = np.random.default_rng(0)
     values = {
-        "axis1": np.int64([1]), "heat_shape": np.int64([1, NUM_LANDMARKS, 1, 1]), "col": np.int64([-1, 1]),
-        "flat": np.int64([-1]), "w": rng.normal(0, 0.05, (1, num_classes)).astype(np.float32),
-        "b": rng.normal(0, 1, num_classes).astype(np.float32), "inv255": np.float32([1 / 255]),
-        "half": np.float32([0.5]),
+        "axis1": np.array([1], np.int64), "heat_shape": np.array([1, NUM_LANDMARKS, 1, 1], np.int64),
+        "col": np.array([-1, 1], np.int64), "flat": np.array([-1], np.int64), "w": rng.normal(0, 0.05, (1, num_classes)).astype(np.float32),
+        "b": rng.normal(0, 1, num_classes).astype(np.float32), "inv255": np.array([1 / 255], np.float32),
+        "half": np.array([0.5], np.float32),
     }
     return [numpy_helper.from_array(v, name) for name, v in values.items()]
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import sys
 import traceback
+from typing import TYPE_CHECKING, cast
 
 import typer
 
 from emoengine.errors import EmoengineError
+
+if TYPE_CHECKING:   # the type of what _click_types finds (typer's vendored click has the same interface)
+    from click.exceptions import ClickException
 
 app = typer.Typer(
     name="emoengine",
@@ -31,20 +35,23 @@ def _register_commands() -> None:
     from emoengine.cli import commands  # noqa: F401
 
 
-def _click_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+def _click_types() -> tuple[tuple[type[ClickException], ...], tuple[type[BaseException], ...]]:
     """(ClickException types, Abort types): typer's vendored click (typer >= 0.2x) and a standalone click,
     whichever exist, since either may raise depending on the typer version."""
-    exceptions, aborts = [], [typer.Abort]
+    exceptions: list[type[ClickException]] = []
+    aborts: list[type[BaseException]] = [typer.Abort]
     try:
-        from typer._click import ClickException
+        from typer._click import ClickException as VendoredClickException
 
-        exceptions.append(ClickException)
+        # a copy of click's class, format_message and all (the two are unrelated to a type checker)
+        exceptions.append(cast("type[ClickException]", VendoredClickException))
     except ImportError:
         pass
     try:
-        from click.exceptions import Abort, ClickException
+        from click.exceptions import Abort
+        from click.exceptions import ClickException as StandaloneClickException
 
-        exceptions.append(ClickException)
+        exceptions.append(StandaloneClickException)
         aborts.append(Abort)
     except ImportError:
         pass

@@ -50,8 +50,9 @@ def serve_command(
     prepare_engine(engine_args)
     limits = Limits(upload_mb=max_upload_mb, video_upload_mb=max_video_mb, image_pixels=max_pixels,
                     crops=max_crops, video_s=max_video_s, video_frames=max_video_frames)
+    token = read_token(None if token_file is None else str(token_file))
     cfg = ServeConfig(engine_args, host=host, port=port, replicas=replicas, max_batch=max_batch,
-                      batch_wait_ms=batch_wait_ms, ray_address=ray_address, token=read_token(token_file),
+                      batch_wait_ms=batch_wait_ms, ray_address=ray_address, token=token,
                       limits=limits, max_jobs=max_jobs, keep_hours=keep_hours,
                       jobs_dir=None if jobs_dir is None else str(jobs_dir))
     with start_server(cfg) as server:

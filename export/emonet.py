@@ -52,7 +52,7 @@ class HourGlass(nn.Module):
         for level in range(depth, 0, -1):
             for branch in ("b1", "b2", "b3"):
                 self.add_module(f"{branch}_{level}", ConvBlock(channels, channels))
-        self.add_module("b2_plus_1", ConvBlock(channels, channels))
+        self.b2_plus_1 = ConvBlock(channels, channels)   # registered like add_module, after the b*_L blocks
 
     def _level(self, level: int, x: torch.Tensor) -> torch.Tensor:
         up = getattr(self, f"b1_{level}")(x)
@@ -123,6 +123,7 @@ class EmoNet(nn.Module):
                 previous = previous + ll + self.al0(heat)
             features.append(ll)
 
+        assert heat is not None   # the loop above ran
         mask = heat.sum(dim=1, keepdim=True)
         emo = torch.cat((stem, torch.cat(features, 1) * mask), 1)
         emo = self.conv1x1_input_emo_2(emo)

@@ -19,12 +19,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from emoengine.compare import Comparison, compare_runners
 from emoengine.contract import INPUT_NAME
 from emoengine.errors import RunFailure, UserInputError
+
+if TYPE_CHECKING:   # onnx itself is imported where a conversion runs
+    from onnx import NodeProto, TensorProto
 
 FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16 (no onnx import at module load)
 FP16_MAX = 65504.0
@@ -45,12 +49,12 @@ class Fp16Report:
     kept_fp32: list[str]                       # node names left in fp32
     max_abs: float                             # largest activation on the calibration crops (fp32 graph)
     worst_rel_diff: dict[str, float] = field(default_factory=dict)   # emulated fp16 storage vs fp32
-    tolerance: dict[str, float] = field(default_factory=dict)
+    tolerance: dict[str, float | None] = field(default_factory=dict)   # None: an output not judged
     convert_s: float = 0.0
     size_bytes: int = 0
 
 
-def _keep_predicate(keep_fp32: Callable[[object], bool] | Iterable[str]) -> Callable[[object], bool]:
+def _keep_predicate(keep_fp32: Callable[[NodeProto], bool] | Iterable[str]) -> Callable[[NodeProto], bool]:
     """`keep_fp32` as a predicate on nodes: a callable as it is, else the set of node names it lists."""
     if callable(keep_fp32):
         return keep_fp32
@@ -80,13 +84,13 @@ class _Fp16Conversion:
     """One fp32 -> fp16 conversion (convert_to_fp16): the new nodes and initializers, and each float tensor's
     type in the new graph, so that one Cast per tensor per precision change is placed."""
 
-    def __init__(self, model, keep: Callable[[object], bool]) -> None:
+    def __init__(self, model, keep: Callable[[NodeProto], bool]) -> None:
         self.model, self.elem_type = _copy_and_types(model)
         self.keep = keep
         self.graph = self.model.graph
         self.inits = {t.name: t for t in self.graph.initializer}
         self.elem_type.update({name: t.data_type for name, t in self.inits.items()})
-        self.new_inits: dict[str, object] = {}          # name -> TensorProto actually used
+        self.new_inits: dict[str, TensorProto] = {}          # name -> TensorProto actually used
         self.dtype_now: dict[str, int] = {}             # float tensor -> FLOAT / FLOAT16 in the new graph
         self.casts: dict[tuple[str, int], str] = {}     # (tensor, to) -> name of its cast
         self.new_nodes: list = []
@@ -191,7 +195,7 @@ def _retype_constant(node, target: int) -> None:
                 attr.t.CopyFrom(numpy_helper.from_array(arr, attr.t.name))
 
 
-def convert_to_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] = ()):
+def convert_to_fp16(model, keep_fp32: Callable[[NodeProto], bool] | Iterable[str] = ()):
     """A copy of `model` (onnx.ModelProto, fp32) computing in fp16 except nodes where `keep_fp32(node)` is true
     (or whose names are listed). Graph inputs/outputs keep their types; Casts go where precision changes.
     Returns (model, names of the nodes kept fp32)."""
@@ -223,7 +227,8 @@ def activation_ranges(model, images: np.ndarray, chunk: int = 96) -> dict[str, t
         del probe.graph.output[:]
         probe.graph.output.extend(float_vi[n] for n in part)
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        for name, value in zip(part, sess.run(part, {INPUT_NAME: images}), strict=True):
+        values = cast("list[np.ndarray]", sess.run(part, {INPUT_NAME: images}))   # tensors (stubs: or maps)
+        for name, value in zip(part, values, strict=True):
             ranges[name] = (*producer[name], float(np.abs(value).max()))
     return ranges
 
@@ -231,7 +236,7 @@ def activation_ranges(model, images: np.ndarray, chunk: int = 96) -> dict[str, t
 class _Fp16Emulation:
     """One emulate_fp16 rewrite: the round trips placed so far and the fp16-rounded copies of weights."""
 
-    def __init__(self, model, keep: Callable[[object], bool]) -> None:
+    def __init__(self, model, keep: Callable[[NodeProto], bool]) -> None:
         self.model, self.elem_type = _copy_and_types(model)
         self.keep = keep
         self.graph = self.model.graph
@@ -298,7 +303,7 @@ class _Fp16Emulation:
         return self.model
 
 
-def emulate_fp16(model, keep_fp32: Callable[[object], bool] | Iterable[str] = ()):
+def emulate_fp16(model, keep_fp32: Callable[[NodeProto], bool] | Iterable[str] = ()):
     """The fp32 graph with fp16 *storage* emulated: every tensor an fp16 node reads or writes goes through a
     Cast fp32->fp16->fp32 round trip (overflow to inf included) and its weights are rounded to fp16 values.
 
@@ -329,7 +334,8 @@ def run_cpu(model, images: np.ndarray) -> dict[str, np.ndarray]:
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {INPUT_NAME: images}), strict=True))
+    outs = cast("list[np.ndarray]", sess.run(names, {INPUT_NAME: images}))   # tensors (stubs: or sequences, maps)
+    return dict(zip(names, outs, strict=True))
 
 
 def fp16_parity(model, keep: Iterable[str], images: np.ndarray) -> Comparison:

@@ -167,9 +167,9 @@ def decode_metadata(props: Mapping[str, str]) -> dict[str, object]:
     """Decode the JSON-valued fields of an exported model's metadata_props (e.g. `OrtRunner.metadata`)."""
     decoded: dict[str, object] = dict(props)
     for key in JSON_FIELDS:
-        if key in decoded:
+        if key in props:
             with contextlib.suppress(TypeError, json.JSONDecodeError):  # not ours: leave the raw string
-                decoded[key] = json.loads(decoded[key])
+                decoded[key] = json.loads(props[key])
     return decoded
 
 

@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -198,7 +199,13 @@ def _quantize_static(pre: Path, temp: Path, fp32_path: Path, cache: Path, calibr
     """onnxruntime's static QDQ quantisation of `pre` into `temp` in flavour `fmt`, calibrated on face crops
     unless the ranges are cached (and newer than the fp32 model). The ranges are min/max per tensor whatever the
     flavour (symmetry is applied when quantising), so both flavours share one cache."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from emoengine.export.face_crops import CALIBRATION_SEED, face_crops
 
@@ -211,6 +218,8 @@ def _quantize_static(pre: Path, temp: Path, fp32_path: Path, cache: Path, calibr
             cache.unlink()  # ranges of an older export: recalibrate
     reader = None if cache.is_file() and kwargs else _CropReader(face_crops(calibration_crops,
                                                                             seed=CALIBRATION_SEED))
+    # a CalibrationDataReader by its __subclasshook__ (get_next), which a type checker cannot see
+    reader = cast("CalibrationDataReader | None", reader)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger once per BatchNorm

@@ -193,10 +193,11 @@ def run_export(request: ExportRequest, say: Callable[[str], None],
     `--output` names the last file of the chain; the ONNX an engine is built from is kept (default: in models/),
     the fp32 ONNX an fp16 or int8 file is made from is a temporary."""
     steps = steps_for(request)
-    loaded, default = None, None
-    if request.onnx is None:
+    loaded, default, onnx = None, None, request.onnx
+    if onnx is None:
         from emoengine.export.checkpoint import load_emonet
 
+        assert request.weights is not None   # steps_for refuses a request with neither weights nor onnx
         loaded = load_emonet(request.weights, request.classes)
         stem = f"emonet{loaded.num_classes}{'-random' if loaded.is_random else ''}"
     files = [s for s in steps if s != "engine"]
@@ -204,8 +205,8 @@ def run_export(request: ExportRequest, say: Callable[[str], None],
     source = request.onnx
     with tempfile.TemporaryDirectory(prefix="emoengine-export-") as tmp:
         for step in steps:
-            default = (models_dir() / f"{stem}{SUFFIXES.get(step, '')}" if loaded is not None
-                       else request.onnx.with_name(f"{request.onnx.stem}{SUFFIXES.get(step, '')}"))
+            default = (models_dir() / f"{stem}{SUFFIXES.get(step, '')}" if onnx is None
+                       else onnx.with_name(f"{onnx.stem}{SUFFIXES.get(step, '')}"))
             temporary = step != "engine" and step != files[-1] and "engine" not in steps
             if temporary:
                 target = Path(tmp) / f"fp32{SUFFIXES[step]}"
@@ -266,7 +267,9 @@ def choose_keep_float(request: ExportRequest, source: Path, target: Path, flavou
     from emoengine.export.int8_search import AgreementCheck, search_keep_float, search_record
     from emoengine.export.quantize import quantize_int8, record_search
 
-    n = request.calibration_crops
+    n, min_agreement = request.calibration_crops, request.min_agreement
+    if min_agreement is None:
+        raise ValueError("choose_keep_float searches for request.min_agreement, which is not set")
     check = AgreementCheck.against_model(source, face_crops(n, seed=CALIBRATION_SEED))
     cache = target.with_name(f"{target.stem}.calib-conv-{request.calibration_method}{n}.json")
     say(f"choosing the layers kept in float for top-1 agreement >= {request.min_agreement:.1%} on {n} "
@@ -280,11 +283,11 @@ def choose_keep_float(request: ExportRequest, source: Path, target: Path, flavou
                                           flavour=flavour)
             return out
 
-        best, trials = search_keep_float(make, check, request.min_agreement, say=say)
-        if best.agreement < request.min_agreement:
+        best, trials = search_keep_float(make, check, min_agreement, say=say)
+        if best.agreement < min_agreement:
             say(f"no recipe reaches {request.min_agreement:.1%}: the best, {best.agreement:.1%}, keeps "
                 f"{', '.join(best.keep_float) or 'nothing'} in float")
-        return record_search(reports[best.keep_float], search_record(best, trials, request.min_agreement, n), target)
+        return record_search(reports[best.keep_float], search_record(best, trials, min_agreement, n), target)
 
 
 def _engine_step(request: ExportRequest, loaded, source: Path, target, say) -> Exported:

@@ -173,7 +173,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
         raise RunFailure(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(engine_path, bytes(serialized))
-    if cache is not None:
+    if cache is not None and timing_cache is not None:   # (a cache only comes from a timing_cache)
         write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     return engine_path
 

@@ -108,7 +108,7 @@ def parse_backend(spec: str) -> BackendOptions:
     if not row.takes_options:
         raise UserInputError(f"backend {row.name} takes no options (got '{spec}'); options exist for "
                              f"{', '.join(r.name for r in BACKENDS.values() if r.takes_options)}")
-    kwargs: dict[str, object] = {"precision": default}
+    precision, flags = default, set()
     extra: dict[str, str] = {}
     for opt in (o.strip() for o in rest.split("+") if o.strip()):
         key, eq, value = opt.partition("=")
@@ -120,13 +120,14 @@ def parse_backend(spec: str) -> BackendOptions:
         elif opt in PRECISIONS:
             if opt not in row.precisions:
                 raise UserInputError(f"backend {row.name} runs {', '.join(row.precisions)}, not {opt}")
-            kwargs["precision"] = opt
+            precision = opt
         elif opt in row.flags:
-            kwargs[opt] = True
+            flags.add(opt)
         else:
             raise UserInputError(f"backend {row.name}: unknown option '{opt}' (known: "
                                  f"{', '.join((*row.precisions, *row.flags))})")
-    return BackendOptions(row.name, extra=extra, default_precision=default, **kwargs)
+    return BackendOptions(row.name, precision, compile="compile" in flags, cudagraph="cudagraph" in flags,
+                          channels_last="channels_last" in flags, extra=extra, default_precision=default)
 
 
 def backend_for_artifact(path: str) -> str:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from emoengine.errors import UserInputError
+
+if TYPE_CHECKING:   # torch itself is imported by the caller, where a backend needs it
+    from torch import Tensor
 
 # --- availability ----------------------------------------------------------------------------------------------
 
@@ -51,10 +55,12 @@ def tensorrt_missing() -> str | None:
         import tensorrt as trt
     except Exception as e:  # noqa: BLE001  the wheel without its CUDA libraries raises OSError
         return f"TensorRT is installed but cannot load: {(str(e).splitlines() or [type(e).__name__])[0]}"
-    if int(str(trt.__version__).split(".")[0]) < 10:
-        return f"TensorRT {trt.__version__} is too old (need 10+)"
+    # (where tensorrt is not installed, pyright resolves the name to our own engine/backends/tensorrt.py)
+    version = str(trt.__version__)  # pyright: ignore[reportAttributeAccessIssue]
+    if int(version.split(".")[0]) < 10:
+        return f"TensorRT {version} is too old (need 10+)"
     missing = torch_cuda_missing()
-    return f"TensorRT {trt.__version__} needs a CUDA GPU through PyTorch: {missing}" if missing else None
+    return f"TensorRT {version} needs a CUDA GPU through PyTorch: {missing}" if missing else None
 
 
 def require(backend: str, missing: Callable[[], str | None]) -> None:
@@ -85,7 +91,7 @@ class PinnedStaging:
         self.pinned = device == "cuda"
         self.host_in = torch.empty((max_batch, *input_shape), dtype=input_dtype, pin_memory=self.pinned)
         self.device_in = torch.empty((max_batch, *input_shape), dtype=input_dtype, device=device)
-        self.host_out: dict[str, object] = {}
+        self.host_out: dict[str, Tensor] = {}
 
     def upload(self, array: np.ndarray):
         n = len(array)
@@ -104,7 +110,7 @@ class PinnedStaging:
                                                           pin_memory=self.pinned)
         return host
 
-    def download(self, device: dict[str, object]) -> dict[str, np.ndarray]:
+    def download(self, device: dict[str, Tensor]) -> dict[str, np.ndarray]:
         views = {}
         with self.cuda.stream(self.stream):
             for name, t in device.items():

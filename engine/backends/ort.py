@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -92,7 +93,7 @@ class OrtRunner(Runner):
         providers = providers or ["CPUExecutionProvider"]
         check_ort_providers(providers)
         source = model if isinstance(model, bytes) else str(model)
-        if not isinstance(model, bytes) and not Path(source).is_file():
+        if isinstance(source, str) and not Path(source).is_file():
             raise UserInputError(f"no such model file: {source}")
         self.optimized_from_cache = False
         try:
@@ -118,7 +119,10 @@ class OrtRunner(Runner):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, feeds)
+        if self.session is None:
+            raise RuntimeError(f"the {self.backend} runner is closed")
+        # tensors only (the stubs allow the sequences and maps ONNX can also return; our models have none)
+        outs = cast("list[np.ndarray]", self.session.run(self.output_names, feeds))
         return dict(zip(self.output_names, outs, strict=True))
 
     def close(self) -> None:

@@ -88,8 +88,10 @@ class OrtCudaRunner(Runner):
         n = len(crops)
         image = self.staging.upload(crops)
         self.stream.synchronize()  # the upload is complete before ORT's stream reads it
+        session, b = self.session, self.binding
+        if session is None or b is None:
+            raise RuntimeError(f"the {self.backend} runner is closed")
         if self.bound != n:
-            b = self.binding
             b.clear_binding_inputs()
             b.clear_binding_outputs()
             b.bind_input(INPUT_NAME, "cuda", self.torch.cuda.current_device(), np.uint8, (n, *INPUT_SHAPE),
@@ -108,7 +110,7 @@ class OrtCudaRunner(Runner):
         timer = DeviceTimer(self.torch.cuda, self.device_timing and not self.options.cudagraph)
         timer.start(self.stream)
         try:
-            self.session.run_with_iobinding(self.binding, run_options)
+            session.run_with_iobinding(b, run_options)
         except Exception as e:  # ORT's own error types
             raise RunFailure(f"ONNX Runtime (CUDA) failed: {first_line(e)}") from e
         timer.stop(self.stream)

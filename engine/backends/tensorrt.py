@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,22 +111,27 @@ class TrtRunner(Runner):
                 raise RunFailure(f"TensorRT could not infer the shape of output {name}: {shape}")
             self.outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=device)
         self.cuda_graph = bool(cuda_graph)
-        self.graphs: dict[int, object] = {}
+        self.graphs: dict[int, Any] = {}   # a CUDAGraph per batch size (self.cuda's: a stand-in in tests)
         self.bound_batch = None
 
     def _bind(self, n: int) -> None:
         """Shapes and addresses for a batch of n: views of the max-batch buffers (stable addresses)."""
-        image = self.input_names[0]
-        if not self.context.set_input_shape(image, (n, *self.staging.device_in.shape[1:])):
+        image, context = self.input_names[0], self._open_context()
+        if not context.set_input_shape(image, (n, *self.staging.device_in.shape[1:])):
             raise RunFailure(f"TensorRT refused a batch of {n} (this engine takes 1..{self.max_batch})")
-        self.context.set_tensor_address(image, self.staging.device_in.data_ptr())
+        context.set_tensor_address(image, self.staging.device_in.data_ptr())
         for name, t in self.outputs.items():
-            self.context.set_tensor_address(name, t.data_ptr())
+            context.set_tensor_address(name, t.data_ptr())
         self.bound_batch = n
 
     def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(stream_handle=self.stream.cuda_stream):
+        if not self._open_context().execute_async_v3(stream_handle=self.stream.cuda_stream):
             raise RunFailure("TensorRT execution failed")
+
+    def _open_context(self):
+        if self.context is None:
+            raise RuntimeError(f"the {self.backend} runner is closed")
+        return self.context
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         image = self.input_names[0]
@@ -194,7 +200,7 @@ def prepare(row, request: ModelRequest) -> Path:
     of `--weights` for this GPU and TensorRT, built first when missing or stale (fp16: from the fp16 ONNX; int8:
     from the export's symmetric QDQ model)."""
     require_tensorrt()   # first: without TensorRT nothing is exported or converted for it
-    if _given_engine(request):
+    if _given_engine(request) and request.model is not None:
         return Path(request.model)
     from emoengine.export import artifacts, trt_engine
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,9 +73,11 @@ class TorchRunner(Runner):
         self.metadata = dict(metadata)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
+        torch, graph = self.torch, self.graph
+        if graph is None:
+            raise RuntimeError(f"the {self.backend} runner is closed")
         with torch.inference_mode():
-            outs = self.graph(torch.from_numpy(np.ascontiguousarray(feeds[INPUT_NAME])))
+            outs = graph(torch.from_numpy(np.ascontiguousarray(feeds[INPUT_NAME])))
         return {n: o.detach().float().numpy() for n, o in zip(self.output_names, outs, strict=True)}
 
     def close(self) -> None:
@@ -111,7 +114,7 @@ class TorchCudaRunner(Runner):
             require("torch-cuda", torch_cuda_missing)
         self.torch, self.cuda, self.device = torch, cuda or torch.cuda, device
         self.options = options
-        self.max_batch = max(1, int(max_batch))
+        self.max_batch: int = max(1, int(max_batch))   # always a number here: the staging buffers' size
         self.graph = self.forward = _on_device(torch, self.cuda, graph, options, device)
         if options.compile:
             limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
@@ -120,7 +123,7 @@ class TorchCudaRunner(Runner):
             self.forward = torch.compile(self.graph, mode=compile_mode(options), dynamic=False)
         self.pad = options.compile or options.cudagraph
         self.manual_graphs = options.cudagraph and not options.compile
-        self.graphs: dict[int, tuple[object, tuple]] = {}
+        self.graphs: dict[int, tuple[Any, tuple]] = {}   # (CUDAGraph: self.cuda's, a stand-in in tests), outputs
         self.stream = self.cuda.Stream()
         self.staging = PinnedStaging(torch, self.stream, self.max_batch, INPUT_SHAPE, torch.uint8, device, self.cuda)
         self.backend = options.label
@@ -129,6 +132,8 @@ class TorchCudaRunner(Runner):
         self.metadata = {**metadata, "precision": options.precision}
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.graph is None or self.forward is None:
+            raise RuntimeError(f"the {self.backend} runner is closed")
         crops = np.ascontiguousarray(feeds[INPUT_NAME])
         n = len(crops)
         size = padded_batch(n, self.max_batch) if self.pad else n
@@ -144,7 +149,7 @@ class TorchCudaRunner(Runner):
         timer.start(compute)
         with self.torch.inference_mode():
             if self.manual_graphs:
-                outs = self._replay(size, image)
+                outs = self._replay(self.graph, size, image)
             else:
                 if self.options.compile and self.options.cudagraph:
                     self.torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier outputs were copied out
@@ -155,7 +160,7 @@ class TorchCudaRunner(Runner):
         self.last_device_ms = timer.elapsed_ms()
         return result
 
-    def _replay(self, size: int, image):
+    def _replay(self, model, size: int, image):
         """One CUDA graph per batch size over the staging buffer's view (a stable address); PyTorch's documented
         pattern: warm up on a side stream, capture, replay on the current stream."""
         cuda = self.cuda
@@ -165,11 +170,11 @@ class TorchCudaRunner(Runner):
             side.wait_stream(cuda.current_stream())
             with cuda.stream(side):
                 for _ in range(2):  # cuDNN autotuning and allocations happen here, not in the graph
-                    self.graph(image)
+                    model(image)
             cuda.current_stream().wait_stream(side)
             graph = cuda.CUDAGraph()
             with cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE):
-                static_out = self.graph(image)
+                static_out = model(image)
             entry = self.graphs[size] = (graph, static_out)
         graph, static_out = entry
         graph.replay()

@@ -13,6 +13,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from emoengine.engine.batch.videos import (
     BATCH_SUMMARY,
@@ -48,7 +49,7 @@ def start_ray(address: str | None, quiet: bool) -> tuple[bool, dict]:
 
     if ray.is_initialized():
         return False, {"address": "already initialized in this process"}
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
     if address:
         check_reachable(address)
         try:
@@ -97,7 +98,7 @@ def plan(items: list[BatchItem], out_dir: Path, retry_failed: bool) -> tuple[lis
             same_file = old is not None and old.get("input") == item.path and old.get("stat") == item.stat_key()
         except OSError:
             same_file = False
-        if same_file:
+        if same_file and old is not None:
             settled.append(dict(old))   # still the same bad file: not retried (--retry-failed does)
         else:
             todo.append(item)
@@ -134,7 +135,7 @@ def run_on_ray(todo: list[BatchItem], out_dir: Path, template, model_args: dict,
     # bounded retries (Ray Data's actor-pool default is -1, forever): a video whose worker process dies is rerun
     # at most `retries` times; a dead worker is restarted as long as some video still has an attempt left, so
     # one video that kills every worker it touches cannot take the others down with it
-    remote = dict(max_restarts=(retries + 1) * len(todo), max_task_retries=retries)
+    remote: dict[str, Any] = dict(max_restarts=(retries + 1) * len(todo), max_task_retries=retries)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # Ray >= 2.5x flags plain ray_remote_args as deprecated; still honoured
         ds = ds.map_batches(

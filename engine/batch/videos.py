@@ -159,6 +159,7 @@ class VideoWorker:
         if self.setup_error is not None:
             row.update(reason=self.setup_error[0], kind="setup", exit_code=self.setup_error[1])
             return row
+        assert self.model is not None   # opened, or setup_error says why not
         video_dir = self.out_dir / item.name
         remove_partials(video_dir)
         cfg = dataclasses.replace(self.template, input=item.path, out_dir=video_dir, warn_random=False)

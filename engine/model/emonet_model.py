@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class EmoNetBatch:
     def rows(self, a: int, b: int) -> EmoNetBatch:
         """Crops a..b of this batch: every array and every tap sliced alike."""
         arrays = {k: None if v is None else v[a:b] for k, v in self.__dict__.items() if k != "taps"}
-        return EmoNetBatch(**arrays, taps={name: tap[a:b] for name, tap in self.taps.items()})
+        return replace(self, **arrays, taps={name: tap[a:b] for name, tap in self.taps.items()})
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

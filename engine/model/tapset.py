@@ -103,6 +103,14 @@ def full_tensor(batch, name: str) -> np.ndarray | None:
     return None
 
 
+def required_tensor(batch, name: str) -> np.ndarray:
+    """full_tensor, for a tap the model has (checked when the run's taps were chosen)."""
+    tensor = full_tensor(batch, name)
+    if tensor is None:
+        raise KeyError(f"the batch has no tap {name!r}")
+    return tensor
+
+
 def _has(model, name: str, tap_view: str) -> bool:
     if name in model.taps:
         return True
@@ -126,7 +134,7 @@ def run_tap_specs(model, names, tap_view: str = "mean", source: str = "the model
     probed = {}
     if any(n not in DEFAULT_OUTPUTS for n in names):
         batch = model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))
-        probed = {n: full_tensor(batch, n).shape[1:] for n in names if n not in DEFAULT_OUTPUTS}
+        probed = {n: required_tensor(batch, n).shape[1:] for n in names if n not in DEFAULT_OUTPUTS}
     defaults = {spec.name: spec for spec in default_tap_specs()}
     return tuple(defaults[n] if n in defaults else TapSpec.of(n, probed[n]) for n in names)
 
@@ -141,7 +149,7 @@ def face_taps(batch, k: int, specs) -> dict[str, np.ndarray]:
         if spec.kind == "map" and mean is not None:
             taps[spec.name] = np.array(mean[k], np.float32)
             continue
-        full = full_tensor(batch, spec.name)[k]
+        full = required_tensor(batch, spec.name)[k]
         if spec.kind == "vector":
             taps[spec.name] = np.array(full, np.float32).reshape(-1)
         else:

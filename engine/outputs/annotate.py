@@ -137,7 +137,7 @@ class LandmarkAnnotator(_Annotator):
             if pts.shape != (68, 2):
                 continue
             color = face_color(face.face_id)
-            ok = np.isfinite(pts).all(axis=1)
+            ok = np.asarray(np.isfinite(pts).all(axis=1))   # (68,) bool (numpy's stubs: bool or array)
             ipts = np.round(np.where(ok[:, None], pts, 0)).astype(np.int32)
             if self.connect:
                 for group, closed in LANDMARK_GROUPS:

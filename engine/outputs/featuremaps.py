@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -47,7 +48,8 @@ def colorize(fmap: np.ndarray, out_size: tuple[int, int], interpolation: str = "
     gray = normalise(fmap)
     if interpolation == "nearest":
         return cv2.resize(np.take(_RGB_LUT, gray, axis=0), size, interpolation=cv2.INTER_NEAREST)
-    return np.take(_RGB_LUT, cv2.resize(gray, size, interpolation=_INTERPOLATION[interpolation]), axis=0)
+    resized = cast(np.ndarray, cv2.resize(gray, size, interpolation=_INTERPOLATION[interpolation]))   # cv2: MatLike
+    return np.take(_RGB_LUT, resized, axis=0)
 
 
 def feature_map_frame(fmap: np.ndarray | None, out_size: tuple[int, int],

@@ -11,11 +11,12 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from emoengine.engine.model.tapset import default_tap_specs
+from emoengine.engine.model.tapset import TapSpec, default_tap_specs
 from emoengine.engine.outputs.annotate import annotate_frame
 from emoengine.engine.outputs.encoders import EncoderThread
 from emoengine.engine.outputs.schema import PREDICTIONS_NAME, SUMMARY_NAME, predictions_header
@@ -96,7 +97,7 @@ class RunOutputs:
     """
 
     def __init__(self, out_dir: Path, class_names, fps: float, still: bool, write_video: bool = True,
-                 taps=True, save_activations: bool = False, full_taps: bool = False,
+                 taps: bool | Iterable[TapSpec] = True, save_activations: bool = False, full_taps: bool = False,
                  face_id: int | None = None, frame_files: list[str] | None = None, report: bool = True,
                  tap_view: str = "mean") -> None:
         """`taps`: the run's taps (engine.model.tapset.TapSpec, in order); True: the default taps; False: none."""
@@ -117,17 +118,19 @@ class RunOutputs:
         self._header = predictions_header(self.class_names)
         self._videos: dict[str, EncoderThread] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
-        self._csv = self._activations = self._taps = None
+        self._activations: ActivationsArchive | None = None
+        csv = taps_out = None
         try:   # the first files opened: a read-only or foreign folder is bad usage, found before any frame
-            self._csv = CsvWriter(self.dir / PREDICTIONS_NAME, self._header)
-            self._taps = TapWriters(self.dir, self.specs, tap_view, files=write_video, still=still, video=self._video)
+            csv = CsvWriter(self.dir / PREDICTIONS_NAME, self._header)
+            taps_out = TapWriters(self.dir, self.specs, tap_view, files=write_video, still=still, video=self._video)
             if save_activations:
                 self._activations = ActivationsArchive(self.dir / "activations.npz", self.specs, full=full_taps)
         except OSError as e:
-            for part in (self._csv, self._taps):
+            for part in (csv, taps_out):
                 if part is not None:
                     part.abort()
             raise UserInputError(f"cannot write into the output folder {self.dir}: {e.strerror or e}") from None
+        self._csv, self._taps = csv, taps_out
         self._frames_seen = 0
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal, overload
 
 from emoengine.errors import UserInputError
 
@@ -110,6 +111,10 @@ def read_summary_if_any(folder: Path) -> dict | None:
         return None
 
 
+@overload
+def read_batch_summary(folder: Path, missing_ok: Literal[False] = False) -> dict: ...
+@overload
+def read_batch_summary(folder: Path, missing_ok: bool) -> dict | None: ...
 def read_batch_summary(folder: Path, missing_ok: bool = False) -> dict | None:
     """FOLDER/batch_summary.json with each row checked (BATCH_ROW_KEYS); `missing_ok`: None if absent."""
     path = Path(folder) / BATCH_SUMMARY

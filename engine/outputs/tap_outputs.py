@@ -13,6 +13,7 @@ import io
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from emoengine.engine.outputs.featuremaps import (
 )
 from emoengine.engine.outputs.writers import AtomicOutput, CsvWriter, write_png
 from emoengine.engine.run.records import FaceResult, FrameRecord
+
+if TYPE_CHECKING:
+    from emoengine.engine.outputs.encoders import EncoderThread
 
 FEATURE_VIDEO_SIZE = (256, 256)   # --tap-view mean: the video and the mean PNG
 VECTOR_FORMAT = "{:.6g}"
@@ -46,7 +50,7 @@ class TapWriters:
     run finishes, commits and aborts it with its other videos); `files=False` (--no-video) writes none."""
 
     def __init__(self, out_dir: Path, specs, view: str, files: bool, still: bool,
-                 video: Callable[[str, tuple[int, int], Callable], object]) -> None:
+                 video: Callable[[str, tuple[int, int], Callable], EncoderThread]) -> None:
         self.dir = Path(out_dir)
         self.specs = tuple(specs) if files else ()
         self.grid = view == "grid"

@@ -11,7 +11,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -77,7 +77,14 @@ def _segments(t: np.ndarray, step: float) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
 
-def plot_timeline(rows: Iterable[Mapping[str, Any]], class_names: Sequence[str], path: str | os.PathLike, *,
+@runtime_checkable
+class TimelineSeries(Protocol):
+    """A compact store of timeline rows (outputs.TimelineStore): per face id, t, probs, valence, arousal."""
+
+    def series(self) -> dict[int, dict[str, np.ndarray]]: ...
+
+
+def plot_timeline(rows: Iterable[Mapping[str, Any]] | TimelineSeries, class_names: Sequence[str], path: str | os.PathLike, *,
                   max_faces: int = 6, max_points: int = 2000, title: str | None = None) -> Path:
     """Write the timeline PNG atomically; rows are predictions.csv rows (numbers or their strings).
 
@@ -89,7 +96,7 @@ def plot_timeline(rows: Iterable[Mapping[str, Any]], class_names: Sequence[str],
 
     class_names = list(class_names)
     # compact stores (outputs.TimelineStore) hand over their arrays; plain rows are parsed
-    series = rows.series() if hasattr(rows, "series") else _series(rows, class_names)
+    series = rows.series() if isinstance(rows, TimelineSeries) else _series(rows, class_names)
     colors = class_colors(class_names)
     shown = sorted(series, key=lambda fid: (-len(series[fid]["t"]), fid))[:max_faces]
     shown.sort()

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -27,6 +27,12 @@ class _CloseOrAbort:
 
     def __enter__(self):
         return self
+
+    def close(self) -> Path | None:   # the subclass's: flush and rename into place
+        raise NotImplementedError
+
+    def abort(self) -> None:   # the subclass's: remove the temporary file
+        raise NotImplementedError
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -248,6 +254,7 @@ class VideoWriter(_CloseOrAbort):
                  crf: int = 20, preset: str = "veryfast", threads: int | None = None) -> None:
         """`threads`: encoder threads (None: x264 picks; fewer leaves cores to inference)."""
         import av
+        import av.error  # its exception types (av re-exports them, but not in its __all__)
 
         self._av = av
         w, h = int(size[0]), int(size[1])
@@ -287,14 +294,17 @@ class VideoWriter(_CloseOrAbort):
         if self.coded_size != self.size:
             image = cv2.copyMakeBorder(image, 0, self.coded_size[1] - self.size[1], 0,
                                        self.coded_size[0] - self.size[0], cv2.BORDER_CONSTANT, value=0)
+        if self._container is None:
+            raise RuntimeError(f"{self.final_path} is finished: no frame can be added")
         av = self._av
-        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+        yuv = cast(np.ndarray, cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420))   # OpenCV's stubs: MatLike
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts = self.frames_written
         frame.time_base = self._time_base
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
-        except (av.FFmpegError, OSError) as e:
+        except (av.error.FFmpegError, OSError) as e:
             self.abort()
             raise RunFailure(f"video encoding failed for {self.final_path}: {_reason(e)}") from None
         self.frames_written += 1
@@ -314,7 +324,7 @@ class VideoWriter(_CloseOrAbort):
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
             self._container.close()
-        except (self._av.FFmpegError, OSError) as e:   # e.g. the disk filled up while writing the index
+        except (self._av.error.FFmpegError, OSError) as e:   # e.g. the disk filled up while writing the index
             self.abort()
             raise RunFailure(f"video encoding failed for {self.final_path}: {_reason(e)}") from None
         self._container = None

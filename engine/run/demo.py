@@ -41,7 +41,7 @@ def group_pan_frames(n: int, size=DEMO_SIZE):
         win_h = win_w * h / w
         x0 = (pw - win_w) * t
         y0 = min((ph - win_h) * 0.5, max(0.0, ph - win_h))
-        m = np.float32([[w / win_w, 0, -x0 * w / win_w], [0, h / win_h, -y0 * h / win_h]])
+        m = np.array([[w / win_w, 0, -x0 * w / win_w], [0, h / win_h, -y0 * h / win_h]], np.float32)
         yield cv2.warpAffine(photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
@@ -59,7 +59,7 @@ def group_in_view_frames(n: int, size=DEMO_SIZE):
         lo, hi = right - win_w, left                              # x0 range that keeps every face in the window
         x0 = (lo + hi) / 2 + 0.4 * (hi - lo) * np.sin(2 * np.pi * t)
         y0 = centre_y - win_h / 2
-        m = np.float32([[w / win_w, 0, -x0 * w / win_w], [0, h / win_h, -y0 * h / win_h]])
+        m = np.array([[w / win_w, 0, -x0 * w / win_w], [0, h / win_h, -y0 * h / win_h]], np.float32)
         yield cv2.warpAffine(photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
@@ -69,7 +69,7 @@ def single_face_frames(n: int, size=DEMO_SIZE, face_px=(110, 220)):
     w, h = size
     gx = np.linspace(60, 170, w, dtype=np.float32)[None, :, None]
     gy = np.linspace(0, 40, h, dtype=np.float32)[:, None, None]
-    background = np.clip(gx + gy + np.float32([10, 20, 30]), 0, 255).astype(np.uint8)
+    background = np.clip(gx + gy + np.array([10, 20, 30], np.float32), 0, 255).astype(np.uint8)
     for i in range(n):
         t = i / max(n - 1, 1)
         side = int(face_px[0] + (face_px[1] - face_px[0]) * t)
@@ -96,6 +96,8 @@ def write_clip(path: Path, frames, fps: float = 24.0) -> Path:
             if writer is None:
                 writer = VideoWriter(path, fps, (frame.shape[1], frame.shape[0]))
             writer.write(frame)
+        if writer is None:
+            raise ValueError(f"no frames to write to {path}")
         writer.close()
     except BaseException:
         if writer is not None:

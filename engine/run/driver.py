@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +73,8 @@ class RunConfig:
         """open_emonet's keyword arguments for this run. From weights the export is made with the taps; an
         artifact (model) has them, or the run says how to make one that does."""
         s = self.settings
-        args = dict(backend=self.backend, weights=s.weights, model=s.model, classes=s.classes,
-                    full_taps=s.full_taps, max_batch=self.max_batch)
+        args: dict[str, Any] = dict(backend=self.backend, weights=s.weights, model=s.model, classes=s.classes,
+                                    full_taps=s.full_taps, max_batch=self.max_batch)
         if s.weights is not None and self.taps:
             args["taps"] = model_taps(self.tap_names, s.tap_view, s.full_taps)
         # ONNX Runtime's idle threads spin by default: in a pipeline that steals the cores the other stages need
@@ -99,12 +100,14 @@ class FrameAssembler:
 
     def __call__(self, record: FrameRecord) -> FrameRecord:
         self.smoother.forget(record.dropped_ids)
-        faces, p = record.detections, record.predictions
-        if p is None or not len(faces):
+        faces, p, ids, regions = record.detections, record.predictions, record.ids, record.regions
+        if p is None or (faces is not None and not len(faces)):
             return record
-        lm68 = regions_to_frame(p.landmarks, record.regions)
+        if faces is None or ids is None or regions is None:
+            raise RuntimeError(f"frame {record.index} has predictions without detections, ids and crop regions")
+        lm68 = regions_to_frame(p.landmarks, regions)
         for k in range(len(faces)):
-            fid = int(record.ids[k])
+            fid = int(ids[k])
             probs, val, aro = self.smoother.update(fid, p.probs[k], float(p.valence[k]), float(p.arousal[k]))
             taps = face_taps(p, k, self.taps)
             record.faces.append(FaceResult(

@@ -11,6 +11,7 @@ One `FrameRecord` per frame travels through them all, each stage adding its part
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import queue
@@ -18,11 +19,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Final, overload
 
 import numpy as np
 
 from emoengine.engine.model.crops import crop_faces
-from emoengine.engine.model.emonet_model import EmoNetBatch, EmoNetModel
+from emoengine.engine.model.emonet_model import EmoNetModel
 from emoengine.engine.run.records import FrameRecord, StageClock
 from emoengine.engine.run.segments import OrderedPool
 from emoengine.engine.tracking.keyframes import KeyframeTracker
@@ -30,7 +32,8 @@ from emoengine.errors import EmoengineError, RunFailure
 
 log = logging.getLogger(__name__)
 
-_END = object()
+_End = enum.Enum("_End", "END")   # the end of the stream, down the queues after the last frame (`is` narrows)
+_END: Final = _End.END
 _POLL_S = 0.05
 # every thread but inference runs at nice +BACKGROUND_NICE: where threads outnumber cores, a core goes to EmoNet
 # (ONNX Runtime's pool, nice 0) whenever it wants one, and decoding, detection, drawing and encoding fill the gaps
@@ -124,7 +127,11 @@ class Pipeline:
                 continue
         clock.wait_out_s += time.perf_counter() - t0
 
-    def _get(self, q: queue.Queue, clock: StageClock, timeout: float | None = None):
+    @overload
+    def _get(self, q: queue.Queue, clock: StageClock, timeout: None = None) -> FrameRecord | _End: ...
+    @overload
+    def _get(self, q: queue.Queue, clock: StageClock, timeout: float | None) -> FrameRecord | _End | None: ...
+    def _get(self, q: queue.Queue, clock: StageClock, timeout: float | None = None) -> FrameRecord | _End | None:
         """Next item; `None` if `timeout` passed with nothing (used by the batcher)."""
         t0 = time.perf_counter()
         deadline = None if timeout is None else t0 + timeout
@@ -249,7 +256,7 @@ class Pipeline:
         while (record := self._get(self._q_detected, clock)) is not _END:
             t0 = time.perf_counter()
             faces = record.detections
-            if len(faces):
+            if faces is not None and len(faces):
                 # square crops from the unclipped boxes (a face at the edge stays centred, black beyond it);
                 # upstream mode clips by design, as EmoNet's demo does
                 boxes = faces.boxes_to_crop if self.opt.crop_mode == "square" else faces.boxes
@@ -297,7 +304,7 @@ class Pipeline:
         for record in pending:
             k = record.num_detections
             if k:
-                record.predictions = _slice_batch(batch, start, start + k)
+                record.predictions = batch.rows(start, start + k)
             record.crops = None   # EmoNet has seen them; a record waiting for the writer stays small
             start += k
             self._put(self._q_inferred, record, clock)
@@ -391,7 +398,3 @@ class Pipeline:
                 self.stop.set()
                 if deadline_s is None:
                     raise
-
-
-def _slice_batch(batch: EmoNetBatch, a: int, b: int) -> EmoNetBatch:
-    return batch.rows(a, b)

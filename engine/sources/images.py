@@ -55,7 +55,8 @@ class ImageFileSource(FrameSource):
 
     def _frames(self) -> Iterator[Frame]:
         rgb, self._rgb = self._rgb, None
-        yield Frame(0, 0.0, rgb)
+        if rgb is not None:   # the one frame, handed out once
+            yield Frame(0, 0.0, rgb)
 
 
 class ImageFolderSource(FrameSource):

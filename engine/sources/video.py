@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import cv2
@@ -17,6 +18,9 @@ import numpy as np
 
 from emoengine.engine.sources.frame_source import DEFAULT_STREAM_FPS, Frame, FrameSource
 from emoengine.errors import RunFailure, UserInputError
+
+if TYPE_CHECKING:
+    import av.container
 
 # A live stream may drop a packet now and then; give up only when decoding keeps failing.
 MAX_CONSECUTIVE_STREAM_ERRORS = 100
@@ -55,6 +59,8 @@ class PyAVSource(FrameSource):
 
     def __init__(self, url: str, kind: str) -> None:
         import av
+        import av.error  # its exception types (av re-exports them, but not in its __all__)
+        import av.video.reformatter
 
         self.kind = kind
         self.name = url
@@ -70,8 +76,8 @@ class PyAVSource(FrameSource):
         try:
             self._container = av.open(target, options=options,
                                       timeout=STREAM_TIMEOUT_S if kind == "stream" else None)
-        except av.FFmpegError as e:
-            raise self._open_error(_ffmpeg_message(e), final=isinstance(e, av.InvalidDataError)) from None
+        except av.error.FFmpegError as e:
+            raise self._open_error(_ffmpeg_message(e), final=isinstance(e, av.error.InvalidDataError)) from None
         except OSError as e:  # e.g. permission denied
             raise UserInputError(f"cannot open {url}: {e.strerror or e}") from None
         try:
@@ -82,7 +88,7 @@ class PyAVSource(FrameSource):
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             self.fps = float(rate) if rate and 0 < float(rate) < 1000 else DEFAULT_STREAM_FPS
             self._indexed_count = int(stream.frames or 0) if kind == "video" else 0
-            self.frame_count = (self._indexed_count or self._estimated_count()) if kind == "video" else None
+            self.frame_count = (self._indexed_count or self._estimated_count(self._container)) if kind == "video" else None
             self._t0: float | None = None
             self._decoded = 0
             # one converter for the whole video: a frame's own makes a new swscale context at every frame
@@ -108,9 +114,9 @@ class PyAVSource(FrameSource):
             return UserInputError(f"cannot open stream {self.name}: {why}")
         return _CannotOpen(why, final)
 
-    def _estimated_count(self) -> int | None:
+    def _estimated_count(self, c: av.container.InputContainer) -> int | None:
         """Containers without a frame index (mkv, webm): duration × fps, or None."""
-        c, s = self._container, self._stream
+        s = self._stream
         if s.duration is not None and s.time_base is not None:
             seconds = float(s.duration * s.time_base)
         elif c.duration is not None:
@@ -128,25 +134,27 @@ class PyAVSource(FrameSource):
     def _decode(self) -> Iterator[Frame]:
         av = self._av
         consecutive_errors = 0
+        if self._container is None:   # closed before the first frame was asked for
+            return
         packets = self._container.demux(self._stream)
         while True:
             try:
                 packet = next(packets)
             except StopIteration:
                 break
-            except av.FFmpegError as e:  # reading failed: a broken file, or a stream that stopped or stalled
+            except av.error.FFmpegError as e:  # reading failed: a broken file, or a stream that stopped or stalled
                 if self.kind == "video":  # nothing after this point can be read: keep what came, report it
                     self._record_error(f"reading fails ({_ffmpeg_message(e)})")
                     yield from self._flush()
                     return
-                why = (f"no data for {STREAM_TIMEOUT_S:g} s" if isinstance(e, av.ExitError)  # the read timeout
+                why = (f"no data for {STREAM_TIMEOUT_S:g} s" if isinstance(e, av.error.ExitError)  # the read timeout
                        else _ffmpeg_message(e))
                 yield from self._flush()  # frames still inside the (frame-threaded) decoder came in whole
                 raise RunFailure(f"stream {self.name} stopped after frame {self._decoded} ({why})") from None
             try:
                 decoded = packet.decode()
                 consecutive_errors = 0
-            except av.FFmpegError as e:
+            except av.error.FFmpegError as e:
                 if self.kind == "video":  # a damaged frame: skip it, keep decoding, report it at the end
                     self._record_error(_ffmpeg_message(e))
                     continue
@@ -168,7 +176,7 @@ class PyAVSource(FrameSource):
     def _flush(self) -> Iterator[Frame]:
         try:
             decoded = self._stream.codec_context.decode(None)
-        except self._av.FFmpegError:
+        except self._av.error.FFmpegError:
             return
         for frame in decoded:
             yield self._to_frame(frame)
@@ -226,8 +234,8 @@ class _CvCaptureSource(FrameSource):
 
     _cap: cv2.VideoCapture | None = None
 
-    def _read_first(self, what: str) -> None:
-        ok, bgr = self._cap.read()
+    def _read_first(self, cap: cv2.VideoCapture, what: str) -> None:
+        ok, bgr = cap.read()
         if not ok or bgr is None:
             self.close()
             raise UserInputError(f"{what}: no frames could be read")
@@ -277,7 +285,7 @@ class OpenCVVideoSource(_CvCaptureSource):
         self.fps = float(fps) if 0 < fps < 1000 else DEFAULT_STREAM_FPS
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
-        self._read_first(f"not a readable video: {path}")
+        self._read_first(cap, f"not a readable video: {path}")
 
     def _time_s(self, index: int) -> float:
         ms = self._cap.get(cv2.CAP_PROP_POS_MSEC) if self._cap is not None else 0.0
@@ -299,7 +307,7 @@ class CameraSource(_CvCaptureSource):
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if 0 < fps < 1000 else DEFAULT_STREAM_FPS
         self.frame_count = None
-        self._read_first(f"cannot read from camera {index}")
+        self._read_first(self._cap, f"cannot read from camera {index}")
         self._t0 = time.monotonic()
 
     def _time_s(self, index: int) -> float:

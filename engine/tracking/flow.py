@@ -74,7 +74,7 @@ def _corners(grey: np.ndarray, box: np.ndarray) -> np.ndarray:
     found = cv2.goodFeaturesToTrack(grey[y1:y2, x1:x2], MAX_CORNERS, 0.01, spacing)
     if found is None:
         return np.zeros((0, 2), np.float32)
-    return found.reshape(-1, 2) + np.float32([x1, y1])
+    return found.reshape(-1, 2) + np.array([x1, y1], np.float32)
 
 
 @functools.lru_cache(maxsize=MAX_CORNERS + 1)
@@ -101,7 +101,7 @@ def carry_boxes(prev: FlowFrame, cur: FlowFrame, boxes: np.ndarray) -> tuple[np.
     ok is lost (too few corners followed it) and its motion is meaningless.
     """
     k = len(boxes)
-    motion = np.tile(np.float64([0.0, 0.0, 1.0]), (k, 1))
+    motion = np.tile(np.array([0.0, 0.0, 1.0], np.float64), (k, 1))
     ok = np.zeros(k, bool)
     if not k:
         return motion, ok

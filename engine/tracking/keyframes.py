@@ -92,7 +92,7 @@ class Segment:
         """This frame's faces and whether the detector found them (False: the flow carried them)."""
         t0, cpu0 = time.perf_counter(), time.thread_time()
         cur = flow_frame(rgb)
-        carried = None if self._prev is None else self._carry(cur)
+        carried = None if self._prev is None else self._carry(self._prev, cur)
         self._prev = cur
         self.stats.track_s += time.perf_counter() - t0
         self.stats.track_cpu_s += time.thread_time() - cpu0
@@ -103,9 +103,8 @@ class Segment:
         self._visible = carried
         return carried, False
 
-    def _carry(self, cur: FlowFrame) -> Faces | None:
-        """The visible faces moved into `cur`, or None when this frame needs the detector."""
-        prev = self._prev
+    def _carry(self, prev: FlowFrame, cur: FlowFrame) -> Faces | None:
+        """The visible faces moved from `prev` into `cur`, or None when this frame needs the detector."""
         if scene_cut(prev, cur):
             return None
         faces = self._visible
@@ -171,11 +170,12 @@ class KeyframeTracker:
             return self.join(self.segment_faces(frames))
         out = []
         for rgb in frames:
-            if self._position % self.every == 0:
-                self._segment = Segment(self._detect)
-            faces, keyframe = self._segment.add(rgb)
-            self.stats.add(self._segment.stats)
-            self._segment.stats = TrackStats()
+            segment = self._segment
+            if segment is None or self._position % self.every == 0:   # (None: only before the first frame)
+                segment = self._segment = Segment(self._detect)
+            faces, keyframe = segment.add(rgb)
+            self.stats.add(segment.stats)
+            segment.stats = TrackStats()
             self._position += 1
             out.append(self._ids.join(faces, keyframe))
         return out

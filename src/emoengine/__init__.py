@@ -11,6 +11,7 @@ Its subpackages come from the top-level folders: `emoengine.export` (build time)
 import os as _os
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 try:
     __version__ = _version("emoengine")
@@ -25,6 +26,13 @@ from emoengine.contract import CLASS_NAMES_8, class_names  # noqa: F401 - the pa
 
 # the Python API, imported on first use so that `import emoengine` stays fast (no numpy, typer, ONNX Runtime)
 _API = ("Engine", "Analysis", "FrameStream")
+
+if _TYPE_CHECKING:   # what __getattr__ hands out, by its own type
+    from emoengine.api import Analysis as Analysis
+    from emoengine.api import Engine as Engine
+    from emoengine.api import FrameStream as FrameStream
+    from emoengine.client import Client as Client
+    from emoengine.settings import RunSettings as RunSettings
 
 
 def __getattr__(name: str):

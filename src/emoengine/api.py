@@ -80,11 +80,11 @@ class Engine(Closing):
     # -- what it is --------------------------------------------------------------------------------------
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self._model.class_names
+        return self._require_open().class_names
 
     @property
     def backend(self) -> str:
-        return self._model.backend
+        return self._require_open().backend
 
     def __repr__(self) -> str:
         state = "closed" if self._model is None else self.backend
@@ -102,6 +102,7 @@ class Engine(Closing):
             raise UserInputError(f"predict takes uint8 RGB crops of shape (N, {', '.join(map(str, INPUT_SHAPE))}) "
                                  f"with N >= 1, not {crops.dtype} {crops.shape}")
         batch = self._require_open().predict(crops, heatmap=True)
+        assert batch.heatmap is not None   # predict(heatmap=True) keeps it
         return {"expression": batch.logits, "probabilities": batch.probs, "valence": batch.valence,
                 "arousal": batch.arousal, "landmarks": batch.landmarks, "heatmap": batch.heatmap, **batch.taps}
 
@@ -113,8 +114,11 @@ class Engine(Closing):
         from emoengine.engine.outputs.schema import read_summary_if_any
         from emoengine.engine.run.driver import run_pipeline
 
-        holder = tempfile.TemporaryDirectory(prefix="emoengine-") if out is None else None
-        out_dir = Path(holder.name if holder else out)
+        holder = None
+        if out is None:
+            holder = tempfile.TemporaryDirectory(prefix="emoengine-")
+            out = holder.name
+        out_dir = Path(out)
         collect = MainFaceTaps(self.taps, self.template.face_id)
         try:
             summary = run_pipeline(self.run_config(source, out_dir), *self.parts(), observe=collect)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def within(diffs: dict[str, float], precision: str) -> dict[str, float]:
     NaN is never within a tolerance."""
     tol = tolerance(precision)
     return {name: d for name, d in diffs.items()
-            if tol.limit(name) is not None and not d <= tol.limit(name)}
+            if (limit := tol.limit(name)) is not None and not d <= limit}
 
 
 def logit_margins(logits: np.ndarray) -> np.ndarray:
@@ -94,12 +95,21 @@ def logit_margins(logits: np.ndarray) -> np.ndarray:
     return top[:, -1] - top[:, -2]
 
 
+class OutputStats(TypedDict):
+    """How one output compares with the reference (Comparison.outputs), with its tolerance (None: not judged)."""
+
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    tolerance: float | None
+
+
 @dataclass
 class Comparison:
     """The verdict on one set of outputs against the reference, and the numbers behind it."""
 
     precision: str
-    outputs: dict[str, dict[str, float]]     # name -> max_abs, max_rel, mean_abs, tolerance
+    outputs: dict[str, OutputStats]          # name -> max_abs, max_rel, mean_abs, tolerance
     worst_rel: float
     top1_agreement: float | None              # None where there is no `expression` output
     flipped_reference_margins: list[float]    # the reference's logit margins where top-1 flipped
@@ -134,7 +144,7 @@ class Comparison:
         return f"expression top-1 agreement {agreement} (target {tolerance(self.precision).top1})"
 
 
-def _output_stats(got: np.ndarray, ref: np.ndarray, limit: float | None) -> dict[str, float | None]:
+def _output_stats(got: np.ndarray, ref: np.ndarray, limit: float | None) -> OutputStats:
     a, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     same = a.shape == r.shape
     return {"max_abs": float(np.abs(a - r).max()) if same and r.size else (0.0 if same else float("inf")),

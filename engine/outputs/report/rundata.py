@@ -139,10 +139,11 @@ def still_images(folder: Path) -> dict[int, str]:
 def run_taps(folder: Path, summary: dict) -> list[Tap]:
     """The taps the run wrote: summary["taps"] where present (the agreed list), else what summary["files"]
     holds under the default taps' names (`conv1.mp4`, `emo_conv1_mean.png`, ..., runs made before it)."""
+    listed: list[tuple[str, str, str | None, str | None]]   # name, stem, video, mean
     if "taps" in summary:
         listed = [(t["name"], t["stem"], t.get("video"), t.get("mean")) for t in summary["taps"]]
     else:
-        files = set(summary.get("files") or ())
+        files: set[str] = set(summary.get("files") or ())
         stems = {n[:-len("_mean.png")] for n in files if n.endswith("_mean.png")}
         stems |= {n[:-len(".mp4")] for n in files if n.endswith(".mp4") and n != "annotated.mp4"}
         order = list(TAP_FILE_STEMS.values())

@@ -22,7 +22,10 @@ class _Request:
     __slots__ = ("frames", "result", "error", "done")
 
     def __init__(self, frames: list[np.ndarray]) -> None:
-        self.frames, self.result, self.error, self.done = frames, None, None, False
+        self.frames = frames
+        self.result: list[Faces] = []              # set, with error, when done
+        self.error: BaseException | None = None
+        self.done = False
 
 
 class BatchedDetector:

@@ -108,11 +108,13 @@ class SCRFDDetector:
         self.model_path = find_scrfd_model(model_path)
         self.runner = OrtRunner(self.model_path, providers=providers, threads=threads)
         self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
-        inp = self.runner.session.get_inputs()[0]
+        session = self.runner.session
+        assert session is not None   # just opened
+        inp = session.get_inputs()[0]
         self.input_name = inp.name
         n, _, h, w = (list(inp.shape) + [None] * 4)[:4]
-        self.input_size = (w, h) if isinstance(w, int) and isinstance(h, int) else tuple(input_size)
-        out_ranks = {len(o.shape) for o in self.runner.session.get_outputs()}
+        self.input_size = (w, h) if isinstance(w, int) and isinstance(h, int) else (input_size[0], input_size[1])
+        out_ranks = {len(o.shape) for o in session.get_outputs()}
         self._batchable = out_ranks == {3} and not isinstance(n, int)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Faces]:
