@@ -1,5 +1,5 @@
 """The dynamic batcher of `emoengine serve` on its own: crops of concurrent requests share calls, each request
-gets its own rows back, several runners work side by side, and a failing call fails only its own requests.
+gets its own rows back, and a failing call fails only its own requests.
 
 The model here is a stand-in (`RowsBatch`, a predict that sleeps): what is tested is the batching, which needs
 no EmoNet; the real replicas are tested against the golden weights in test_serve.py (slow tier)."""
@@ -11,7 +11,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from emoengine.engine.serve.batcher import CropBatcher
 
@@ -49,16 +48,15 @@ async def submit_all(batcher: CropBatcher, requests: list[np.ndarray]):
         batcher.close()
 
 
-def test_concurrent_requests_share_calls_on_two_runners_and_get_their_own_rows():
+def test_concurrent_requests_share_calls_and_get_their_own_rows():
     calls: list = []
-    batcher = CropBatcher([slow_predict(calls), slow_predict(calls)], max_batch=3, wait_ms=20)
+    batcher = CropBatcher(slow_predict(calls), max_batch=3, wait_ms=20)
     requests = [crops_of(i) for i in range(1, 10)] + [crops_of(20, 21)]
     answers = asyncio.run(submit_all(batcher, requests))
     for request, (rows, info) in zip(requests, answers, strict=True):
         assert list(rows) == [10 * int(i) for i in request[:, 0, 0, 0]]   # its own rows, in its order
         assert 1 <= info.size <= 3
     assert sum(n for _, n in calls) == 11 and max(n for _, n in calls) == 3 and len(calls) < 10
-    assert len({thread for thread, _ in calls}) == 2                       # both runners took calls
 
 
 def test_a_failing_call_fails_its_own_requests_only_and_the_batcher_goes_on():
@@ -84,29 +82,3 @@ def test_an_oversized_request_runs_alone():
     batcher = CropBatcher(slow_predict(calls, 0.0), max_batch=2, wait_ms=5)
     (rows, info), = asyncio.run(submit_all(batcher, [crops_of(1, 2, 3, 4, 5)]))
     assert list(rows) == [10, 20, 30, 40, 50] and info.size == 5
-
-
-@pytest.mark.parametrize("runners", [1, 3])
-def test_runners_counts_the_predicts(runners):
-    batcher = CropBatcher([slow_predict([])] * runners if runners > 1 else slow_predict([]))
-    assert batcher.runners == runners
-    batcher.close()
-
-
-def test_a_lone_request_takes_the_wide_runner_and_concurrent_ones_the_narrow():
-    narrow, wide = [], []
-
-    async def scenario():
-        batcher = CropBatcher([slow_predict(narrow), slow_predict(narrow)], max_batch=2, wait_ms=5,
-                              alone=slow_predict(wide))
-        try:
-            lone = await batcher.submit(crops_of(1))
-            many = await asyncio.gather(*(batcher.submit(crops_of(i)) for i in range(2, 8)))
-            return lone, many
-        finally:
-            batcher.close()
-
-    (rows, _), many = asyncio.run(scenario())
-    assert list(rows) == [10] and wide[0][1] == 1
-    assert [list(r) for r, _ in many] == [[10 * i] for i in range(2, 8)]
-    assert sum(n for _, n in narrow) + sum(n for _, n in wide) == 7 and narrow

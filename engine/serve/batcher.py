@@ -1,8 +1,8 @@
 """Dynamic batching: the crops of every concurrent request on a replica go to EmoNet in one call.
 
 A request hands its crops to `CropBatcher.submit` and awaits its share. One loop collects submissions until
-`max_batch` crops wait or the oldest has waited `wait_ms`, runs the model once on a free runner's thread (the
-event loop stays free to take more requests meanwhile), and slices the batch back per request. We count crops, not
+`max_batch` crops wait or the oldest has waited `wait_ms`, runs the model once in a worker thread (the event
+loop stays free to take more requests meanwhile), and slices the batch back per request. We count crops, not
 requests (which is what `@serve.batch` counts), so `--max-batch` means what `run --max-batch` means.
 """
 
@@ -38,39 +38,23 @@ class _Pending:
 
 
 class CropBatcher:
-    """`predict(crops) -> EmoNetBatch` (blocking calls, e.g. lent EmoNetModels') behind an async `submit`.
+    """`predict(crops) -> EmoNetBatch` (a blocking call, e.g. a lent EmoNetModel's) behind an async `submit`."""
 
-    `predicts`: one callable, or several that run side by side (one EmoNet call each at a time): on a CPU a
-    replica runs one single-threaded session per core, which kept ~7 faces/s on 2 cores where one two-threaded
-    session fell to ~6 whenever another process took a core (its ops wait for the preempted thread). `alone`: a
-    callable that uses every core (the two-threaded session), taken for a lone request while every runner is
-    idle, so one client's latency is not that of one core; the others wait until it is done."""
-
-    def __init__(self, predicts, max_batch: int = 32, wait_ms: float = 10.0, name: str = "replica",
-                 alone=None) -> None:
-        self._predicts = list(predicts) if isinstance(predicts, (list, tuple)) else [predicts]
-        self._alone = alone
+    def __init__(self, predict, max_batch: int = 32, wait_ms: float = 10.0, name: str = "replica") -> None:
+        self._predict = predict
         self.max_batch = max(1, int(max_batch))
         self.wait_s = max(0.0, float(wait_ms)) / 1000.0
         self._name = name
         self._queue: deque[_Pending] = deque()
         self._wake: asyncio.Event | None = None
-        self._idle: list = []                        # the predicts not running a call now
-        self._freed: asyncio.Event | None = None     # set when a call ends
         self._task: asyncio.Task | None = None
-        self._calls: set[asyncio.Task] = set()
-        self._pool = ThreadPoolExecutor(len(self._predicts), thread_name_prefix="emoengine-serve-model")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="emoengine-serve-model")
         self._seq = itertools.count()
         self.queued_crops = 0
 
-    @property
-    def runners(self) -> int:
-        return len(self._predicts)
-
     def _ensure_loop(self) -> None:
         if self._task is None or self._task.done():
-            self._wake, self._freed = asyncio.Event(), asyncio.Event()
-            self._idle = list(self._predicts)
+            self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, crops: np.ndarray):
@@ -84,15 +68,12 @@ class CropBatcher:
         return await future
 
     async def _run(self) -> None:
-        assert self._wake is not None and self._freed is not None
+        assert self._wake is not None
         while True:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            while not self._idle:                # every runner busy: the next batch keeps growing meanwhile
-                self._freed.clear()
-                await self._freed.wait()
             deadline = self._queue[0].queued_at + self.wait_s
             while self.queued_crops < self.max_batch and (left := deadline - time.perf_counter()) > 0:
                 self._wake.clear()
@@ -100,15 +81,7 @@ class CropBatcher:
                     await asyncio.wait_for(self._wake.wait(), left)
                 except asyncio.TimeoutError:
                     break
-            taken = self._take()
-            lone = self._alone is not None and len(taken) == 1 and not self._queue and \
-                len(self._idle) == len(self._predicts)
-            held = list(self._idle) if lone else [self._idle.pop()]
-            if lone:
-                self._idle.clear()
-            call = asyncio.get_running_loop().create_task(self._flush(taken, self._alone if lone else held[0], held))
-            self._calls.add(call)
-            call.add_done_callback(self._calls.discard)
+            await self._flush(self._take())
 
     def _take(self) -> list[_Pending]:
         """The oldest submissions up to max_batch crops (one over-sized request alone: the runner splits it)."""
@@ -120,22 +93,13 @@ class CropBatcher:
         self.queued_crops -= n
         return [p for p in taken if not p.future.cancelled()]
 
-    async def _flush(self, taken: list[_Pending], predict, held: list) -> None:
-        """Run the call, then hand back the runners it held (one, or all for a lone request)."""
-        try:
-            await self._call(taken, predict)
-        finally:
-            self._idle.extend(held)
-            if self._freed is not None:
-                self._freed.set()
-
-    async def _call(self, taken: list[_Pending], predict) -> None:
+    async def _flush(self, taken: list[_Pending]) -> None:
         if not taken:
             return
         crops = np.concatenate([p.crops for p in taken]) if len(taken) > 1 else taken[0].crops
         t0 = time.perf_counter()
         try:
-            batch = await asyncio.get_running_loop().run_in_executor(self._pool, predict, crops)
+            batch = await asyncio.get_running_loop().run_in_executor(self._pool, self._predict, crops)
         except Exception as e:  # noqa: BLE001  every request of the batch gets the error; the loop goes on
             log.warning("EmoNet call of %d crops failed: %s", len(crops), e)
             for p in taken:
@@ -151,7 +115,6 @@ class CropBatcher:
             start += n
 
     def close(self) -> None:
-        for task in (self._task, *self._calls):
-            if task is not None:
-                task.cancel()
+        if self._task is not None:
+            self._task.cancel()
         self._pool.shutdown(wait=True)

@@ -53,30 +53,17 @@ class EmoNetReplica:
     """Deployment body: `engine_args` are `emoengine.Engine`'s (weights or model, backend, detector, taps and
     run options such as max_faces, min_face, crop); `max_batch` / `batch_wait_ms` the batcher's."""
 
-    def __init__(self, engine_args: dict, max_batch: int = 32, batch_wait_ms: float = 10.0,
-                 cpu_runners: int = 1) -> None:
+    def __init__(self, engine_args: dict, max_batch: int = 32, batch_wait_ms: float = 10.0) -> None:
         from emoengine.api import Engine
-        from emoengine.engine.model.tapset import tap_specs_for_run
 
         self.engine = Engine(**engine_args)
         self._model, self._detector = self.engine.parts()   # the Engine's own, lent; it closes them
         self.name = f"pid{os.getpid()}"
+        from emoengine.engine.model.tapset import tap_specs_for_run
+
         self._specs = tap_specs_for_run(self.engine.template, self._model)   # probes extra taps once, here
-        self._runners = self._open_runners(cpu_runners)
-        self.batcher = CropBatcher([m.predict for m in self._runners] or [self._model.predict], max_batch,
-                                   batch_wait_ms, self.name, alone=self._model.predict if self._runners else None)
-        log.info("replica %s ready: %r, %d EmoNet runner(s)", self.name, self.engine, self.batcher.runners)
-
-    def _open_runners(self, count: int) -> list:
-        """On a CPU backend, `count` single-threaded sessions of the Engine's model that run side by side (see
-        engine.serve.batcher); none (the Engine's own model alone) for one, or on a GPU."""
-        from emoengine.engine.model.emonet_model import open_emonet
-        from emoengine.engine.run.driver import backend_device
-
-        cfg = self.engine.template
-        if count <= 1 or backend_device(cfg.backend) != "cpu":
-            return []
-        return [open_emonet(**{**cfg.model_args, "taps": self.engine.taps, "threads": 1}) for _ in range(count)]
+        self.batcher = CropBatcher(lambda crops: self._model.predict(crops), max_batch, batch_wait_ms, self.name)
+        log.info("replica %s ready: %r", self.name, self.engine)
 
     def info(self) -> dict:
         """What the gateway tells clients and /healthz: classes, taps, backend, this replica's process id."""
@@ -109,8 +96,6 @@ class EmoNetReplica:
     def __del__(self) -> None:
         try:
             self.batcher.close()
-            for runner in self._runners:
-                runner.close()
             self.engine.close()
         except Exception:  # noqa: BLE001  at process exit
             pass

@@ -94,8 +94,7 @@ def build_app(cfg: ServeConfig, jobs_dir: str, cpus: float):
                                 health_check_period_s=HEALTH_CHECK_PERIOD_S, health_check_timeout_s=30.0)
 
     replica = deployment(EmoNetReplica, "emonet", cfg.replicas, cpus, max(64, 4 * cfg.max_batch)).bind(
-        {**cfg.engine_args, "max_batch": cfg.max_batch}, cfg.max_batch, cfg.batch_wait_ms,
-        max(1, (os.cpu_count() or 1) // cfg.replicas))   # on a CPU: one single-threaded session per core
+        {**cfg.engine_args, "max_batch": cfg.max_batch}, cfg.max_batch, cfg.batch_wait_ms)
     jobs = deployment(VideoJobs, "videos", 1, 0.1, 64).bind(
         cfg.engine_args, jobs_dir, cfg.limits, cfg.max_jobs, cfg.keep_hours)
     gateway = deployment(make_ingress(), "gateway", 1, 0.1, 1024)
