@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from emoengine.engine.closing import Closing
+
+_Part = TypeVar("_Part")
 
 FLAGS = ("compile", "cudagraph", "channels_last")   # the on/off options a backend may accept
 
@@ -54,6 +57,12 @@ class Runner(Closing):
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _opened(self, part: _Part | None) -> _Part:
+        """`part` (a session, context or graph that `close()` sets to None), or one error for a closed runner."""
+        if part is None:
+            raise RuntimeError(f"the {self.backend} runner is closed")
+        return part
 
 
 

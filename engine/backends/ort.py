@@ -119,10 +119,8 @@ class OrtRunner(Runner):
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.session is None:
-            raise RuntimeError(f"the {self.backend} runner is closed")
         # tensors only (the stubs allow the sequences and maps ONNX can also return; our models have none)
-        outs = cast("list[np.ndarray]", self.session.run(self.output_names, feeds))
+        outs = cast("list[np.ndarray]", self._opened(self.session).run(self.output_names, feeds))
         return dict(zip(self.output_names, outs, strict=True))
 
     def close(self) -> None:

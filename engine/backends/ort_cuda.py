@@ -88,9 +88,7 @@ class OrtCudaRunner(Runner):
         n = len(crops)
         image = self.staging.upload(crops)
         self.stream.synchronize()  # the upload is complete before ORT's stream reads it
-        session, b = self.session, self.binding
-        if session is None or b is None:
-            raise RuntimeError(f"the {self.backend} runner is closed")
+        session, b = self._opened(self.session), self._opened(self.binding)
         if self.bound != n:
             b.clear_binding_inputs()
             b.clear_binding_outputs()

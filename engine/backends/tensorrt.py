@@ -116,7 +116,7 @@ class TrtRunner(Runner):
 
     def _bind(self, n: int) -> None:
         """Shapes and addresses for a batch of n: views of the max-batch buffers (stable addresses)."""
-        image, context = self.input_names[0], self._open_context()
+        image, context = self.input_names[0], self._opened(self.context)
         if not context.set_input_shape(image, (n, *self.staging.device_in.shape[1:])):
             raise RunFailure(f"TensorRT refused a batch of {n} (this engine takes 1..{self.max_batch})")
         context.set_tensor_address(image, self.staging.device_in.data_ptr())
@@ -125,13 +125,9 @@ class TrtRunner(Runner):
         self.bound_batch = n
 
     def _enqueue(self) -> None:
-        if not self._open_context().execute_async_v3(stream_handle=self.stream.cuda_stream):
+        if not self._opened(self.context).execute_async_v3(stream_handle=self.stream.cuda_stream):
             raise RunFailure("TensorRT execution failed")
 
-    def _open_context(self):
-        if self.context is None:
-            raise RuntimeError(f"the {self.backend} runner is closed")
-        return self.context
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         image = self.input_names[0]

@@ -73,9 +73,7 @@ class TorchRunner(Runner):
         self.metadata = dict(metadata)
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch, graph = self.torch, self.graph
-        if graph is None:
-            raise RuntimeError(f"the {self.backend} runner is closed")
+        torch, graph = self.torch, self._opened(self.graph)
         with torch.inference_mode():
             outs = graph(torch.from_numpy(np.ascontiguousarray(feeds[INPUT_NAME])))
         return {n: o.detach().float().numpy() for n, o in zip(self.output_names, outs, strict=True)}
@@ -132,8 +130,7 @@ class TorchCudaRunner(Runner):
         self.metadata = {**metadata, "precision": options.precision}
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.graph is None or self.forward is None:
-            raise RuntimeError(f"the {self.backend} runner is closed")
+        graph, forward = self._opened(self.graph), self._opened(self.forward)
         crops = np.ascontiguousarray(feeds[INPUT_NAME])
         n = len(crops)
         size = padded_batch(n, self.max_batch) if self.pad else n
@@ -149,11 +146,11 @@ class TorchCudaRunner(Runner):
         timer.start(compute)
         with self.torch.inference_mode():
             if self.manual_graphs:
-                outs = self._replay(self.graph, size, image)
+                outs = self._replay(graph, size, image)
             else:
                 if self.options.compile and self.options.cudagraph:
                     self.torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier outputs were copied out
-                outs = self.forward(image)
+                outs = forward(image)
         timer.stop(compute)
         self.stream.wait_stream(compute)              # D2H after the kernels, on the copy stream
         result = self.staging.download({name: o[:n] for name, o in zip(self.output_names, outs, strict=True)})

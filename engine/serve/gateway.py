@@ -102,10 +102,10 @@ class Gateway:
             raise _replica_error(e) from None
 
     async def _served(self) -> dict:
-        if self._info is None:
-            info: dict = await self._call("info")
-            self._info = info
-        return info if self._info is None else self._info
+        info = self._info
+        if info is None:
+            info = self._info = await self._call("info")
+        return info
 
     async def _answer(self, endpoint: str, request: Request, work, auth: bool = True) -> Response:
         """Token, then `work()`; its ApiError (or any error) as JSON; latency and status into the metrics."""

@@ -28,9 +28,9 @@ READY_TIMEOUT_S = 600.0  # replicas load EmoNet (and export it from a .pth the f
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 HEALTH_CHECK_PERIOD_S = 5.0   # a hung replica is replaced within this + health_check_timeout_s; a dead one at once
 # Ray's and Serve's own background work, slowed for the local Ray that `serve` starts (the environment wins; a
-# cluster keeps its own): idle, the server spent 173 ms of CPU a second on its control loop (10 Hz), metrics
-# export (10 Hz per replica) and Ray's metrics agent, and 136 ms with these. On a small machine that time is taken
-# from EmoNet, whose intra-op threads then wait for the one preempted.
+# cluster keeps its own): idle, the server spent 153-193 ms of CPU a second on its control loop (10 Hz), metrics
+# export (10 Hz per replica) and Ray's metrics agent, and 114-129 ms with these (two alternating runs each). On a
+# small machine that time is taken from EmoNet, whose intra-op threads then wait for the one preempted.
 QUIET_LOCAL_RAY = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
                    "RAY_enable_metrics_collection": "0"}
 
