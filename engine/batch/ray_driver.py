@@ -43,8 +43,9 @@ def require_ray() -> None:
         raise UserInputError(CLUSTER_HINT) from None
 
 
-def start_ray(address: str | None, quiet: bool) -> tuple[bool, dict]:
-    """Join `address`, reuse a Ray this process already runs, or start a local one. Returns (started, info)."""
+def start_ray(address: str | None, quiet: bool, local_config: dict | None = None) -> tuple[bool, dict]:
+    """Join `address`, reuse a Ray this process already runs, or start a local one (`local_config`: more of
+    Ray's system config for it; a cluster keeps its own). Returns (started, info)."""
     import ray
 
     if ray.is_initialized():
@@ -64,7 +65,7 @@ def start_ray(address: str | None, quiet: bool) -> tuple[bool, dict]:
     # its workers run at the priority of the command that started them: Ray's default (nice 15) let any other
     # process take their cores; measured with a busy neighbour, EmoNet in an actor took 1.7-2x the wall time per
     # crop it took in the driver at nice 15, and the same at nice 0 (`serve`'s replicas, `batch`'s workers)
-    ray.init(num_cpus=cpus, _system_config={"worker_niceness": 0}, **kwargs)
+    ray.init(num_cpus=cpus, _system_config={"worker_niceness": 0, **(local_config or {})}, **kwargs)
     return True, {"address": "local", "cpus": cpus}
 
 
