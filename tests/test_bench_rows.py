@@ -143,6 +143,7 @@ def test_parity_runs_every_call_at_exactly_the_rows_batch(torch_cpu, monkeypatch
         assert par["pass"] is True and par["top1_agreement"] == 1.0 and par["worst_rel"] < FP32_TOLERANCE
 
 
+@pytest.mark.slow   # over ~10 s on 2 cores (docs/development.md)
 def test_a_variant_wrong_at_one_batch_size_fails_parity_at_that_batch_only(torch_cpu, monkeypatch):
     """As a compiled graph or a CUDA graph of one batch size could be: each batch is judged on its own."""
     runner, crops, reference = torch_cpu

@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import av
+import pytest
 
 
+@pytest.mark.slow   # over ~10 s on 2 cores (docs/development.md)
 def test_demo_writes_every_contract_file_offline(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, EMOENGINE_MODELS=str(tmp_path / "models"))

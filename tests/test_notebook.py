@@ -88,6 +88,7 @@ def test_a_no_video_analysis_draws_its_mean_maps(tmp_path):
     assert "<table" in page and page.count("data:image/png;base64,") == 1
 
 
+@pytest.mark.slow   # over ~10 s on 2 cores (docs/development.md)
 def test_readme_example_and_a_no_video_analysis_run_in_a_real_kernel(workdir, monkeypatch):
     monkeypatch.setenv("EMOENGINE_MODELS", str(workdir / "models"))
     cells = [

@@ -118,6 +118,7 @@ def test_activations_archive_holds_each_faces_maps(ort_run):
         assert z[key].shape == (128, 128)
 
 
+@pytest.mark.slow   # over ~10 s on 2 cores (docs/development.md)
 def test_torch_and_ort_agree_within_1e3(tmp_path, ort_run, moving_face_clip):
     out = tmp_path / "torch"
     r = emoengine("run", str(moving_face_clip), "--weights", "random", "--backend", "torch", "--out", str(out),
@@ -317,6 +318,7 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
+@pytest.mark.slow   # over ~10 s on 2 cores (docs/development.md)
 def test_a_cached_export_opens_without_importing_torch(tmp_path, golden_pth_8):
     """`--weights` exports once; later runs find that export by name and hash, and never pay PyTorch's ~200 MB
     resident (the memory budget of `emoengine demo`); random weights still say they are random."""
