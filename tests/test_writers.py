@@ -192,3 +192,34 @@ def test_video_writer_rejects_bad_frames(tmp_path):
             w.write(np.zeros((32, 32, 3), np.float32))
         w.write(np.zeros((32, 32, 3), np.uint8))
     assert visible(tmp_path) == ["x.mp4"]
+
+
+def _picture_types(path: Path) -> set[str]:
+    from av.video.frame import PictureType
+
+    with av.open(str(path)) as c:
+        return {PictureType(int(frame.pict_type)).name for frame in c.decode(video=0)}
+
+
+def test_bframes_zero_writes_a_video_without_b_frames_and_the_preset_keeps_them(tmp_path):
+    """`bframes=0` is what big videos get (encoder_bframes): x264 then holds no B-frame lookahead in memory."""
+    frames = gradient_frames(24, 96, 64)
+    for bframes, name in ((None, "preset.mp4"), (0, "none.mp4")):
+        writer = VideoWriter(tmp_path / name, 24, (96, 64), preset="superfast", threads=1, bframes=bframes)
+        for f in frames:
+            writer.write(f)
+        writer.close()
+    assert "B" in _picture_types(tmp_path / "preset.mp4")
+    assert "B" not in _picture_types(tmp_path / "none.mp4")
+
+
+def test_big_videos_get_no_b_frames_and_shorter_encoder_queues():
+    """Over 1080p the encoders hold fewer frames (a 48-frame 4K run: 1527 -> 1288 MB peak RSS, 2026-12-07)."""
+    from emoengine.engine.outputs.encoders import QUEUE_FRAMES, encoder_bframes
+    from emoengine.engine.run.pipeline import queue_frames
+
+    assert encoder_bframes((1280, 720)) is None and encoder_bframes((1920, 1080)) is None
+    assert encoder_bframes((3840, 2160)) == 0
+    assert queue_frames((1280, 720), most=QUEUE_FRAMES) == QUEUE_FRAMES
+    assert queue_frames((3840, 2160), most=QUEUE_FRAMES) == 2
+    assert [queue_frames(s) for s in ((640, 360), (1280, 720), (1920, 1080), (3840, 2160))] == [8, 6, 2, 2]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.engine.outputs.writers import VideoWriter
-from emoengine.engine.run.pipeline import lower_this_thread_priority
+from emoengine.engine.run.pipeline import lower_this_thread_priority, queue_frames
 from emoengine.engine.run.records import StageClock
 from emoengine.engine.run.segments import default_workers
 
@@ -32,7 +32,10 @@ ENCODER_THREADS = 1           # x264 threads per encoder: the pipeline has threa
 BIG_VIDEO_PIXELS = 1280 * 720   # ... except a big video (the annotated one) where cores are plenty
 CORES_PER_X264_THREAD = 4       # with 16 cores: 4 x264 threads for the annotated video, 1 for feature maps
 MAX_X264_THREADS = 4
-QUEUE_FRAMES = 4
+QUEUE_FRAMES = 4   # frames waiting for an encoder, fewer for big frames (queue_frames)
+# over 1080p no B-frames: x264 holds a frame and its lookahead copies for each, 250 MB at 4K (measured: a 48-frame
+# 4K run's x264 rose by 535 MB with them, 281 without); same CRF, so the same look, in a somewhat bigger file
+NO_BFRAMES_PIXELS = 1920 * 1080
 _END = object()
 _POLL_S = 0.05
 
@@ -46,6 +49,11 @@ def encoder_threads(size: tuple[int, int]) -> int:
     return int(np.clip(default_workers() // CORES_PER_X264_THREAD, ENCODER_THREADS, MAX_X264_THREADS))
 
 
+def encoder_bframes(size: tuple[int, int]) -> int | None:
+    """x264's B-frames for a video of `size`: the preset's (None), none over 1080p (NO_BFRAMES_PIXELS)."""
+    return 0 if size[0] * size[1] > NO_BFRAMES_PIXELS else None
+
+
 class EncoderThread:
     """A `VideoWriter` fed from its own thread: `put(item)`, then `finish()` + `commit()`, or `abort()`.
 
@@ -53,12 +61,13 @@ class EncoderThread:
     """
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int],
-                 picture: Callable[[object], np.ndarray], maxsize: int = QUEUE_FRAMES) -> None:
-        self.writer = VideoWriter(path, fps, size, crf=VIDEO_CRF, preset=VIDEO_PRESET, threads=encoder_threads(size))
+                 picture: Callable[[object], np.ndarray]) -> None:
+        self.writer = VideoWriter(path, fps, size, crf=VIDEO_CRF, preset=VIDEO_PRESET, threads=encoder_threads(size),
+                                  bframes=encoder_bframes(size))
         self.final_path = self.writer.final_path
         self.picture = picture
         self.clock = StageClock()
-        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._queue: queue.Queue = queue.Queue(queue_frames(size, most=QUEUE_FRAMES))
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"emoengine-encode-{Path(path).stem}", daemon=True)

@@ -251,8 +251,10 @@ class VideoWriter(_CloseOrAbort):
     """
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int], *,
-                 crf: int = 20, preset: str = "veryfast", threads: int | None = None) -> None:
-        """`threads`: encoder threads (None: x264 picks; fewer leaves cores to inference)."""
+                 crf: int = 20, preset: str = "veryfast", threads: int | None = None,
+                 bframes: int | None = None) -> None:
+        """`threads`: encoder threads (None: x264 picks; fewer leaves cores to inference); `bframes`: x264's
+        B-frames (None: the preset's; fewer holds fewer frames in memory)."""
         import av
         import av.error  # its exception types (av re-exports them, but not in its __all__)
 
@@ -272,7 +274,8 @@ class VideoWriter(_CloseOrAbort):
             stream = self._container.add_stream("libx264", rate=self.rate)
             stream.width, stream.height = self.coded_size
             stream.pix_fmt = "yuv420p"
-            stream.codec_context.options = {"crf": str(crf), "preset": preset}
+            stream.codec_context.options = {"crf": str(crf), "preset": preset,
+                                            **({} if bframes is None else {"bf": str(bframes)})}
             cc = stream.codec_context
             if threads:
                 cc.thread_count = int(threads)

@@ -19,7 +19,7 @@ from emoengine.engine.model.emonet_model import EmoNetModel
 from emoengine.engine.model.tapset import face_full_taps, face_taps, model_taps, tap_specs_for_run
 from emoengine.engine.outputs.report import REPORT_NAME, build_report
 from emoengine.engine.outputs.run_outputs import RunOutputs
-from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats
+from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats, queue_frames
 from emoengine.engine.run.records import FaceResult, FrameRecord
 from emoengine.engine.run.resume import completed_summary, run_fingerprint
 from emoengine.engine.run.segments import default_workers
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 CPU_MAX_BATCH = 1        # see default_max_batch
 GPU_MAX_BATCH = 32
 GPU_DETECT_BATCH = 8     # frames per detector call on a GPU when every frame is detected
-QUEUE_BYTES = 16 << 20   # decoded frames one pipeline queue may hold (see queue_frames)
 
 
 @dataclass(frozen=True)
@@ -291,13 +290,6 @@ def backend_device(backend: str) -> str:
     """Where EmoNet runs for this backend spec: "cpu" or "cuda" (an unknown name: "cpu"; open_emonet says no)."""
     spec = BACKENDS.get(backend.partition(":")[0].strip())   # `torch-cuda:fp16` -> torch-cuda's row
     return "cpu" if spec is None else spec.device
-
-
-def queue_frames(size: tuple[int, int]) -> int:
-    """Frames each pipeline queue may hold: 8, fewer for big frames, so that the queues together stay near
-    QUEUE_BYTES x 5 (640x360: 8 frames; 720p: 6; 1080p: 2; 4K: 2)."""
-    frame_bytes = max(1, size[0] * size[1] * 3)
-    return int(np.clip(QUEUE_BYTES // frame_bytes, 2, 8))
 
 
 def default_max_batch(backend: str) -> int:
