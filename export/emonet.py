@@ -236,7 +236,10 @@ def random_emonet(num_classes: int = 8, seed: int = 0) -> EmoNet:
     return _calibrate(net, synthetic_crops(4, seed))
 
 
-CALIBRATED_SEED = {8: 42, 5: 42}   # default weights without the golden data; 8: picked from seeds 0-59 for headroom
+# default weights without the golden data. 8: seed 15, picked from seeds 0-29 (weights rounded to float16) for the
+# most headroom: 0.34-0.44 of the tightest tolerance over torch CPU half and bfloat16 at 1-3 threads and an
+# fp32-accumulate emulation (AMD EPYC Zen 4, 2026-12-07); seed 42 read 0.41-0.66 there (tests/test_device_check)
+CALIBRATED_SEED = {8: 15, 5: 42}
 CALIBRATION_CROPS = (16, 100)   # (crops, seed): not the parity crops (PARITY_CROPS) nor the bench's timing ones (7)
 PARITY_CROPS = (4, 1)           # (crops, seed): what the GPU is compared on without the golden crops
 
@@ -249,12 +252,17 @@ def parity_crops() -> np.ndarray:
 @torch.no_grad()
 def calibrated_emonet(num_classes: int = 8, seed: int | None = None) -> EmoNet:
     """EmoNet made as the golden weights were (../shared/golden/README.md): He init (biases ~0.05 as there),
-    then every BatchNorm's running statistics calibrated in one pass on face-like crops; made from a seed on the
-    machine that needs it, nothing carried. The default weights of benchmarks/device_check and of the GPU tests
+    then every BatchNorm's running statistics calibrated in one pass on face-like crops, then every value rounded
+    to float16 as the golden file stores it (so, as for the golden data, the fp32 reference and a half-precision
+    run start from the same weights); made from a seed on the machine that needs it, nothing carried. The default weights of benchmarks/device_check and of the GPU tests
     where the golden data did not travel: tests/test_device_check.py holds them, run in half and bfloat16 on the
     CPU, to half the tolerance table on the parity crops, so a correct fp16/bf16 GPU path passes with headroom."""
     gen = torch.Generator().manual_seed(CALIBRATED_SEED[num_classes] if seed is None else seed)
     net = EmoNet(num_classes)
     _he_init(net, gen, bias_std=0.05)
     n, crop_seed = CALIBRATION_CROPS
-    return _calibrate(net, synthetic_crops(n, crop_seed))
+    net = _calibrate(net, synthetic_crops(n, crop_seed))
+    for value in net.state_dict().values():
+        if value.is_floating_point():
+            value.copy_(value.half().float())
+    return net
