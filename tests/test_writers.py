@@ -216,7 +216,7 @@ def test_bframes_zero_writes_a_video_without_b_frames_and_the_preset_keeps_them(
 def test_big_videos_get_no_b_frames_and_shorter_encoder_queues():
     """Over 1080p the encoders hold fewer frames (a 48-frame 4K run: 1527 -> 1288 MB peak RSS, 2026-12-07)."""
     from emoengine.engine.outputs.encoders import QUEUE_FRAMES, encoder_bframes
-    from emoengine.engine.run.pipeline import queue_frames
+    from emoengine.engine.run.records import queue_frames
 
     assert encoder_bframes((1280, 720)) is None and encoder_bframes((1920, 1080)) is None
     assert encoder_bframes((3840, 2160)) == 0

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.engine.outputs.writers import VideoWriter
-from emoengine.engine.run.pipeline import lower_this_thread_priority, queue_frames
-from emoengine.engine.run.records import StageClock
+from emoengine.engine.run.pipeline import lower_this_thread_priority
+from emoengine.engine.run.records import StageClock, queue_frames
 from emoengine.engine.run.segments import default_workers
 
 VIDEO_PRESET = "superfast"

@@ -19,8 +19,8 @@ from emoengine.engine.model.emonet_model import EmoNetModel
 from emoengine.engine.model.tapset import face_full_taps, face_taps, model_taps, tap_specs_for_run
 from emoengine.engine.outputs.report import REPORT_NAME, build_report
 from emoengine.engine.outputs.run_outputs import RunOutputs
-from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats, queue_frames
-from emoengine.engine.run.records import FaceResult, FrameRecord
+from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats
+from emoengine.engine.run.records import FaceResult, FrameRecord, queue_frames
 from emoengine.engine.run.resume import completed_summary, run_fingerprint
 from emoengine.engine.run.segments import default_workers
 from emoengine.engine.sources.opener import open_source

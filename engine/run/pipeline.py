@@ -40,16 +40,6 @@ _POLL_S = 0.05
 BACKGROUND_NICE = 5
 STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
 SEGMENT_BYTES = 256 << 20   # 720p: up to 11 segments of 8 frames in flight; 1080p: 5; 4K: 1
-QUEUE_BYTES = 16 << 20   # decoded frames one queue may hold (see queue_frames)
-
-
-def queue_frames(size: tuple[int, int], most: int = 8) -> int:
-    """Frames a queue of `size` frames may hold: `most`, fewer for big frames, so that the queues together stay
-    near QUEUE_BYTES each (640x360: 8 frames; 720p: 6; 1080p: 2; 4K: 2, never fewer: one in, one out)."""
-    frame_bytes = max(1, size[0] * size[1] * 3)
-    return int(np.clip(QUEUE_BYTES // frame_bytes, 2, max(2, most)))
-
-
 def lower_this_thread_priority(by: int = BACKGROUND_NICE) -> None:
     """Raise the calling thread's nice value (Linux: each thread has its own); a no-op where unsupported."""
     with contextlib.suppress(AttributeError, OSError):

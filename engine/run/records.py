@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from emoengine.engine.model.emonet_model import EmoNetBatch
     from emoengine.engine.tracking.detectors.base import Faces
 
+QUEUE_BYTES = 16 << 20   # decoded frames one queue of records may hold (see queue_frames)
+
+
+def queue_frames(size: tuple[int, int], most: int = 8) -> int:
+    """Records of `size` frames a queue may hold: `most`, fewer for big frames, so that each queue stays near
+    QUEUE_BYTES (640x360: 8 frames; 720p: 6; 1080p: 2; 4K: 2, never fewer: one in, one out)."""
+    frame_bytes = max(1, size[0] * size[1] * 3)
+    return max(2, min(most, QUEUE_BYTES // frame_bytes))
+
 
 @dataclass
 class FaceResult:
