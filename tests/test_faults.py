@@ -82,7 +82,7 @@ class ZeroModelFake:
             raise RuntimeError("model blew up")
         n = len(crops)
         z = np.zeros((n, 8), np.float32)
-        return EmoNetBatch(z, z + 1 / 8, z[:, 0], z[:, 0], np.zeros((n, 68, 2), np.float32), None, None)
+        return EmoNetBatch(z, z + 1 / 8, z[:, 0], z[:, 0], np.zeros((n, 68, 2), np.float32))
 
 
 def emoengine_threads(settle_s: float = 2.0) -> list[str]:

@@ -59,7 +59,7 @@ class CountingModelFake:
         n = len(crops)
         z = np.zeros((n, 8), np.float32)
         return EmoNetBatch(z, z + 1 / 8, np.zeros(n, np.float32), np.zeros(n, np.float32),
-                           np.zeros((n, 68, 2), np.float32), None, None)
+                           np.zeros((n, 68, 2), np.float32))
 
 
 def frames(n: int | None, size=(48, 48), delay_s: float = 0.0):

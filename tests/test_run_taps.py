@@ -103,12 +103,16 @@ def test_mean_png_is_the_mean_of_the_per_frame_maps(mean_run, expected):
         got = read_png(mean_run / f"{stem}_mean.png")
         diff = np.abs(got.astype(int) - want.astype(int))
         assert diff.max() <= 8 and diff.mean() < 0.5, (stem, diff.max(), diff.mean())
-    with np.load(mean_run / "activations.npz") as z:   # --save-activations: every tap, old keys for defaults
-        suffixes = {k.split("_", 2)[2] for k in z.files if k.startswith("f000000_")}
-        assert suffixes == {"conv1_mean", "emo_conv1_mean", "m0_mean", "emo_fc_2.1"}
-        m0 = np.stack([z[f"f{i:06d}_id0_m0_mean"] for i in range(len(batch))]).astype(np.float32)
+    with np.load(mean_run / "activations.npz") as z:   # --save-activations: one array per tap, a row per face
+        # the artifact has every run tap in full (--taps exported them), so each map tap has its channel means
+        assert set(z.files) == {"frames", "face_ids", "time_s", "conv1_mean", "conv1_channels", "emo_conv1_mean",
+                                "emo_conv1_channels", "m0_mean", "m0_channels", "emo_fc_2.1"}
+        m0, channels = z["m0_mean"].astype(np.float32), z["m0_channels"]
+        assert z["frames"].tolist() == list(range(len(batch))) and z["emo_fc_2.1"].shape == (len(batch), 128)
     ref = batch.taps["m0"].mean(axis=1)
     assert np.abs(m0 - ref).max() <= 2e-3 * np.abs(ref).max()    # stored as float16
+    ref = batch.taps["m0"].mean(axis=(2, 3))
+    assert channels.dtype == np.float32 and np.abs(channels - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_vector_csv_holds_the_models_output_for_each_crop(mean_run, expected):

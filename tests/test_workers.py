@@ -205,7 +205,7 @@ def test_the_stand_in_keeps_the_export_contract_and_says_it_is_no_emonet(standin
     model = open_emonet("ort", model=str(standin), max_batch=4)
     batch = model.predict(np.zeros((2, 256, 256, 3), np.uint8))
     assert model.is_stand_in and model.is_random and model.has_taps
-    assert batch.probs.shape == (2, 8) and batch.conv1_mean.shape == (2, 128, 128)
+    assert batch.probs.shape == (2, 8) and batch.taps["conv1_mean"].shape == (2, 128, 128)
     np.testing.assert_allclose(batch.probs.sum(axis=1), 1.0, rtol=1e-6)
     model.close()
 

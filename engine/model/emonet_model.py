@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from emoengine.contract import (
     CROP_SIZE,
-    FULL_TAP_OUTPUTS,
     INPUT_NAME,
     INPUT_SHAPE,
     NUM_LANDMARKS,
     REQUIRED_OUTPUTS,
+    default_tap_specs,
     tap_outputs,
 )
 from emoengine.contract import class_names as default_class_names
@@ -28,18 +29,16 @@ from emoengine.errors import UserInputError
 
 @dataclass
 class EmoNetBatch:
-    """Predictions for N crops. Feature maps are None when the artifact lacks them."""
+    """Predictions for N crops. `taps`: every tap output the artifact has, by its output name, float32 (N, ...):
+    the defaults' `conv1_mean`, `emo_conv1` ... and each `export --taps` module path; a contract.TapSpec says
+    which of them carry a tap's channel mean and its full tensor (engine.model.tapset reads them so)."""
 
     logits: np.ndarray            # (N, C)
     probs: np.ndarray             # (N, C) softmax
     valence: np.ndarray           # (N,)
     arousal: np.ndarray           # (N,)
     landmarks: np.ndarray         # (N, 68, 2) in crop pixels (0..256)
-    conv1_mean: np.ndarray | None
-    emo_conv1_mean: np.ndarray | None
-    conv1: np.ndarray | None = None
-    emo_conv1: np.ndarray | None = None
-    taps: dict[str, np.ndarray] = field(default_factory=dict)  # module path -> float32 (N, ...), as exported
+    taps: Mapping[str, np.ndarray] = field(default_factory=dict)
     heatmap: np.ndarray | None = None   # (N, 68, 64, 64), only when asked for (predict(heatmap=True))
 
     def __len__(self) -> int:
@@ -108,10 +107,18 @@ class EmoNetModel:
         self.is_stand_in = meta.get("stand_in") == "true"
         self.is_random = (meta.get("is_random") == "true" or meta.get("checkpoint_source") == "random"
                           or self.is_stand_in)
-        self.has_taps = "conv1_mean" in runner.output_names
-        # both full maps: an export with `--taps conv1` alone has a `conv1` output but no `emo_conv1`
-        self.has_full_taps = all(name in runner.output_names for name in FULL_TAP_OUTPUTS)
-        self.taps = tap_outputs(runner.output_names)  # module paths this artifact outputs (export --taps)
+        outputs = list(runner.output_names)
+        defaults = default_tap_specs()
+        self.tap_outputs = [n for n in outputs if n not in REQUIRED_OUTPUTS]   # what EmoNetBatch.taps holds
+        self.has_taps = all(s.mean_output in outputs for s in defaults if s.mean_output)
+        # every default in full: an export with `--taps conv1` alone has a `conv1` output but no `emo_conv1`
+        self.has_full_taps = all(s.full_output in outputs for s in defaults if s.full_output)
+        # module path -> the output holding that tap in full (export --taps, and the defaults with --full-taps)
+        self.full_outputs = {n: n for n in tap_outputs(outputs)}
+        for spec in defaults:
+            self.full_outputs.setdefault(spec.name, next((n for n in spec.full_names if n in outputs), ""))
+        self.full_outputs = {name: out for name, out in self.full_outputs.items() if out}
+        self.taps = list(self.full_outputs)   # module paths this artifact outputs in full
 
     @property
     def backend(self) -> str:
@@ -126,7 +133,7 @@ class EmoNetModel:
         if not len(crops):
             empty = np.zeros((0, len(self.class_names)), np.float32)
             return EmoNetBatch(empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32),
-                               np.zeros((0, NUM_LANDMARKS, 2), np.float32), None, None)
+                               np.zeros((0, NUM_LANDMARKS, 2), np.float32))
         with self._lock:
             out = self.runner.infer({INPUT_NAME: crops}, max_batch=self.max_batch)   # the runner splits the batch
         logits = out["expression"].astype(np.float32)
@@ -136,14 +143,13 @@ class EmoNetModel:
             valence=out["valence"].reshape(-1).astype(np.float32),
             arousal=out["arousal"].reshape(-1).astype(np.float32),
             landmarks=heatmap_landmarks(out["heatmap"]),
-            conv1_mean=out.get("conv1_mean"),
-            emo_conv1_mean=out.get("emo_conv1_mean"),
-            # the full default maps only from a --full-taps export: `--taps conv1` alone also has a `conv1` output
-            conv1=out["conv1"] if self.has_full_taps else None,
-            emo_conv1=out["emo_conv1"] if self.has_full_taps else None,
-            taps={name: np.asarray(out[name], np.float32) for name in self.taps},
+            taps={name: np.asarray(out[name], np.float32) for name in self.tap_outputs},
             heatmap=out["heatmap"].astype(np.float32) if heatmap else None,
         )
+
+    def module_taps(self, batch: EmoNetBatch) -> dict[str, np.ndarray]:
+        """The taps `batch` holds in full, by module path (what Engine.predict returns)."""
+        return {name: batch.taps[out] for name, out in self.full_outputs.items() if out in batch.taps}
 
     def close(self) -> None:
         self.runner.close()

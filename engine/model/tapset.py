@@ -5,54 +5,36 @@ A tap (export.taps) is one EmoNet module's output per face. Its rank decides wha
 `avg_pool_2`'s (C, 1, 1), becomes CSV columns. The shape comes from the opened model itself (one black crop run
 once), so every backend and every artifact answers alike.
 
-The default taps (contract.DEFAULT_TAPS) reach the run as the export's `conv1_mean` / `emo_conv1_mean` outputs
-(and `conv1` / `emo_conv1` with --full-taps); any other tap as its full tensor under its module path.
+Every tap is a contract.TapSpec: the defaults (contract.DEFAULT_TAP_SPECS) say which export outputs carry their
+channel means (`conv1_mean`) and full tensors (`conv1`, with --full-taps); any other tap is its full tensor under
+its module path. Nothing here names a default tap: the table does.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
-from emoengine.contract import DEFAULT_TAPS, FULL_TAP_OUTPUTS, INPUT_SHAPE, tap_file_stem
+from emoengine.contract import INPUT_SHAPE, TapSpec, default_tap_specs
 from emoengine.errors import UserInputError
-from emoengine.export.taps import is_vector_shape
+
+__all__ = ["TAP_VIEWS", "TapSpec", "default_tap_specs", "face_channels", "face_full_taps", "face_taps",
+           "run_tap_names", "run_tap_specs", "tap_specs_for_run"]
 
 log = logging.getLogger(__name__)
 
 TAP_VIEWS = ("mean", "grid")
-# the default taps' contract outputs: module path -> (channel-mean output, full output)
-DEFAULT_OUTPUTS = {"conv1": ("conv1_mean", "conv1"), "emo_net_2.0.conv1": ("emo_conv1_mean", "emo_conv1")}
 
 
-@dataclass(frozen=True)
-class TapSpec:
-    """One tap as a run writes it: module path, file stem, "map" or "vector", and its full shape per face."""
-
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-
-    @property
-    def stem(self) -> str:
-        return tap_file_stem(self.name)
-
-    @property
-    def size(self) -> int:
-        """Elements of a vector tap (its CSV columns)."""
-        return int(np.prod(self.shape))
-
-    @classmethod
-    def of(cls, name: str, shape) -> TapSpec:
-        return cls(name, "vector" if is_vector_shape(shape) else "map", tuple(int(d) for d in shape))
+def default_spec(name: str) -> TapSpec | None:
+    """The table's entry for a module path, None for a tap other than the defaults."""
+    return next((spec for spec in default_tap_specs() if spec.name == name), None)
 
 
-def default_tap_specs() -> tuple[TapSpec, ...]:
-    """The default taps, as every EmoNet export has them (no model needed)."""
-    full = dict(zip(DEFAULT_OUTPUTS, FULL_TAP_OUTPUTS.values(), strict=True))
-    return tuple(TapSpec.of(name, full[name]) for name in DEFAULT_TAPS)
+def default_tap_names() -> tuple[str, ...]:
+    """run's default taps, by module path, from the table."""
+    return tuple(spec.name for spec in default_tap_specs())
 
 
 def run_tap_names(taps, tap_view: str = "mean", check: bool = True) -> tuple[str, ...]:
@@ -66,12 +48,12 @@ def run_tap_names(taps, tap_view: str = "mean", check: bool = True) -> tuple[str
     if tap_view not in TAP_VIEWS:
         raise UserInputError(f"tap_view must be {' or '.join(TAP_VIEWS)}, not {tap_view!r}", options=("tap_view",))
     if taps is None or isinstance(taps, bool):
-        return DEFAULT_TAPS
+        return default_tap_names()
     names = tuple(dict.fromkeys(parse_taps(taps) if isinstance(taps, str) else taps))
     if not names:
         raise UserInputError("taps needs one module name or more (`emoengine layers` lists them; no_taps for none)",
                              options=("taps", "no_taps"))
-    if check and not set(names) <= set(DEFAULT_TAPS):
+    if check and not set(names) <= set(default_tap_names()):
         check_known(names)
     return names
 
@@ -87,36 +69,42 @@ def check_known(names) -> None:
     check_taps(names, known)
 
 
-def model_taps(names, tap_view: str = "mean", full_taps: bool = False) -> tuple[str, ...]:
-    """The taps to ask `open_emonet(taps=...)` for: every tap but the default ones, which come as the export's
-    channel means, unless a grid (every channel) is wanted and --full-taps does not already give them."""
-    need_full_defaults = tap_view == "grid" and not full_taps
-    return tuple(n for n in names if n not in DEFAULT_OUTPUTS or need_full_defaults)
+def model_taps(names, tap_view: str = "mean", full_taps: bool = False, full: bool = False) -> tuple[str, ...]:
+    """The taps to ask `open_emonet(taps=...)` for: every tap but the defaults that have a channel-mean output,
+    unless their full tensors are wanted (a grid, `full`: activations.npz's per-channel means) and --full-taps
+    does not already give them."""
+    need_full_defaults = (tap_view == "grid" or full) and not full_taps
+    return tuple(n for n in names if need_full_defaults or not getattr(default_spec(n), "mean_output", None))
 
 
-def full_tensor(batch, name: str) -> np.ndarray | None:
-    """A tap's full (N, ...) tensor in `batch`, under its module path or (default taps) its contract name."""
-    if name in batch.taps:
-        return batch.taps[name]
-    if name in DEFAULT_OUTPUTS:
-        return getattr(batch, DEFAULT_OUTPUTS[name][1])
-    return None
+def full_tensor(batch, spec: TapSpec) -> np.ndarray | None:
+    """A tap's full (N, ...) tensor in `batch`, under its contract name or its module path; None if absent."""
+    return next((batch.taps[n] for n in spec.full_names if n in batch.taps), None)
 
 
-def required_tensor(batch, name: str) -> np.ndarray:
+def module_tensor(batch, name: str) -> np.ndarray | None:
+    """The full tensor of the tap at module path `name` in `batch` (a default's under its contract name too)."""
+    return full_tensor(batch, default_spec(name) or TapSpec(name, "map", ()))
+
+
+def mean_tensor(batch, spec: TapSpec) -> np.ndarray | None:
+    """A map tap's (N, H, W) channel mean as the export computed it, where an output carries it."""
+    return batch.taps.get(spec.mean_output) if spec.mean_output else None
+
+
+def required_tensor(batch, spec: TapSpec) -> np.ndarray:
     """full_tensor, for a tap the model has (checked when the run's taps were chosen)."""
-    tensor = full_tensor(batch, name)
+    tensor = full_tensor(batch, spec)
     if tensor is None:
-        raise KeyError(f"the batch has no tap {name!r}")
+        raise KeyError(f"the batch has no tap {spec.name!r}")
     return tensor
 
 
 def _has(model, name: str, tap_view: str) -> bool:
     if name in model.taps:
         return True
-    if name not in DEFAULT_OUTPUTS:
-        return False
-    return model.has_full_taps or (tap_view == "mean" and model.has_taps)
+    spec = default_spec(name)
+    return spec is not None and tap_view == "mean" and spec.mean_output in model.tap_outputs
 
 
 def run_tap_specs(model, names, tap_view: str = "mean", source: str = "the model") -> tuple[TapSpec, ...]:
@@ -127,16 +115,17 @@ def run_tap_specs(model, names, tap_view: str = "mean", source: str = "the model
         check_known(missing)   # a misspelt name: say so, with the closest ones, rather than "re-export"
         wanted = ",".join(model_taps(names, tap_view))
         grid = " (tap_view grid shows every channel, so the default taps are needed in full too)" \
-            if tap_view == "grid" and set(missing) <= set(DEFAULT_OUTPUTS) else ""
+            if tap_view == "grid" and all(default_spec(n) for n in missing) else ""
         raise UserInputError(f"{source} has no tap {', '.join(repr(n) for n in missing)}{grid}; re-export it with "
                              f"`emoengine export --weights <your .pth> --taps {wanted}`, or run from weights",
                              options=("tap_view", "weights"))
-    probed = {}
-    if any(n not in DEFAULT_OUTPUTS for n in names):
+    specs = {n: default_spec(n) for n in names}
+    if any(spec is None for spec in specs.values()):
         batch = model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))
-        probed = {n: required_tensor(batch, n).shape[1:] for n in names if n not in DEFAULT_OUTPUTS}
-    defaults = {spec.name: spec for spec in default_tap_specs()}
-    return tuple(defaults[n] if n in defaults else TapSpec.of(n, probed[n]) for n in names)
+        for n in names:
+            if specs[n] is None:
+                specs[n] = TapSpec.of(n, required_tensor(batch, TapSpec(n, "map", ())).shape[1:])
+    return tuple(spec for spec in specs.values() if spec is not None)
 
 
 def face_taps(batch, k: int, specs) -> dict[str, np.ndarray]:
@@ -144,16 +133,12 @@ def face_taps(batch, k: int, specs) -> dict[str, np.ndarray]:
     for a vector tap. New arrays, so a face kept later does not keep the whole batch's tensors alive."""
     taps = {}
     for spec in specs:
-        mean_name = DEFAULT_OUTPUTS.get(spec.name, (None,))[0]
-        mean = getattr(batch, mean_name) if mean_name else None
+        mean = mean_tensor(batch, spec)
         if spec.kind == "map" and mean is not None:
             taps[spec.name] = np.array(mean[k], np.float32)
             continue
-        full = required_tensor(batch, spec.name)[k]
-        if spec.kind == "vector":
-            taps[spec.name] = np.array(full, np.float32).reshape(-1)
-        else:
-            taps[spec.name] = channel_mean(full)
+        full = required_tensor(batch, spec)[k]
+        taps[spec.name] = np.array(full, np.float32).reshape(-1) if spec.kind == "vector" else channel_mean(full)
     return taps
 
 
@@ -163,14 +148,38 @@ def channel_mean(full: np.ndarray) -> np.ndarray:
     return full.mean(axis=0, dtype=np.float32) if full.ndim == 3 else np.array(full, np.float32)
 
 
-def face_full_taps(batch, k: int, specs) -> dict[str, np.ndarray]:
-    """Face k's taps untouched (--full-taps, --tap-view grid), by module path, where the batch has them."""
+def spatial_means(full: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (C,) float32, each channel's mean over the map: a tap as a point in channel space, what
+    encoding models and representational similarity analyses take (a 2-D map: one channel)."""
+    full = np.asarray(full, np.float32)
+    full = full[None] if full.ndim == 2 else full
+    return full.reshape(len(full), -1).mean(axis=1, dtype=np.float32)
+
+
+def face_channels(batch, k: int, specs) -> dict[str, np.ndarray]:
+    """Face k's per-channel spatial means (C,) float32 of every map tap the batch holds in full."""
     out = {}
     for spec in specs:
-        full = full_tensor(batch, spec.name)
+        full = full_tensor(batch, spec) if spec.kind == "map" else None
+        if full is not None:
+            out[spec.name] = spatial_means(full[k])
+    return out
+
+
+def face_full_taps(batch, k: int, specs) -> dict[str, np.ndarray]:
+    """Face k's taps untouched (--full-taps, --tap-view grid, activations.npz), by module path, where the batch
+    has them."""
+    out = {}
+    for spec in specs:
+        full = full_tensor(batch, spec)
         if full is not None:
             out[spec.name] = full[k]
     return out
+
+
+def has_full(model, spec: TapSpec) -> bool:
+    """Whether the opened model outputs `spec` in full (activations.npz's `<stem>_channels` need it)."""
+    return spec.name in model.taps
 
 
 def tap_specs_for_run(cfg, model) -> tuple[TapSpec, ...]:
@@ -180,7 +189,7 @@ def tap_specs_for_run(cfg, model) -> tuple[TapSpec, ...]:
     if not cfg.taps:
         return ()
     names = tuple(cfg.tap_names)
-    if names == DEFAULT_TAPS and cfg.tap_view == "mean" and not (model.has_taps or model.has_full_taps):
+    if names == default_tap_names() and cfg.tap_view == "mean" and not (model.has_taps or model.has_full_taps):
         log.warning(f"warning: {cfg.weights or 'the model'} has no feature-map outputs; no tap files are written")
         return ()
     return run_tap_specs(model, names, cfg.tap_view, source=cfg.weights or "the model")

@@ -16,20 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.engine.model.tapset import TapSpec, default_tap_specs
+from emoengine.contract import TapSpec, default_tap_specs
+from emoengine.engine.outputs.activations import ACTIVATIONS_NAME, ActivationsWriter
 from emoengine.engine.outputs.annotate import annotate_frame
 from emoengine.engine.outputs.encoders import EncoderThread
 from emoengine.engine.outputs.schema import PREDICTIONS_NAME, SUMMARY_NAME, predictions_header
-from emoengine.engine.outputs.tap_outputs import ActivationsArchive, TapWriters
+from emoengine.engine.outputs.tap_outputs import TapWriters
 from emoengine.engine.outputs.writers import CsvWriter, write_json, write_png
 from emoengine.engine.run.records import FaceResult, FrameRecord, StageClock
 from emoengine.errors import RunFailure, UserInputError
 
 # every name a run may write (CONTRACT.md plus our additions); files of an earlier run not rewritten are removed,
 # and so are the per-tap files its summary.json lists
-OUTPUT_NAMES = frozenset({"predictions.csv", "annotated.mp4", "annotated.png", "annotated", "conv1.mp4",
-                          "emo_conv1.mp4", "conv1_mean.png", "emo_conv1_mean.png", "timeline.png", "summary.json",
-                          "activations.npz", "images.csv", "report.html"})
+OUTPUT_NAMES = frozenset({"predictions.csv", "annotated.mp4", "annotated.png", "annotated", "timeline.png",
+                          "summary.json", ACTIVATIONS_NAME, "images.csv", "report.html",
+                          *(f"{s.stem}{end}" for s in default_tap_specs() for end in (".mp4", "_mean.png"))})
 
 
 class MainFace:
@@ -99,8 +100,9 @@ class RunOutputs:
     def __init__(self, out_dir: Path, class_names, fps: float, still: bool, write_video: bool = True,
                  taps: bool | Iterable[TapSpec] = True, save_activations: bool = False, full_taps: bool = False,
                  face_id: int | None = None, frame_files: list[str] | None = None, report: bool = True,
-                 tap_view: str = "mean") -> None:
-        """`taps`: the run's taps (engine.model.tapset.TapSpec, in order); True: the default taps; False: none."""
+                 tap_view: str = "mean", has_full: Iterable[str] | None = None) -> None:
+        """`taps`: the run's taps (contract.TapSpec, in order); True: the default taps; False: none. `has_full`:
+        the module paths the model outputs in full (activations.npz's per-channel means; default: every tap)."""
         self.dir = Path(out_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -118,15 +120,16 @@ class RunOutputs:
         self._header = predictions_header(self.class_names)
         self._videos: dict[str, EncoderThread] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
-        self._activations: ActivationsArchive | None = None
+        self._activations: ActivationsWriter | None = None
         csv = taps_out = None
         try:   # the first files opened: a read-only or foreign folder is bad usage, found before any frame
             csv = CsvWriter(self.dir / PREDICTIONS_NAME, self._header)
             taps_out = TapWriters(self.dir, self.specs, tap_view, files=write_video, still=still, video=self._video)
             if save_activations:
-                self._activations = ActivationsArchive(self.dir / "activations.npz", self.specs, full=full_taps)
+                full = [s.name for s in self.specs] if has_full is None else has_full
+                self._activations = ActivationsWriter(self.dir / ACTIVATIONS_NAME, self.specs, full_taps, full)
         except OSError as e:
-            for part in (csv, taps_out):
+            for part in (csv, taps_out, self._activations):
                 if part is not None:
                     part.abort()
             raise UserInputError(f"cannot write into the output folder {self.dir}: {e.strerror or e}") from None
@@ -137,6 +140,11 @@ class RunOutputs:
     def needs_full(self) -> bool:
         """Whether the writers need the taps' untouched tensors (FrameRecord.full_maps), not just FaceResult.taps."""
         return (self._activations is not None and self._activations.full) or self._taps.needs_full
+
+    @property
+    def needs_channels(self) -> bool:
+        """Whether activations.npz keeps per-channel means (FaceResult.channels)."""
+        return self._activations is not None and self._activations.needs_channels
 
     # -- per frame ------------------------------------------------------------------------------------
     def _video(self, name: str, size: tuple[int, int], picture) -> EncoderThread:

@@ -1,4 +1,4 @@
-"""The files a run writes per tap, and activations.npz.
+"""The files a run writes per tap (activations.npz: engine.outputs.activations).
 
 Per map tap (engine.model.tapset): `<stem>.mp4`, the main face's map, one frame per input frame (black without a face),
 and `<stem>_mean.png`, the mean over the frames that had one. `--tap-view mean` shows the channel mean (256 x 256,
@@ -9,15 +9,13 @@ every face. Only what the writers need is kept: running sums for the means, neve
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emoengine.engine.model.tapset import TapSpec
+from emoengine.contract import TapSpec
 from emoengine.engine.outputs.featuremaps import (
     GRID_MAX_TILES,
     MeanMapAccumulator,
@@ -25,7 +23,7 @@ from emoengine.engine.outputs.featuremaps import (
     grid_frame,
     grid_size,
 )
-from emoengine.engine.outputs.writers import AtomicOutput, CsvWriter, write_png
+from emoengine.engine.outputs.writers import CsvWriter, write_png
 from emoengine.engine.run.records import FaceResult, FrameRecord
 
 if TYPE_CHECKING:
@@ -37,12 +35,6 @@ VECTOR_FORMAT = "{:.6g}"
 
 def vector_header(spec: TapSpec) -> list[str]:
     return ["frame", "time_s", "face_id", *(f"f{i}" for i in range(spec.size))]
-
-
-def activation_keys(spec: TapSpec, full: bool) -> str:
-    """activations.npz's key suffix of a tap: `<stem>_mean` (a map's channel mean), `<stem>` (a vector, or any
-    tap untouched with --full-taps): `conv1_mean`, `emo_conv1_mean`, `conv1`, `emo_conv1` for the defaults."""
-    return spec.stem if full or spec.kind == "vector" else f"{spec.stem}_mean"
 
 
 class TapWriters:
@@ -125,50 +117,3 @@ class TapWriters:
 
 def _channels(spec: TapSpec) -> int:
     return spec.shape[0] if len(spec.shape) == 3 else 1
-
-
-class ActivationsArchive:
-    """Per-face tap values streamed into an .npz (one zip entry per array, float16), so memory stays flat.
-
-    Keys: `f<frame>_id<face>_<key>` (engine.outputs.tap_outputs.activation_keys); at commit also `frames`, `face_ids`,
-    `time_s` (one entry per face).
-    """
-
-    def __init__(self, path: Path, specs, full: bool) -> None:
-        self.out = AtomicOutput(path)
-        self.zip = zipfile.ZipFile(self.out.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self.keys = {s.name: activation_keys(s, full) for s in specs}
-        self.full = full
-        self.index: list[tuple[int, int, float]] = []
-
-    def _put(self, key: str, array: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(array))
-        self.zip.writestr(f"{key}.npy", buf.getvalue())
-
-    def add(self, fr: FrameRecord, face: FaceResult) -> None:
-        arrays = fr.full_maps.get(face.face_id, {}) if self.full else face.taps
-        for name, key in self.keys.items():
-            if arrays.get(name) is not None:
-                self._put(f"f{fr.index:06d}_id{face.face_id}_{key}", np.asarray(arrays[name]).astype(np.float16))
-        self.index.append((fr.index, face.face_id, fr.time_s))
-
-    def finish(self) -> None:
-        """Write the index and close the temporary file (renamed by `commit`)."""
-        if self.zip.fp is None:
-            return
-        idx = np.array(self.index, dtype=np.float64).reshape(-1, 3)
-        self._put("frames", idx[:, 0].astype(np.int64))
-        self._put("face_ids", idx[:, 1].astype(np.int64))
-        self._put("time_s", idx[:, 2])
-        self.zip.close()
-
-    def commit(self) -> Path:
-        self.finish()
-        return self.out.commit()
-
-    def abort(self) -> None:
-        try:
-            self.zip.close()
-        finally:
-            self.out.abort()

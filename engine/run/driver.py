@@ -16,7 +16,7 @@ from emoengine.contract import DEFAULT_TAPS
 from emoengine.engine.backends import BACKENDS
 from emoengine.engine.model.crops import regions_to_frame
 from emoengine.engine.model.emonet_model import EmoNetModel
-from emoengine.engine.model.tapset import face_full_taps, face_taps, model_taps, tap_specs_for_run
+from emoengine.engine.model.tapset import face_channels, face_full_taps, face_taps, model_taps, tap_specs_for_run
 from emoengine.engine.outputs.report import REPORT_NAME, build_report
 from emoengine.engine.outputs.run_outputs import RunOutputs
 from emoengine.engine.run.pipeline import Pipeline, PipelineOptions, PipelineStats
@@ -75,7 +75,8 @@ class RunConfig:
         args: dict[str, Any] = dict(backend=self.backend, weights=s.weights, model=s.model, classes=s.classes,
                                     full_taps=s.full_taps, max_batch=self.max_batch)
         if s.weights is not None and self.taps:
-            args["taps"] = model_taps(self.tap_names, s.tap_view, s.full_taps)
+            # activations.npz's per-channel means need the defaults in full: the export gets them as taps
+            args["taps"] = model_taps(self.tap_names, s.tap_view, s.full_taps, full=s.save_activations)
         # ONNX Runtime's idle threads spin by default: in a pipeline that steals the cores the other stages need
         # (measured: the stand-in model at batch 1 cost 3.1 ms of CPU a call spinning, 0.4 ms not; EmoNet alone
         # runs within 3 % either way, benchmarks/results/ort-tuning-*)
@@ -87,15 +88,17 @@ class RunConfig:
 class FrameAssembler:
     """The render stage's first half: per-id smoothing and `FaceResult`s in frame pixels, added to the record
     (ids come from the detect/track stage). `taps`: the run's engine.model.tapset.TapSpecs, each face's share kept in
-    FaceResult.taps; `keep_full`: their untouched tensors too, in record.full_maps (--full-taps, grid view)."""
+    FaceResult.taps; `keep_full`: their untouched tensors too, in record.full_maps (--full-taps, grid view,
+    activations); `channels`: their per-channel spatial means in FaceResult.channels (activations)."""
 
     def __init__(self, class_names, smooth: float, taps=(), keep_full: bool = False,
-                 independent_frames: bool = False) -> None:
+                 independent_frames: bool = False, channels: bool = False) -> None:
         self.class_names = tuple(class_names)
         # a folder of unrelated images: no smoothing across images (ids count faces per image)
         self.smoother = TemporalSmoother(0.0 if independent_frames else smooth)
         self.taps = tuple(taps)
         self.keep_full = keep_full
+        self.channels = channels
 
     def __call__(self, record: FrameRecord) -> FrameRecord:
         self.smoother.forget(record.dropped_ids)
@@ -108,12 +111,11 @@ class FrameAssembler:
         for k in range(len(faces)):
             fid = int(ids[k])
             probs, val, aro = self.smoother.update(fid, p.probs[k], float(p.valence[k]), float(p.arousal[k]))
-            taps = face_taps(p, k, self.taps)
             record.faces.append(FaceResult(
                 box=faces.boxes[k], det_score=float(faces.scores[k]), landmarks5=faces.landmarks[k],
                 logits=p.logits[k], probs=probs, expression=self.class_names[int(np.argmax(probs))],
-                valence=val, arousal=aro, landmarks68=lm68[k], face_id=fid,
-                conv1_mean=taps.get("conv1"), emo_conv1_mean=taps.get("emo_net_2.0.conv1"), taps=taps,
+                valence=val, arousal=aro, landmarks68=lm68[k], face_id=fid, taps=face_taps(p, k, self.taps),
+                channels=face_channels(p, k, self.taps) if self.channels else {},
             ))
             if self.keep_full:
                 record.full_maps[fid] = face_full_taps(p, k, self.taps)
@@ -154,7 +156,8 @@ def torch_detector_device(backend: str) -> str | None:
 
 def run_pipeline(cfg: RunConfig, model: EmoNetModel | Callable[[], EmoNetModel],
                  detector: object | Callable[[], object] | None = None,
-                 observe: Callable[[FrameRecord], None] | None = None, progress: Progress = no_progress) -> dict:
+                 observe: Callable[[FrameRecord], None] | None = None, progress: Progress = no_progress,
+                 tap_specs=None) -> dict:
     """Run on `cfg.input` and write the contract's files under `cfg.out_dir`; returns the summary.
 
     `model` and `detector` are either lent (an opened EmoNetModel or detector: used, never closed here; the
@@ -165,7 +168,8 @@ def run_pipeline(cfg: RunConfig, model: EmoNetModel | Callable[[], EmoNetModel],
     With `cfg.resume`, a complete earlier run of the same input and settings is returned as is.
     `observe(record)` (the Python API) sees every assembled record (faces filled), in frame order, before the
     writers, in the render stage's thread; what it raises ends the run like a failing stage.
-    `progress(frame_count)` (the CLI's bar) is told of every frame.
+    `progress(frame_count)` (the CLI's bar) is told of every frame. `tap_specs`: the run's taps (contract.TapSpec)
+    as probed on `model` once by its owner (the Engine); default: tap_specs_for_run(cfg, model).
     """
     source = open_source(cfg.input)
     fingerprint = run_fingerprint(cfg, source)
@@ -186,7 +190,7 @@ def run_pipeline(cfg: RunConfig, model: EmoNetModel | Callable[[], EmoNetModel],
                         "are meaningless")
         elif model.is_random and cfg.warn_random:
             log.warning("WARNING: random EmoNet weights — predictions are meaningless")
-        outputs = open_outputs(cfg, source, model)
+        outputs = open_outputs(cfg, source, model, tap_specs)
         options = pipeline_options(cfg, source)
         stats = _drive(cfg, source, detector, model, outputs, options, observe, progress)
         summary = make_summary(cfg, source, model, detector, stats, options, outputs.encoder_clocks())
@@ -217,10 +221,11 @@ def resumed(cfg: RunConfig, done: dict) -> dict:
     return {**done, "resumed": True}
 
 
-def open_outputs(cfg: RunConfig, source, model: EmoNetModel) -> RunOutputs:
+def open_outputs(cfg: RunConfig, source, model: EmoNetModel, tap_specs=None) -> RunOutputs:
     still = source.kind in ("image", "images")
+    specs = tap_specs_for_run(cfg, model) if tap_specs is None else tuple(tap_specs) if cfg.taps else ()
     return RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still, write_video=cfg.write_video,
-                      taps=tap_specs_for_run(cfg, model), tap_view=cfg.tap_view,
+                      taps=specs, tap_view=cfg.tap_view, has_full=model.taps,
                       save_activations=cfg.save_activations, full_taps=cfg.full_taps, face_id=cfg.face_id,
                       report=cfg.writes_report,
                       frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
@@ -245,7 +250,7 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
     """The pipeline from the first frame to the last encoded one; a record is assembled and written in the
     render stage."""
     assemble = FrameAssembler(model.class_names, cfg.smooth, taps=outputs.specs, keep_full=outputs.needs_full,
-                              independent_frames=options.independent_frames)
+                              independent_frames=options.independent_frames, channels=outputs.needs_channels)
     on_frame, close_progress = progress(source.frame_count)
 
     def sink(record: FrameRecord) -> None:

@@ -9,6 +9,7 @@ ones no longer need (crops after inference, predictions after assembly), so a qu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,9 +34,9 @@ class FaceResult:
     """One face in one frame, everything in that frame's pixel coordinates.
 
     probs are softmax(expression logits) (after temporal smoothing when it is on); valence/arousal unclamped.
-    taps: the run's taps (`run --taps`) by module path: this face's channel-mean map (2-D float32) for a map tap,
-    its vector (1-D float32) for a vector tap (engine.model.tapset). conv1_mean (128,128) / emo_conv1_mean (64,64): the
-    default taps' maps under their older names (None where the run has not got them).
+    taps: the run's taps (`run --taps`, the defaults among them) by module path: this face's channel-mean map
+    (2-D float32) for a map tap, its vector (1-D float32) for a vector tap (engine.model.tapset). channels: each map
+    tap's per-channel spatial means (C,) float32, where the run keeps them (activations.npz's `<stem>_channels`).
     """
 
     box: np.ndarray                 # (4,) float32 x1 y1 x2 y2
@@ -48,9 +49,8 @@ class FaceResult:
     arousal: float
     landmarks68: np.ndarray         # (68,2) from EmoNet's heatmap, frame pixels
     face_id: int = -1
-    conv1_mean: np.ndarray | None = None
-    emo_conv1_mean: np.ndarray | None = None
-    taps: dict[str, np.ndarray] = field(default_factory=dict)
+    taps: Mapping[str, np.ndarray] = field(default_factory=dict)
+    channels: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

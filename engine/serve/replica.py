@@ -45,7 +45,9 @@ def crop_outputs(batch, names) -> dict[str, np.ndarray]:
     """Engine.predict's outputs of an EmoNetBatch (without the heatmap), and the taps asked for."""
     out = {"expression": batch.logits, "probabilities": batch.probs, "valence": batch.valence,
            "arousal": batch.arousal, "landmarks": batch.landmarks}
-    out.update({name: batch.taps[name] for name in names})
+    from emoengine.engine.model.tapset import module_tensor
+
+    out.update({name: module_tensor(batch, name) for name in names})
     return out
 
 
@@ -59,9 +61,7 @@ class EmoNetReplica:
         self.engine = Engine(**engine_args)
         self._model, self._detector = self.engine.parts()   # the Engine's own, lent; it closes them
         self.name = f"pid{os.getpid()}"
-        from emoengine.engine.model.tapset import tap_specs_for_run
-
-        self._specs = tap_specs_for_run(self.engine.template, self._model)   # probes extra taps once, here
+        self._specs = self.engine.tap_specs   # probed once, by the Engine
         self.batcher = CropBatcher(lambda crops: self._model.predict(crops), max_batch, batch_wait_ms, self.name)
         log.info("replica %s ready: %r", self.name, self.engine)
 

@@ -25,9 +25,10 @@ _os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 from emoengine.contract import CLASS_NAMES_8, class_names  # noqa: F401 - the package's face
 
 # the Python API, imported on first use so that `import emoengine` stays fast (no numpy, typer, ONNX Runtime)
-_API = ("Engine", "Analysis", "FrameStream")
+_API = ("Engine", "Analysis", "FrameStream", "Activations")
 
 if _TYPE_CHECKING:   # what __getattr__ hands out, by its own type
+    from emoengine.api import Activations as Activations
     from emoengine.api import Analysis as Analysis
     from emoengine.api import Engine as Engine
     from emoengine.api import FrameStream as FrameStream

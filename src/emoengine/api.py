@@ -23,10 +23,11 @@ import numpy as np
 from emoengine.api_results import Analysis, FrameStream, MainFaceTaps
 from emoengine.contract import DEFAULT_TAPS, INPUT_SHAPE
 from emoengine.engine.closing import Closing
+from emoengine.engine.outputs.activations import Activations
 from emoengine.errors import UserInputError
 from emoengine.settings import RunSettings
 
-__all__ = ["Analysis", "Engine", "FrameStream"]
+__all__ = ["Activations", "Analysis", "Engine", "FrameStream"]
 
 API_DEFAULTS = {"quiet": True}   # no summary line in a notebook; everything else as `run` has it
 
@@ -57,6 +58,7 @@ class Engine(Closing):
     def __init__(self, weights: str | None = None, model: str | None = None, backend: str | None = None,
                  detector: str = "mtcnn", taps=None, classes: int | None = None, **options) -> None:
         from emoengine.engine.model.emonet_model import open_emonet
+        from emoengine.engine.model.tapset import tap_specs_for_run
         from emoengine.engine.run.driver import open_run_detector
 
         self.taps = DEFAULT_TAPS if taps is None else tap_names(taps)
@@ -66,6 +68,7 @@ class Engine(Closing):
         cfg = self.settings.resolve("", Path("."))
         self.template = dataclasses.replace(cfg, tap_names=self.taps)
         self._model = self._detector = None
+        self.tap_specs: tuple = ()   # the taps' contract.TapSpecs on this model, probed once (run_pipeline's)
         try:
             self._detector = open_run_detector(cfg)
             self._model = open_emonet(**{**cfg.model_args, "taps": self.taps})
@@ -73,6 +76,7 @@ class Engine(Closing):
             if missing and taps is not None:   # an artifact exported without them (weights: exported with them)
                 raise UserInputError(f"{model} has no tap output {', '.join(missing)}; re-export it with "
                                      f"`emoengine export --taps {','.join(self.taps)}`")
+            self.tap_specs = tap_specs_for_run(self.template, self._model)
         except BaseException:
             self.close()
             raise
@@ -101,16 +105,19 @@ class Engine(Closing):
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != INPUT_SHAPE or not len(crops):
             raise UserInputError(f"predict takes uint8 RGB crops of shape (N, {', '.join(map(str, INPUT_SHAPE))}) "
                                  f"with N >= 1, not {crops.dtype} {crops.shape}")
-        batch = self._require_open().predict(crops, heatmap=True)
+        model = self._require_open()
+        batch = model.predict(crops, heatmap=True)
         assert batch.heatmap is not None   # predict(heatmap=True) keeps it
         return {"expression": batch.logits, "probabilities": batch.probs, "valence": batch.valence,
-                "arousal": batch.arousal, "landmarks": batch.landmarks, "heatmap": batch.heatmap, **batch.taps}
+                "arousal": batch.arousal, "landmarks": batch.landmarks, "heatmap": batch.heatmap,
+                **model.module_taps(batch)}
 
     # -- videos, images, cameras, streams ------------------------------------------------------------------
     def analyze(self, source, out=None) -> Analysis:
         """Run on `source` (what `run` takes: a video, an image, a folder, a camera index, a stream URL) and
         write `run`'s files into `out` (default: a temporary folder that lives as long as the result; `save()`
-        copies them). The result holds `.predictions`, `.summary` and `.taps` (see Analysis)."""
+        copies them). The result holds `.predictions`, `.summary`, `.taps` and, with save_activations,
+        `.activations` (activations.npz's arrays, emoengine.Activations; see Analysis)."""
         from emoengine.engine.outputs.schema import read_summary_if_any
         from emoengine.engine.run.driver import run_pipeline
 
@@ -121,7 +128,8 @@ class Engine(Closing):
         out_dir = Path(out)
         collect = MainFaceTaps(self.taps, self.template.face_id)
         try:
-            summary = run_pipeline(self.run_config(source, out_dir), *self.parts(), observe=collect)
+            summary = run_pipeline(self.run_config(source, out_dir), *self.parts(), observe=collect,
+                                   tap_specs=self.tap_specs)
         except BaseException:
             if holder is not None:
                 holder.cleanup()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from emoengine.contract import DEFAULT_TAPS
 from emoengine.errors import EmoengineError
 
 STREAM_QUEUE = 4          # per-frame results a stream holds for a slow consumer (the pipeline's queues behind it)
@@ -27,12 +26,9 @@ _POLL_S = 0.05
 
 
 def face_taps(face, names) -> dict[str, np.ndarray]:
-    """One face's tap maps by module path, for the `names` asked: `FaceResult.taps` (run --taps: a channel-mean
-    map per map tap, the vector of a vector tap) where the run keeps them, else the default taps' means."""
-    found = dict(getattr(face, "taps", None) or {})
-    for name, value in zip(DEFAULT_TAPS, (face.conv1_mean, face.emo_conv1_mean), strict=True):
-        found.setdefault(name, value)
-    return {n: np.asarray(found[n], np.float32) for n in names if found.get(n) is not None}
+    """One face's tap maps by module path, for the `names` asked: `FaceResult.taps` (a channel-mean map per map
+    tap, the vector of a vector tap), where the run has them."""
+    return {n: np.asarray(face.taps[n], np.float32) for n in names if face.taps.get(n) is not None}
 
 
 class MainFaceTaps:
@@ -71,7 +67,9 @@ class Analysis:
     `dir`: where the run's files are (a temporary folder unless `out=` was given); `summary`: summary.json's
     content; `predictions`: predictions.csv as a pandas DataFrame (read from the file: its columns and values);
     `taps[name]`: the main face's channel-mean map (a vector for a vector tap) per frame, float32
-    (frames, H, W), NaN where the frame had no face; a tap no frame had is absent. `save(dir)` copies the files.
+    (frames, H, W), NaN where the frame had no face; a tap no frame had is absent; `activations`: with
+    save_activations, activations.npz's arrays (emoengine.Activations: every face, predictions.csv's rows), else
+    None. `save(dir)` copies the files.
     """
 
     def __init__(self, out_dir: Path, summary: dict, taps: dict[str, np.ndarray], names, holder=None) -> None:
@@ -81,6 +79,17 @@ class Analysis:
         self.tap_names = tuple(names)
         self._holder = holder   # the TemporaryDirectory, removed with this result
         self._predictions = None
+        self._activations = None
+
+    @property
+    def activations(self):
+        """activations.npz read back (emoengine.Activations), None where the run saved none."""
+        from emoengine.engine.outputs.activations import ACTIVATIONS_NAME, Activations
+
+        path = self.dir / ACTIVATIONS_NAME
+        if self._activations is None and ACTIVATIONS_NAME in self.files and path.is_file():
+            self._activations = Activations(path, self.summary.get("taps", []))
+        return self._activations
 
     @property
     def predictions(self):
@@ -212,13 +221,14 @@ class _Channel:
             raise StreamClosed("the stream was closed")
 
 
-def _pump(channel: _Channel, cfg, loans, names) -> None:
+def _pump(channel: _Channel, cfg, loans, names, specs) -> None:
     """The stream's background thread: the run, each frame into the channel, then its end (summary or error)."""
     from emoengine.engine.run.driver import run_pipeline
 
     end = _End()
     try:
-        end.summary = run_pipeline(cfg, *loans, observe=lambda record: channel.put(stream_frame(record, names)))
+        end.summary = run_pipeline(cfg, *loans, observe=lambda record: channel.put(stream_frame(record, names)),
+                                   tap_specs=specs)
     except StreamClosed:
         pass
     except BaseException as e:  # noqa: BLE001  handed to the consumer's thread
@@ -265,8 +275,8 @@ class FrameStream:
         self._tmp = tempfile.TemporaryDirectory(prefix="emoengine-stream-")
         cfg = self.engine.run_config(self.source, Path(self._tmp.name), write_video=False, report=False,
                                      save_activations=False, resume=False, quiet=True)
-        self._thread = threading.Thread(target=_pump, args=(self._channel, cfg, self.engine.parts(),
-                                                            self.engine.taps), name="emoengine-stream", daemon=True)
+        args = (self._channel, cfg, self.engine.parts(), self.engine.taps, self.engine.tap_specs)
+        self._thread = threading.Thread(target=_pump, args=args, name="emoengine-stream", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
