@@ -81,8 +81,8 @@ class RunSettings:
                                     "vector.")
     no_taps: bool = option(False, "No feature-map files.")
     tap_view: str = option("mean", "mean (channel mean) | grid (the first 64 channels as tiles).", choices=TAP_VIEWS)
-    save_activations: bool = option(False, "Per-face channel-mean maps of every tap to activations.npz.",
-                                     negatable=True)
+    save_activations: bool = option(False, "Every face's taps to activations.npz: one array per tap over "
+                                            "predictions.csv's rows, per-channel means included.", negatable=True)
     full_taps: bool = option(False, "With save_activations: the untouched activations.", negatable=True)
     no_report: bool = option(False, "No report.html (see `emoengine report`).", fingerprint=False)
     quiet: bool = option(False, "No progress bar and no summary line.", short="-q", fingerprint=False, batch=False)
