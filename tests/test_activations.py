@@ -171,3 +171,36 @@ def test_a_third_table_entry_gets_a_runs_files_and_activations(three_defaults, t
         assert {"l3_mean", "l3_channels", "conv1_channels", "emo_conv1_channels"} <= set(z.files)
         assert z["l3_channels"].shape == (3, 4) and z["l3_mean"].shape == (3, 8, 8)
         assert z["frames"].tolist() == [0, 1, 2]
+
+
+def test_a_model_without_full_maps_gives_means_only_and_an_abort_leaves_nothing(tmp_path, caplog):
+    """A --model artifact without --full-taps has no full conv1: the archive keeps the channel-mean maps, says
+    why there are no per-channel means, and an aborted run leaves neither the archive nor its row files."""
+    from emoengine.engine.outputs.activations import ActivationsWriter
+    from emoengine.engine.run.records import FaceResult, FrameRecord
+
+    specs = contract.DEFAULT_TAP_SPECS
+
+    def face(fid: int) -> FaceResult:
+        return FaceResult(box=np.zeros(4, np.float32), det_score=1.0, landmarks5=np.zeros((5, 2), np.float32),
+                          logits=np.zeros(8, np.float32), probs=np.full(8, 1 / 8, np.float32), expression="Neutral",
+                          valence=0.0, arousal=0.0, landmarks68=np.zeros((68, 2), np.float32), face_id=fid,
+                          taps={s.name: np.full(s.shape[1:], fid, np.float32) for s in specs})
+
+    for keep in (True, False):
+        path = tmp_path / f"{keep}" / "activations.npz"
+        path.parent.mkdir()
+        writer = ActivationsWriter(path, specs, full=False, has_full=())
+        assert not writer.needs_channels and "no full conv1 tensor" in caplog.text
+        for i in range(3):
+            writer.add(FrameRecord(i, i / 4, np.zeros((8, 8, 3), np.uint8)), face(i % 2))
+        if not keep:
+            writer.abort()
+            assert list(path.parent.iterdir()) == []
+            continue
+        writer.commit()
+        assert [p.name for p in path.parent.iterdir()] == ["activations.npz"]
+        with np.load(path) as z:
+            assert set(z.files) == {"frames", "face_ids", "time_s", "conv1_mean", "emo_conv1_mean"}
+            assert z["face_ids"].tolist() == [0, 1, 0] and z["emo_conv1_mean"].shape == (3, 64, 64)
+            assert z["conv1_mean"][1].min() == 1

@@ -116,8 +116,9 @@ class EmoNetModel:
         # module path -> the output holding that tap in full (export --taps, and the defaults with --full-taps)
         self.full_outputs = {n: n for n in tap_outputs(outputs)}
         for spec in defaults:
-            self.full_outputs.setdefault(spec.name, next((n for n in spec.full_names if n in outputs), ""))
-        self.full_outputs = {name: out for name, out in self.full_outputs.items() if out}
+            found = next((n for n in spec.full_names if n in outputs), None)
+            if found is not None and spec.name not in self.full_outputs:
+                self.full_outputs[spec.name] = found
         self.taps = list(self.full_outputs)   # module paths this artifact outputs in full
 
     @property

@@ -124,7 +124,7 @@ def run_tap_specs(model, names, tap_view: str = "mean", source: str = "the model
         batch = model.predict(np.zeros((1, *INPUT_SHAPE), np.uint8))
         for n in names:
             if specs[n] is None:
-                specs[n] = TapSpec.of(n, required_tensor(batch, TapSpec(n, "map", ())).shape[1:])
+                specs[n] = TapSpec.of(n, required_tensor(batch, TapSpec(n, "map", ())).shape[1:])   # probed
     return tuple(spec for spec in specs.values() if spec is not None)
 
 
