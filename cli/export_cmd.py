@@ -131,7 +131,7 @@ def _print_int8(console, exported) -> None:
 
 
 def _print_engine(console, exported) -> None:
-    from emoengine.export.trt_engine import sidecar_path
+    from emoengine.export.engine_cache import sidecar_path
 
     console.print(f"TensorRT engine [bold]{exported.path}[/bold] ({exported.extra['precision']}, batch "
                   f"1..{exported.extra['max_batch']}); sidecar {sidecar_path(exported.path).name}")

@@ -46,7 +46,7 @@ def info_command(artifact: str | None = typer.Argument(None, help="An exported .
 def _list_engines() -> None:
     """Cached TensorRT engines under models/: what each was built for, and whether it would run here."""
     from emoengine.errors import UserInputError
-    from emoengine.export.trt_engine import check_cached_engine, expected_here, read_sidecar
+    from emoengine.export.engine_cache import check_cached_engine, expected_here, read_sidecar
     from emoengine.paths import models_dir
 
     engines = sorted(models_dir().glob("*.engine")) if models_dir().is_dir() else []

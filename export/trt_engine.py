@@ -5,121 +5,31 @@ flags and always types strongly; the STRONGLY_TYPED creation flag is accepted an
 plain export, fp16 from `export.fp16` (fp16 graph with the measured fp32 islands), int8 from a QDQ model
 (explicit quantization). TF32 is switched off so fp32 layers agree with PyTorch to 1e-3 like every other backend.
 
-Engines are cached in models/ under a name keyed by precision, max batch, GPU, TensorRT version and the ONNX's
-sha256, with a JSON sidecar carrying the ONNX metadata (engines have no metadata_props), the build keys and the
-engine file's own sha256. `check_cached_engine` compares sidecar and file with what this machine would build
-*before* anything is deserialized: a stale or foreign engine is rebuilt, never run (deserializing an engine from
-another TensorRT or GPU is undefined behaviour, not an error). A timing cache per GPU and TensorRT version makes
-rebuilds fast ($EMOENGINE_TRT_TIMING_CACHE_DIR: one shared by every engine, as the TensorRT tests
-of a session do). The runtime side (deserializing and running an engine) is engine/backends/tensorrt.py.
+The cache (names, build keys, sidecars) is export.engine_cache: a stale or foreign engine is rebuilt, never run
+(deserializing an engine from another TensorRT or GPU is undefined behaviour, not an error). The runtime side
+(deserializing and running an engine) is engine/backends/tensorrt.py; neither imports the other at import time.
 Written against the documented API; not yet run on a GPU (no TensorRT where it was written).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 from pathlib import Path
 
-from emoengine.engine.backends.tensorrt import require_tensorrt
+from emoengine.engine.backends.cuda import require_tensorrt
 from emoengine.engine.outputs.writers import write_bytes_atomic
 from emoengine.errors import RunFailure, UserInputError
+from emoengine.export.engine_cache import (
+    check_cached_engine,
+    engine_build_keys,
+    engine_cache_path,
+    timing_cache_path,
+    write_sidecar,
+)
+from emoengine.paths import sha256_file
 
 log = logging.getLogger(__name__)
-from emoengine.paths import models_dir, sha256_file
-
-SIDECAR_FORMAT = "emoengine-trt-1"
-
-
-# --- the engine cache: pure functions, testable without TensorRT ------------------------------------------------
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "unknown"
-
-
-def engine_build_keys(onnx_sha256: str, tensorrt_version: str, device: str, precision: str,
-                      max_batch: int, tf32: bool = False) -> dict[str, str]:
-    """What an engine is built from and for; the sidecar holds these, and a cached engine must match all."""
-    return {
-        "engine_format": SIDECAR_FORMAT,
-        "engine_tensorrt": str(tensorrt_version),
-        "engine_device": str(device),
-        "engine_source_sha256": onnx_sha256,
-        "engine_max_batch": str(int(max_batch)),
-        "engine_precision": precision,
-        "engine_tf32": "true" if tf32 else "false",
-    }
-
-
-def engine_cache_path(onnx_path: str | os.PathLike, keys: dict[str, str], folder: Path | None = None) -> Path:
-    """models/<onnx stem>-<precision>-b<N>-<gpu>-trt<version>-<onnx sha12>.engine: a different GPU, TensorRT or
-    model gets a different file, so engines for several machines can share one models/ folder."""
-    stem = Path(onnx_path).stem
-    name = (f"{stem}-{keys['engine_precision']}-b{keys['engine_max_batch']}-{slug(keys['engine_device'])}"
-            f"-trt{slug(keys['engine_tensorrt'])}-{keys['engine_source_sha256'][:12]}.engine")
-    return (folder if folder is not None else models_dir()) / name
-
-
-def sidecar_path(engine_path: str | os.PathLike) -> Path:
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".json")
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_sidecar(engine_path: str | os.PathLike) -> dict | None:
-    """An engine's sidecar as a dict (None when missing or unreadable)."""
-    return _read_json(sidecar_path(engine_path))
-
-
-def check_cached_engine(engine_path: str | os.PathLike, expected: dict[str, str]) -> str | None:
-    """None when `engine_path` may be deserialized here; else why not (one line). Reads only the sidecar and the
-    file's bytes (sha256): nothing is handed to TensorRT before this says yes."""
-    engine_path = Path(engine_path)
-    if not engine_path.is_file():
-        return f"no engine at {engine_path}"
-    sidecar = sidecar_path(engine_path)
-    if not sidecar.is_file():
-        return f"{engine_path.name} has no sidecar {sidecar.name}: cannot tell what it was built from and for"
-    meta = _read_json(sidecar)
-    if meta is None:
-        return f"{sidecar.name} is not a JSON object"
-    for key, want in expected.items():
-        have = meta.get(key)
-        if have != want:
-            what = key.removeprefix("engine_").replace("_", " ")
-            return f"{engine_path.name} was built for {what} {have!r}, here it is {want!r}"
-    if meta.get("engine_sha256") != sha256_file(engine_path):
-        return f"{engine_path.name} does not match the sha256 in its sidecar (replaced or truncated)"
-    return None
-
-
-def write_sidecar(engine_path: Path, metadata: dict[str, str], keys: dict[str, str]) -> dict[str, str]:
-    """The sidecar of a freshly built engine: ONNX metadata + build keys + the engine file's sha256."""
-    data = {**{str(k): str(v) for k, v in metadata.items()}, **keys, "engine_sha256": sha256_file(engine_path)}
-    write_bytes_atomic(sidecar_path(engine_path), json.dumps(data, indent=1).encode())
-    return data
-
-
-TIMING_CACHE_DIR = "EMOENGINE_TRT_TIMING_CACHE_DIR"   # one folder's timing cache for every engine (a test session)
-
-
-def timing_cache_path(device: str, tensorrt_version: str, folder: Path | None = None) -> Path:
-    """The timing cache of a GPU and TensorRT version: in $EMOENGINE_TRT_TIMING_CACHE_DIR where set (so the
-    engines of one test session share their tactic timings), else in `folder` (default models/)."""
-    name = f"trt-timing-{slug(device)}-trt{slug(tensorrt_version)}.cache"
-    shared = os.environ.get(TIMING_CACHE_DIR)
-    return (Path(shared) if shared else folder if folder is not None else models_dir()) / name
-
 
 # --- building ---------------------------------------------------------------------------------------------------
 
@@ -215,10 +125,3 @@ def ensure_engine(onnx_path: Path, precision: str, max_batch: int, announce=None
     except OSError as e:
         raise UserInputError(f"cannot write the TensorRT engine cache {engine_path}: {e.strerror or e}") from e
     return engine_path
-
-
-def expected_here() -> dict[str, str]:
-    """The sidecar keys an engine must carry to run on this machine (format, TensorRT version, GPU)."""
-    trt, torch = require_tensorrt()
-    return {"engine_format": SIDECAR_FORMAT, "engine_tensorrt": str(trt.__version__),
-            "engine_device": torch.cuda.get_device_name()}

@@ -260,11 +260,12 @@ def host_array(address: int, dtype, shape) -> np.ndarray:
 
 @pytest.fixture
 def fake_trt(monkeypatch):
+    from emoengine.engine.backends import cuda
     from emoengine.engine.backends import tensorrt as trt_backend
     from emoengine.export import trt_engine
 
     fake = FakeTensorRT()
-    for module in (trt_backend, trt_engine):
+    for module in (cuda, trt_backend, trt_engine):
         monkeypatch.setattr(module, "require_tensorrt", lambda: (fake, torch))
     return fake
 

@@ -191,6 +191,7 @@ def fake_tensorrt(monkeypatch, tmp_path):
     of check and deserialization can be tested. Everything below the sidecar check is the real code."""
     from types import SimpleNamespace
 
+    from emoengine.engine.backends import cuda
     from emoengine.engine.backends import tensorrt as trt_backend
     from emoengine.export import trt_engine
 
@@ -210,7 +211,7 @@ def fake_tensorrt(monkeypatch, tmp_path):
             self.metadata = metadata
 
     monkeypatch.setattr(trt_backend, "missing", lambda row: None)
-    for module in (trt_backend, trt_engine):
+    for module in (cuda, trt_backend, trt_engine):
         monkeypatch.setattr(module, "require_tensorrt", lambda: (fake_trt, fake_torch))
     monkeypatch.setattr(trt_engine, "build_engine", fake_build)
     monkeypatch.setattr(trt_backend, "TrtRunner", FakeRunner)
@@ -221,8 +222,8 @@ def fake_tensorrt(monkeypatch, tmp_path):
 def test_with_a_fake_tensorrt_stale_engines_are_rebuilt_before_any_deserialization(fake_tensorrt, tmp_path,
                                                                                     golden_pth_8):
     from emoengine.export.checkpoint import load_emonet
+    from emoengine.export.engine_cache import sidecar_path
     from emoengine.export.onnx_export import export_onnx
-    from emoengine.export.trt_engine import sidecar_path
 
     onnx_path = export_onnx(load_emonet(golden_pth_8), tmp_path / "emonet8.onnx", verify=False).path
     events = fake_tensorrt.events
@@ -292,7 +293,7 @@ def test_with_a_fake_tensorrt_trt_int8_builds_from_the_symmetric_qdq_model_of_it
 def one_timing_cache(tmp_path_factory):
     """Every engine these tests build (in-process and through `emoengine run`) shares one TensorRT timing cache:
     the tactics of the same layers are timed once a session, not once per engine."""
-    from emoengine.export.trt_engine import TIMING_CACHE_DIR
+    from emoengine.export.engine_cache import TIMING_CACHE_DIR
 
     with pytest.MonkeyPatch.context() as mp:
         folder = tmp_path_factory.mktemp("trt-timing")

@@ -70,6 +70,17 @@ def require(backend: str, missing: Callable[[], str | None]) -> None:
         raise UserInputError(f"backend {backend}: {why}")
 
 
+def require_tensorrt():
+    """(tensorrt, torch) where TensorRT 10+ and a CUDA GPU are usable (the check `info` reports); else one
+    UserInputError line. Here, not in the TensorRT backend, so that export.trt_engine (the build side) and
+    engine/backends/tensorrt.py (the run side) both import it without importing each other."""
+    require("trt", tensorrt_missing)
+    import tensorrt as trt
+    import torch
+
+    return trt, torch
+
+
 # --- staging ---------------------------------------------------------------------------------------------------
 
 

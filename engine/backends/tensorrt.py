@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from emoengine.engine.backends.base import ModelRequest, Runner
-from emoengine.engine.backends.cuda import CAPTURE_ERROR_MODE, DeviceTimer, PinnedStaging, require, tensorrt_missing
+from emoengine.engine.backends.cuda import (
+    CAPTURE_ERROR_MODE,
+    DeviceTimer,
+    PinnedStaging,
+    require_tensorrt,
+    tensorrt_missing,
+)
 from emoengine.errors import RunFailure, UserInputError
 
 # TensorRT DataType member names -> torch dtype names. Not trt.nptype(): numpy has no bfloat16 or fp8, so
@@ -30,16 +36,6 @@ TRT_TO_TORCH = {
     "INT32": "int32", "INT64": "int64", "BOOL": "bool", "FP8": "float8_e4m3fn",
 }
 SETTING_VALUES = {"max_batch": ("N",)}
-
-
-def require_tensorrt():
-    """(tensorrt, torch) where TensorRT 10+ and a CUDA GPU are usable (the check `info` reports); else one
-    UserInputError line."""
-    require("trt", tensorrt_missing)
-    import tensorrt as trt
-    import torch
-
-    return trt, torch
 
 
 def torch_dtype(trt_dtype, torch):
@@ -88,7 +84,7 @@ class TrtRunner(Runner):
         self.max_batch = min(int(self.engine.get_tensor_profile_shape(n, 0)[2][0]) for n in self.input_names)
         self.backend = label
         if metadata is None:
-            from emoengine.export.trt_engine import read_sidecar
+            from emoengine.export.engine_cache import read_sidecar
 
             metadata = read_sidecar(path)
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
@@ -216,7 +212,7 @@ def prepare(row, request: ModelRequest) -> Path:
 
 
 def open_runner(row, request: ModelRequest) -> TrtRunner:
-    from emoengine.export.trt_engine import check_cached_engine, expected_here, read_sidecar
+    from emoengine.export.engine_cache import check_cached_engine, expected_here, read_sidecar
 
     path = prepare(row, request)
     if _given_engine(request):   # checked against this machine before anything is deserialized
