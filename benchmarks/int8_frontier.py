@@ -88,8 +88,8 @@ def torch_reference_and_speed(args, crops: np.ndarray) -> tuple[dict, dict | Non
 
 def search_frontier(args, request, crops: np.ndarray, reference: dict) -> tuple[tuple[str, ...], dict]:
     """export --min-agreement's greedy search (export.int8_search), judged against the PyTorch reference."""
-    from emoengine.export.artifacts import cached_int8_onnx_for
     from emoengine.export.int8_search import AgreementCheck, search_keep_float
+    from emoengine.export.prepare import cached_int8_onnx_for
 
     check = AgreementCheck(crops[:args.parity_inputs], reference)
     best, trials = search_keep_float(
@@ -103,7 +103,7 @@ def search_frontier(args, request, crops: np.ndarray, reference: dict) -> tuple[
 def recipe_row(args, request, recipe, crops, reference, batches, torch_b1, fp32) -> dict:
     """One recipe's model (made once, cached in models/), its parity and speed."""
     from emoengine.engine.backends import OrtRunner
-    from emoengine.export.artifacts import cached_int8_onnx_for
+    from emoengine.export.prepare import cached_int8_onnx_for
     from emoengine.export.quantize import recipe_tag
 
     keep, ops, method = recipe
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     from emoengine.engine.backends import OrtRunner, request_for
-    from emoengine.export.artifacts import cached_onnx_for
+    from emoengine.export.prepare import cached_onnx_for
 
     request = request_for("ort", weights=args.weights)
     batches = [int(b) for b in args.batches.split(",")]

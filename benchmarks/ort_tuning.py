@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     from emoengine.engine.backends import request_for
     from emoengine.engine.backends.ort import OrtRunner, session_options
-    from emoengine.export.artifacts import cached_onnx_for
+    from emoengine.export.prepare import cached_onnx_for
 
     batches = [int(b) for b in args.batches.split(",")]
     crops = bench_inputs(max(batches))

@@ -8,6 +8,7 @@ import typer
 
 from emoengine.cli.main import app
 from emoengine.errors import UserInputError
+from emoengine.export.artifacts import DEFAULT_OPSET
 
 
 @app.command("export")
@@ -18,7 +19,7 @@ def export_command(
     full_taps: bool = typer.Option(False, "--full-taps", help="Also output the full conv1 and emo_conv1 maps."),
     taps: str | None = typer.Option(None, "--taps", help="More outputs: EmoNet module paths, comma-separated "
                                        "(`emoengine layers` lists them), each the module's full output."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset (13-20)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the file under ONNX Runtime CPU."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (fp32 kept where measured necessary) | "
                                   "int8 (static QDQ calibrated on face crops, in the flavour --target runs)."),

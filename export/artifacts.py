@@ -1,31 +1,142 @@
-"""The artifacts a backend runs, made once from a checkpoint and reused: the cached ONNX export, its fp16
-conversion, its int8 QDQ model. Backends ask for them through their row's `prepare()` (engine.backends);
-TensorRT engines are made by export.trt_engine.
+"""The artifact table: every file EmoNet runs from, what it is made from, by which step, under which names, and
+which backends run it. `emoengine export` (export.targets) walks it with a request's options; the backends' lazy
+preparation (export.prepare) walks it for a run. A new export precision is a new row here (and the step that
+makes it, in both STEPS tables), nothing else.
 
-Each function takes the request that names the model (anything with `weights`, `classes`, `full_taps`, e.g.
-engine.backends.ModelRequest), so that a new property of a model is one new field of the request.
+`artifact_path` is the one naming function, `chain` the one walk from a checkpoint to an artifact, `load_onnx`
+the one loader that refuses a file that is not an ONNX model, `DEFAULT_OPSET` the one opset default.
 """
 
 from __future__ import annotations
 
-import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from emoengine.errors import UserInputError, warn_random_weights
+from emoengine.errors import UserInputError
+from emoengine.paths import models_dir
 
-log = logging.getLogger(__name__)
-from emoengine.paths import models_dir, sha256_file
+DEFAULT_OPSET = 17        # `emoengine export --opset` and every lazy export
+PER_PRECISION = "the ONNX of its precision"   # an engine's source: the fp32, fp16 or int8 model it is built from
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One kind of file. `name` is also the step that makes it (export.targets.STEPS, export.prepare.STEPS)."""
+
+    name: str
+    what: str                      # the file in words, for notices and refusals
+    precision: str                 # what its graph computes in: fp32 | fp16 | int8
+    suffix: str                    # after the stem: `emonet8` + `.fp16.onnx` (export), `<cached source>` + it (cache)
+    source: str | None             # the artifact it is made from; None: the checkpoint
+    make: str                      # the function that does the work, for the table's readers
+    cache: str                     # the name the lazy preparation caches it under
+    backends: tuple[str, ...]      # the backend rows that run it as it is
+    targets: tuple[str, ...] = ()  # the `export --target` runtimes it is made for (int8: one flavour each)
+    from_given: bool = True        # made from a given ONNX too; False: a given ONNX stands for it as it is
+    doing: str = "exporting"       # what the notice of a run that makes it first says
+
+
+ARTIFACTS: dict[str, Artifact] = {row.name: row for row in (
+    Artifact("onnx", "fp32 ONNX export", "fp32", ".onnx", None, "export.onnx_export.export_onnx",
+             "emonet<C>-<sha12>[-fulltaps][-taps<n>-<hash>].onnx", ("ort", "ort-cuda"), ("ort", "trt")),
+    Artifact("fp16", "fp16 ONNX conversion", "fp16", ".fp16.onnx", "onnx", "export.fp16.export_fp16", "<source stem>.fp16.onnx",
+             ("ort-cuda",), ("ort", "trt"), doing="converting"),
+    Artifact("int8-u8s8", "int8 QDQ ONNX (U8S8, ONNX Runtime's)", "int8", "-int8.onnx", "onnx", "export.quantize.quantize_int8",
+             "<source stem>-<recipe>.onnx", ("ort-int8",), ("ort",), from_given=False, doing="quantising"),
+    Artifact("int8-s8s8", "int8 QDQ ONNX (S8S8, TensorRT's)", "int8", "-int8-s8s8.onnx", "onnx", "export.quantize.quantize_int8",
+             "<source stem>-<recipe>.onnx (the recipe ends -s8s8)", (), ("trt",), from_given=False, doing="quantising"),
+    Artifact("engine", "TensorRT engine", "any", ".engine", PER_PRECISION, "export.trt_engine.ensure_engine",
+             "<source stem>-<precision>-b<N>-<gpu>-trt<version>-<sha12>.engine", ("trt",), doing="building"),
+)}
+ENGINE = "engine"
+
+
+def for_target(precision: str, runtime: str) -> Artifact:
+    """The ONNX artifact of `precision` made for `runtime` (an `export --target`); KeyError when none is."""
+    for row in ARTIFACTS.values():
+        if row.precision == precision and runtime in row.targets:
+            return row
+    raise KeyError((precision, runtime))
+
+
+def target_precisions() -> tuple[str, ...]:
+    """The precisions `emoengine export` makes, in the table's order."""
+    return tuple(dict.fromkeys(row.precision for row in ARTIFACTS.values() if row.targets))
+
+
+def for_backend(backend: str, precision: str) -> Artifact:
+    """The artifact a backend row runs at `precision`: the row that names it, of that precision (or any)."""
+    for row in ARTIFACTS.values():
+        if backend in row.backends and row.precision in (precision, "any"):
+            return row
+    raise KeyError((backend, precision))
+
+
+def source_of(artifact: str, precision: str = "fp32") -> str | None:
+    """What `artifact` is made from; an engine: the ONNX of its precision made for the runtime that builds it."""
+    source = ARTIFACTS[artifact].source
+    if source != PER_PRECISION:
+        return source
+    from emoengine.engine.backends import ENGINE_TARGET
+
+    return for_target(precision, ENGINE_TARGET).name
+
+
+def chain(artifact: str, precision: str = "fp32") -> tuple[str, ...]:
+    """The steps from a checkpoint to `artifact`, first to last: `chain("engine", "fp16")` is onnx, fp16, engine."""
+    steps: list[str] = []
+    step: str | None = artifact
+    while step is not None:
+        steps.insert(0, step)
+        step = source_of(step, precision)
+    return tuple(steps)
+
+
+def given_steps(steps: tuple[str, ...], given_precision: str) -> tuple[str, ...]:
+    """The steps left of a chain when a given ONNX of `given_precision` enters it: those after the step of that
+    precision that a given model goes through (quantising is for an export of weights: a given model stands for
+    the int8 model as it is); none when the chain has no step of that precision (the model runs as it is)."""
+    start = next((i for i, s in enumerate(steps) if ARTIFACTS[s].precision == given_precision), None)
+    if start is None:
+        return ()
+    return tuple(s for s in steps[start + 1:] if ARTIFACTS[s].from_given)
+
+
+def artifact_path(artifact: str, stem: str, folder: str | os.PathLike | None = None, tag: str = "") -> Path:
+    """The one naming function: `<folder>/<stem><suffix>`, or `<stem>-<tag>.<ext>` where a tag names what the
+    file was made with (an int8 recipe, an engine's build keys). `emoengine export` names from the export's stem
+    (`emonet8`, `emonet8-random`, a given ONNX's stem), the lazy cache from the cached source's stem."""
+    row = ARTIFACTS[artifact]
+    ext = row.suffix[row.suffix.rindex("."):]
+    name = f"{stem}-{tag}{ext}" if tag else f"{stem}{row.suffix}"
+    return Path(folder if folder is not None else models_dir()) / name
+
+
+def export_stem(num_classes: int, random: bool) -> str:
+    """The stem of `emoengine export`'s files: emonet8, emonet8-random."""
+    return f"emonet{num_classes}{'-random' if random else ''}"
+
+
+def cache_stem(num_classes: int, tag: str, full_taps: bool, taps=()) -> str:
+    """The stem of a cached export: emonet<C>-<sha12|random>[-fulltaps][-taps<n>-<hash>] (one per tap set)."""
+    from emoengine.export.taps import taps_tag
+
+    return f"emonet{num_classes}-{tag}{'-fulltaps' if full_taps else ''}{taps_tag(taps)}"
 
 
 def load_onnx(path: str | os.PathLike, external_data: bool = False):
     """onnx.ModelProto of `path`, or one UserInputError line when it is not an ONNX model."""
     import onnx
 
+    from emoengine.errors import first_line
+    from emoengine.paths import model_file
+
+    model_file(path)
     try:
         return onnx.load(str(path), load_external_data=external_data)
-    except Exception as e:  # protobuf DecodeError, a missing file and friends
-        raise UserInputError(f"not an ONNX model: {path} ({type(e).__name__})") from e
+    except Exception as e:  # noqa: BLE001  protobuf DecodeError, onnx's own types and friends
+        raise UserInputError(f"not an ONNX model: {path} ({first_line(e)})") from None
 
 
 def onnx_precision(onnx_path: str | os.PathLike) -> str:
@@ -38,110 +149,3 @@ def onnx_precision(onnx_path: str | os.PathLike) -> str:
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
         return "fp16"
     return "fp32"
-
-
-def cached_onnx_for(request) -> Path:
-    """Export the request's weights to ONNX once and reuse it:
-    models/emonet<C>-<sha12>[-fulltaps][-taps<n>-<hash>].onnx (one artifact per tap set, in any order)."""
-    if (found := _current_export(request)) is not None:
-        return found
-    try:
-        from emoengine.export.checkpoint import load_emonet
-        from emoengine.export.onnx_export import export_onnx
-    except ImportError as e:
-        raise UserInputError("exporting weights to ONNX needs PyTorch: pip install torch, or pass model "
-                             "(an exported .onnx)", options=("model",)) from e
-    loaded = load_emonet(request.weights, request.classes)
-    path = _export_path(request, loaded.num_classes, "random" if loaded.is_random else loaded.sha256[:12])
-    from emoengine import __version__
-
-    stale = path.is_file() and _exporter_version(path) != __version__
-    if stale or not path.is_file():   # a different exporter may have made a different graph
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(loaded, path, full_taps=request.full_taps, verify=False, taps=sorted(set(request.taps)))
-    return path
-
-
-def _export_path(request, num_classes: int, tag: str) -> Path:
-    from emoengine.export.taps import taps_tag
-
-    full = "-fulltaps" if request.full_taps else ""
-    return models_dir() / f"emonet{num_classes}-{tag}{full}{taps_tag(request.taps)}.onnx"
-
-
-def _current_export(request) -> Path | None:
-    """The export cached_onnx_for made earlier, found without PyTorch, whose import alone keeps ~200 MB resident
-    for the whole run: `random` names its file by class count, a checkpoint by its sha256 (the one file of that
-    hash; the class count is checked when the model opens). None: not made yet, or by another emoengine."""
-    from emoengine import __version__
-
-    weights = str(request.weights)
-    if weights == "random":
-        paths = [_export_path(request, request.classes or 8, "random")]
-    elif Path(weights).is_file():
-        tag = sha256_file(weights)[:12]
-        paths = [_export_path(request, c, tag) for c in ((request.classes,) if request.classes else (5, 8))]
-    else:
-        return None
-    found = [path for path in paths if path.is_file()]
-    if len(found) != 1 or _exporter_version(found[0]) != __version__:
-        return None
-    if weights == "random":
-        warn_random_weights()
-    return found[0]
-
-
-def _exporter_version(path: Path) -> str | None:
-    """The emoengine version an export's metadata records (None: unreadable, so it is exported again)."""
-    try:
-        props = load_onnx(path).metadata_props
-    except UserInputError:
-        return None
-    return next((p.value for p in props if p.key == "emoengine_version"), None)
-
-
-def cached_int8_onnx_for(request, calibration_crops: int | None = None, method: str | None = None,
-                         keep_float: tuple[str, ...] | None = None, ops: str | None = None,
-                         flavour: str | None = None) -> Path:
-    """The int8 model of the request's weights for a recipe (the default recipe unless given) in a QDQ flavour
-    (export.quantize.INT8_FORMATS; default ONNX Runtime's), made once: models/emonet<C>-<sha12>-<recipe>.onnx,
-    the flavour part of the recipe's name so that each flavour is cached apart."""
-    from emoengine.export import quantize
-    from emoengine.export.onnx_export import read_metadata
-
-    calibration_crops = calibration_crops or quantize.DEFAULT_CALIBRATION_CROPS
-    method = method or quantize.DEFAULT_METHOD
-    keep_float = tuple(sorted(quantize.DEFAULT_KEEP_FLOAT if keep_float is None else keep_float))
-    ops = ops or quantize.DEFAULT_OPS
-    flavour = flavour or quantize.DEFAULT_FORMAT
-    fp32 = cached_onnx_for(request)   # the int8 name and ranges follow its tap tag
-    tag = quantize.recipe_tag(calibration_crops, method, keep_float, ops, flavour)
-    path = fp32.with_name(f"{fp32.stem}-{tag}.onnx")
-    if path.is_file() and path.stat().st_mtime >= fp32.stat().st_mtime and \
-            read_metadata(path).get("precision") == "int8":
-        return path
-    # ranges depend on the fp32 model, the method and the crops, not on which layers stay float nor on the
-    # flavour: shared
-    cache = fp32.with_name(f"{fp32.stem}.calib-{ops}-{method}{calibration_crops}.json")
-    quantize.quantize_int8(fp32, path, calibration_crops, method, keep_float, calibration_cache=cache, ops=ops,
-                           flavour=flavour)
-    return path
-
-
-def cached_fp16_onnx(fp32_path: Path, announce=None) -> Path:
-    """<stem>.fp16.onnx beside the fp32 model, converted once (and again when the fp32 model changes)."""
-    from emoengine.engine.outputs.writers import write_bytes_atomic
-    from emoengine.export.fp16 import export_fp16
-
-    out = fp32_path.with_name(f"{fp32_path.stem}.fp16.onnx")
-    stamp = out.with_name(out.name + ".source-sha256")
-    sha = sha256_file(fp32_path)
-    if out.is_file() and stamp.is_file() and stamp.read_text().strip() == sha:
-        return out
-    (announce or log.info)(f"converting {fp32_path.name} to fp16 (fp32 kept where measured necessary)...")
-    export_fp16(fp32_path, out)
-    try:
-        write_bytes_atomic(stamp, sha.encode())
-    except OSError as e:
-        raise UserInputError(f"cannot write {stamp}: {e.strerror or e}") from e
-    return out

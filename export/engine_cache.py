@@ -41,10 +41,11 @@ def engine_build_keys(onnx_sha256: str, tensorrt_version: str, device: str, prec
 def engine_cache_path(onnx_path: str | os.PathLike, keys: dict[str, str], folder: Path | None = None) -> Path:
     """models/<onnx stem>-<precision>-b<N>-<gpu>-trt<version>-<onnx sha12>.engine: a different GPU, TensorRT or
     model gets a different file, so engines for several machines can share one models/ folder."""
-    stem = Path(onnx_path).stem
-    name = (f"{stem}-{keys['engine_precision']}-b{keys['engine_max_batch']}-{slug(keys['engine_device'])}"
-            f"-trt{slug(keys['engine_tensorrt'])}-{keys['engine_source_sha256'][:12]}.engine")
-    return (folder if folder is not None else models_dir()) / name
+    from emoengine.export.artifacts import ENGINE, artifact_path
+
+    tag = (f"{keys['engine_precision']}-b{keys['engine_max_batch']}-{slug(keys['engine_device'])}"
+           f"-trt{slug(keys['engine_tensorrt'])}-{keys['engine_source_sha256'][:12]}")
+    return artifact_path(ENGINE, Path(onnx_path).stem, folder, tag=tag)
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:

@@ -25,6 +25,7 @@ import emoengine
 from emoengine.compare import compare
 from emoengine.contract import CROP_SIZE, INPUT_NAME, INPUT_SHAPE, REQUIRED_OUTPUTS
 from emoengine.errors import RunFailure, UserInputError
+from emoengine.export.artifacts import DEFAULT_OPSET
 from emoengine.export.checkpoint import LoadedEmoNet
 from emoengine.export.emonet import EmoNetGraph, synthetic_crops
 from emoengine.paths import models_dir
@@ -53,7 +54,7 @@ def default_output(num_classes: int) -> Path:
     return models_dir() / f"emonet{num_classes}.onnx"
 
 
-def export_onnx(loaded: LoadedEmoNet, output: Path | None = None, full_taps: bool = False, opset: int = 17,
+def export_onnx(loaded: LoadedEmoNet, output: Path | None = None, full_taps: bool = False, opset: int = DEFAULT_OPSET,
                 verify: bool = True, verify_images: np.ndarray | None = None, taps=()) -> ExportReport:
     """Export `loaded` to `output` (default models/emonet{C}.onnx); verify under ORT CPU unless verify=False.
 
@@ -175,13 +176,7 @@ def decode_metadata(props: Mapping[str, str]) -> dict[str, object]:
 
 def read_metadata(path: str | Path) -> dict[str, object]:
     """An exported model's metadata_props, JSON fields decoded (parses the whole file, ~0.1 s)."""
-    import onnx
+    from emoengine.export.artifacts import load_onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"no such model file: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and friends
-        raise UserInputError(f"not an ONNX model: {path} ({type(e).__name__})") from e
+    model = load_onnx(path)
     return decode_metadata({p.key: p.value for p in model.metadata_props})

@@ -29,6 +29,7 @@ import numpy as np
 
 from emoengine.contract import INPUT_NAME
 from emoengine.errors import RunFailure, UserInputError
+from emoengine.paths import model_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -158,8 +159,7 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike,
     keep_float = tuple(sorted(keep_float))
     check_recipe(calibration_crops, method, keep_float, ops, flavour)
     fp32_path, output = Path(fp32_path), Path(output)
-    if not fp32_path.is_file():
-        raise UserInputError(f"no such model file: {fp32_path}")
+    model_file(fp32_path)
     cache = Path(calibration_cache) if calibration_cache else \
         output.with_name(f"{output.stem}.calib-{ops}-{method}{calibration_crops}.json")
     output.parent.mkdir(parents=True, exist_ok=True)

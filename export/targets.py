@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emoengine.errors import UserInputError
-from emoengine.paths import models_dir
+from emoengine.export.artifacts import (
+    ARTIFACTS,
+    DEFAULT_OPSET,
+    ENGINE,
+    artifact_path,
+    chain,
+    export_stem,
+    for_target,
+    given_steps,
+    target_precisions,
+)
+from emoengine.paths import model_file
 
 AGREEMENT_CROPS = 32  # int8 vs fp32 top-1 agreement printed after export (bench measures it on more)
 
@@ -31,7 +42,7 @@ class ExportRequest:
     classes: int | None = None
     output: Path | None = None
     full_taps: bool = False
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
     verify: bool = True
     precision: str = "fp32"
     trt: bool = False                        # also build the TensorRT engine
@@ -74,36 +85,42 @@ INT8_FROM_ONNX = ("precision int8 quantises an export of weights; for a TensorRT
 FP32_FROM_WEIGHTS = "weights is required (a .pth checkpoint or 'random')"
 
 
+# the refusals of a precision whose chain cannot start where a request starts (default: ExportTarget's)
+NO_WEIGHTS = {"fp32": FP32_FROM_WEIGHTS, "int8": INT8_FROM_WEIGHTS}
+NO_ONNX = {"int8": INT8_FROM_ONNX}
+
+
+def _target(steps: tuple[str, ...], precision: str, **messages: str) -> ExportTarget:
+    """A chain's row: from weights all of it; from `--onnx` what a given model goes through after the export."""
+    from_onnx = given_steps(steps, "fp32") or None
+    messages = {"no_weights": NO_WEIGHTS.get(precision), "no_onnx": NO_ONNX.get(precision), **messages}
+    return ExportTarget(steps, from_onnx, **{k: v for k, v in messages.items() if v})
+
+
 def _table() -> dict[tuple[str, str, bool], ExportTarget]:
-    """(precision, --target, --trt) -> the chain. The targets are the runtimes of engine.backends.EXPORT_TARGETS;
-    an int8 chain quantises in the flavour its runtime runs (step `int8-<flavour>`); only ENGINE_TARGET builds an
-    engine, from an fp32/fp16 export or from its own int8 QDQ model."""
+    """(precision, --target, --trt) -> the chain, from the artifact table (export.artifacts): for each runtime of
+    engine.backends.EXPORT_TARGETS and each precision, the chain to that precision's artifact for the runtime
+    (an int8 one quantises in the flavour its runtime runs); only ENGINE_TARGET builds an engine, from it."""
     from emoengine.engine.backends import ENGINE_TARGET, EXPORT_TARGETS
 
     table: dict[tuple[str, str, bool], ExportTarget] = {}
-    for runtime, flavour in EXPORT_TARGETS.items():
-        table[("fp32", runtime, False)] = ExportTarget(("onnx",), None, no_weights=FP32_FROM_WEIGHTS)
-        table[("fp16", runtime, False)] = ExportTarget(("onnx", "fp16"), ("fp16",))
-        table[("int8", runtime, False)] = ExportTarget(("onnx", f"int8-{flavour}"), None,
-                                                       no_weights=INT8_FROM_WEIGHTS, no_onnx=INT8_FROM_ONNX)
-    table[("fp32", ENGINE_TARGET, True)] = ExportTarget(("onnx", "engine"), ("engine",))
-    table[("fp16", ENGINE_TARGET, True)] = ExportTarget(("onnx", "fp16", "engine"), ("fp16", "engine"))
-    table[("int8", ENGINE_TARGET, True)] = ExportTarget(
-        ("onnx", f"int8-{EXPORT_TARGETS[ENGINE_TARGET]}", "engine"), ("engine",),
-        no_weights="TensorRT int8 builds from the QDQ model of `export --precision int8 --target "
-                   f"{ENGINE_TARGET}`: give weights, or that model with onnx")
+    for runtime in EXPORT_TARGETS:
+        for precision in target_precisions():
+            steps = chain(for_target(precision, runtime).name)
+            table[(precision, runtime, False)] = _target(steps, precision)
+            if runtime == ENGINE_TARGET:
+                table[(precision, runtime, True)] = _target(
+                    (*steps, ENGINE), precision, no_weights=ENGINE_FROM_WEIGHTS.get(precision, ""))
     return table
 
 
+ENGINE_FROM_WEIGHTS = {"int8": "TensorRT int8 builds from the QDQ model of `export --precision int8 --target trt`: "
+                               "give weights, or that model with onnx"}
 TARGETS = _table()
 TARGET_RUNTIMES = tuple(dict.fromkeys(t for _, t, _ in TARGETS))
 PRECISIONS = tuple(dict.fromkeys(p for p, _, _ in TARGETS))
 # int8 step -> its QDQ flavour (export.quantize.INT8_FORMATS)
-INT8_STEPS = {step: step.removeprefix("int8-") for t in TARGETS.values() for step in t.from_weights or ()
-              if step.startswith("int8-")}
-# the file name each step's output takes after `emonet<C>[-random]` (from --onnx: after the given file's stem);
-# ONNX Runtime's flavour keeps the name int8 models always had
-SUFFIXES = {"onnx": ".onnx", "fp16": ".fp16.onnx", "int8-u8s8": "-int8.onnx", "int8-s8s8": "-int8-s8s8.onnx"}
+INT8_STEPS = {name: name.removeprefix("int8-") for name, row in ARTIFACTS.items() if row.precision == "int8"}
 
 
 @dataclass
@@ -130,7 +147,7 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
         raise UserInputError(f"trt builds a TensorRT engine: drop target {runtime} (the engine's ONNX is made "
                              "for TensorRT)", options=(ENGINE_OPTION, "target"))
     if request.trt:
-        from emoengine.export.trt_engine import require_tensorrt
+        from emoengine.engine.backends.cuda import require_tensorrt
 
         if request.max_batch < 1:
             raise UserInputError(f"max_batch must be at least 1, not {request.max_batch}", options=("max_batch",))
@@ -142,8 +159,8 @@ def steps_for(request: ExportRequest) -> tuple[str, ...]:
         raise UserInputError(target.no_weights, options=NAMED)
     if request.taps:
         _check_taps(request)
-    if request.onnx is not None and not request.onnx.is_file():
-        raise UserInputError(f"no such model file: {request.onnx}")
+    if request.onnx is not None:
+        model_file(request.onnx)
     for step in steps:
         if step in INT8_STEPS:
             from emoengine.export.quantize import check_recipe, parse_keep_float
@@ -199,17 +216,16 @@ def run_export(request: ExportRequest, say: Callable[[str], None],
 
         assert request.weights is not None   # steps_for refuses a request with neither weights nor onnx
         loaded = load_emonet(request.weights, request.classes)
-        stem = f"emonet{loaded.num_classes}{'-random' if loaded.is_random else ''}"
-    files = [s for s in steps if s != "engine"]
+        stem = export_stem(loaded.num_classes, loaded.is_random)
+    files = [s for s in steps if s != ENGINE]
     done: list[Exported] = []
     source = request.onnx
     with tempfile.TemporaryDirectory(prefix="emoengine-export-") as tmp:
         for step in steps:
-            default = (models_dir() / f"{stem}{SUFFIXES.get(step, '')}" if onnx is None
-                       else onnx.with_name(f"{onnx.stem}{SUFFIXES.get(step, '')}"))
-            temporary = step != "engine" and step != files[-1] and "engine" not in steps
+            default = artifact_path(step, stem) if onnx is None else artifact_path(step, onnx.stem, onnx.parent)
+            temporary = step != ENGINE and step != files[-1] and ENGINE not in steps
             if temporary:
-                target = Path(tmp) / f"fp32{SUFFIXES[step]}"
+                target = artifact_path(step, "fp32", tmp)
             else:
                 target = _final(request.output, default) if files and step == files[-1] else default
             result = STEPS[step](request, loaded, source, target, say)
@@ -299,7 +315,7 @@ def _engine_step(request: ExportRequest, loaded, source: Path, target, say) -> E
     return Exported("engine", engine, extra={"precision": precision, "max_batch": request.max_batch})
 
 
-STEPS = {"onnx": _onnx_step, "fp16": _fp16_step, "engine": _engine_step,
+STEPS = {"onnx": _onnx_step, "fp16": _fp16_step, ENGINE: _engine_step,
          **{step: functools.partial(_int8_step, step=step) for step in INT8_STEPS}}
 
 

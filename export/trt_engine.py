@@ -27,7 +27,7 @@ from emoengine.export.engine_cache import (
     timing_cache_path,
     write_sidecar,
 )
-from emoengine.paths import sha256_file
+from emoengine.paths import model_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if max_batch < 1:
         raise UserInputError(f"TensorRT max batch must be at least 1, not {max_batch}")
-    if not onnx_path.is_file():
-        raise UserInputError(f"no such ONNX model to build a TensorRT engine from: {onnx_path}")
+    model_file(onnx_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # TensorRT 10: opt in to strong typing. TensorRT 11: always strongly typed; the flag is accepted and ignored.
@@ -99,8 +98,9 @@ def engine_precision(source: str, asked: str, onnx_path: Path) -> str:
 
 
 def ensure_engine(onnx_path: Path, precision: str, max_batch: int, announce=None,
-                  folder: Path | None = None) -> Path:
-    """Path of a current engine for `onnx_path` (sidecar-checked), building it when needed."""
+                  folder: Path | None = None, before=None) -> Path:
+    """Path of a current engine for `onnx_path` (sidecar-checked), building it when needed. `before(step,
+    source, path, why)`: the lazy preparation's notice (export.prepare.Notice), which may refuse the build."""
     trt, torch = require_tensorrt()
     device = torch.cuda.get_device_name()
     keys = engine_build_keys(sha256_file(onnx_path), str(trt.__version__), device, precision, max_batch)
@@ -112,11 +112,15 @@ def ensure_engine(onnx_path: Path, precision: str, max_batch: int, announce=None
 
     # the ONNX's metadata goes into the sidecar; parsed only when building, not on every cache hit
     meta = {p.key: p.value for p in load_onnx(onnx_path).metadata_props}
-    say = announce or log.info
-    if engine_path.is_file():
-        say(f"rebuilding the TensorRT engine: {why}")
-    say(f"building a TensorRT {trt.__version__} {precision} engine for {device} (batch 1..{max_batch}) from "
-        f"{onnx_path.name}; this takes minutes once, then {engine_path} is reused")
+    if before is not None:
+        before("engine", onnx_path.name, engine_path, f"TensorRT {trt.__version__} {precision} for {device}, "
+               f"batch 1..{max_batch}, minutes" + (f"; rebuilt: {why}" if engine_path.is_file() else ""))
+    else:
+        say = announce or log.info
+        if engine_path.is_file():
+            say(f"rebuilding the TensorRT engine: {why}")
+        say(f"building a TensorRT {trt.__version__} {precision} engine for {device} (batch 1..{max_batch}) from "
+            f"{onnx_path.name}; this takes minutes once, then {engine_path} is reused")
     try:
         engine_path.parent.mkdir(parents=True, exist_ok=True)
         build_engine(onnx_path, engine_path, max_batch=max_batch, opt_batch=min(16, max_batch),

@@ -250,7 +250,7 @@ def test_cached_onnx_is_keyed_by_the_tap_set(golden_pth_8, tmp_path, monkeypatch
     """`cached_onnx_for` names the artifact after the tap set (order-free) and exports those taps."""
     import emoengine.export.onnx_export as onnx_export
     from emoengine.engine.backends import request_for
-    from emoengine.export.artifacts import cached_onnx_for
+    from emoengine.export.prepare import cached_onnx_for
 
     exported = []
 

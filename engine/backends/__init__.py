@@ -17,6 +17,7 @@ from emoengine.engine.backends.base import BackendOptions, ModelRequest, Runner
 from emoengine.engine.backends.cuda import require
 from emoengine.engine.backends.ort import OrtRunner
 from emoengine.errors import UserInputError
+from emoengine.paths import model_file
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "ENGINE_TARGET", "EXPORT_TARGETS", "Backend", "BackendOptions", "ModelRequest", "OrtRunner", "Runner",
            "availability", "backend_for_artifact", "backend_row", "open_runner", "options_help", "parse_backend",
@@ -156,8 +157,7 @@ def open_runner(request: ModelRequest) -> Runner:
     row = BACKENDS[request.backend.name]
     require(row.name, row.missing)
     if request.model is not None:
-        if not Path(request.model).is_file():
-            raise UserInputError(f"no such model file: {request.model}")
+        model_file(request.model)
         if Path(request.model).suffix.lower() not in row.suffixes:
             raise UserInputError(f"backend {row.name} runs {row.runs}, not {request.model}")
     return row.open(request)

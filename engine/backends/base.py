@@ -108,6 +108,7 @@ class ModelRequest:
     threads: int | None = None
     cache_optimized: bool = False    # ONNX Runtime CPU keeps its optimised graph on disk (OrtRunner)
     spinning: bool | None = None     # ONNX Runtime CPU: idle pool threads spin (None: ORT's default, on)
+    no_implicit_export: bool = False  # refuse to make the artifact first (export.prepare) instead of saying so
 
     @property
     def source(self) -> str:

@@ -1,7 +1,7 @@
 """The `ort` and `ort-int8` backends: ONNX Runtime on the CPU (also the runner the detectors use).
 
 `ort` runs the fp32 export, `ort-int8` the static int8 QDQ model of `emoengine export --precision int8`; both
-make their model from `--weights` once (export.artifacts) and reuse it. OrtRunner takes any ONNX file or bytes,
+make their model from `--weights` once (export.prepare, through the artifact table) and reuse it. OrtRunner takes any ONNX file or bytes,
 on any provider list, so the detectors and `info` use it too.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from emoengine.engine.backends.base import ModelRequest, Runner
 from emoengine.errors import UserInputError, first_line
+from emoengine.paths import model_file
 
 
 def check_ort_providers(providers: list[str]) -> None:
@@ -92,9 +93,7 @@ class OrtRunner(Runner):
 
         providers = providers or ["CPUExecutionProvider"]
         check_ort_providers(providers)
-        source = model if isinstance(model, bytes) else str(model)
-        if isinstance(source, str) and not Path(source).is_file():
-            raise UserInputError(f"no such model file: {source}")
+        source = model if isinstance(model, bytes) else str(model_file(model))
         self.optimized_from_cache = False
         try:
             so = session_options(threads, spinning=spinning)
@@ -135,18 +134,18 @@ def missing(row) -> str | None:
 
 
 def prepare(row, request: ModelRequest) -> Path:
-    """The ONNX file this row runs: `--model` as given (its contract checked before a session is built on a
-    foreign file), else the fp32 export of `--weights` or, for an int8 row, its int8 QDQ model, each made once."""
-    from emoengine.export import artifacts
+    """The ONNX file this row runs (the artifact table's row for it, export.artifacts): `--model` as given (its
+    contract checked before a session is built on a foreign file), else the fp32 export of `--weights` or, for
+    an int8 row, its int8 QDQ model, each made once."""
+    from emoengine.export.artifacts import for_backend
+    from emoengine.export.prepare import prepare as prepare_artifact
 
     if request.model is not None:
         from emoengine.engine.model.model_check import check_onnx_contract
 
         check_onnx_contract(request.model)
-        return Path(request.model)
-    if request.backend.precision == "int8":
-        return artifacts.cached_int8_onnx_for(request)
-    return artifacts.cached_onnx_for(request)
+    precision = request.backend.precision
+    return prepare_artifact(request, for_backend(row.name, precision).name, precision)
 
 
 def open_runner(row, request: ModelRequest) -> OrtRunner:

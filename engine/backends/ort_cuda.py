@@ -4,7 +4,7 @@ Keeps the Runner contract (numpy uint8 crops in, float32 numpy outputs out). Inp
 CUDA tensors allocated once for the max batch (no host round trip inside a run); crops go up as uint8 through
 pinned buffers on the runner's own stream, which ORT computes on (user_compute_stream); one download per batch.
 Options: `conv_search=EXHAUSTIVE|HEURISTIC|DEFAULT` (cudnn_conv_algo_search), `cudagraph` (one CUDA graph per
-batch size via the gpu_graph_id run option), `fp16` (the converted fp16 ONNX, made once by export.artifacts).
+batch size via the gpu_graph_id run option), `fp16` (the converted fp16 ONNX, made once by export.prepare).
 
 Written against the documented ONNX Runtime API; not yet run on a GPU (none where it was written).
 """
@@ -19,6 +19,7 @@ from emoengine.contract import INPUT_NAME, INPUT_SHAPE
 from emoengine.engine.backends.base import BackendOptions, ModelRequest, Runner
 from emoengine.engine.backends.cuda import DeviceTimer, PinnedStaging, ort_cuda_missing, require
 from emoengine.errors import RunFailure, UserInputError, first_line
+from emoengine.paths import model_file
 
 CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 SETTING_VALUES = {"conv_search": CONV_SEARCH}
@@ -55,9 +56,7 @@ class OrtCudaRunner(Runner):
         self.max_batch = max(1, int(max_batch))
         self.stream = torch.cuda.Stream()
         cuda_options = provider_options(options, torch.cuda.current_device(), self.stream.cuda_stream)
-        path = str(model)
-        if not Path(path).is_file():
-            raise UserInputError(f"no such model file: {path}")
+        path = str(model_file(model))
         try:
             self.session = ort.InferenceSession(path, sess_options=session_options(threads),
                                                 providers=[("CUDAExecutionProvider", cuda_options),
@@ -130,13 +129,13 @@ def missing(row) -> str | None:
 
 
 def prepare(row, request: ModelRequest) -> Path:
-    """`--model` or the cached fp32 export of `--weights`; for fp16, its fp16 conversion (made once)."""
-    from emoengine.export import artifacts
+    """`--model` or the cached fp32 export of `--weights`; for fp16, its fp16 conversion (made once): the artifact
+    table's row for this backend and precision (export.artifacts)."""
+    from emoengine.export.artifacts import for_backend
+    from emoengine.export.prepare import prepare as prepare_artifact
 
-    path = Path(request.model) if request.model is not None else artifacts.cached_onnx_for(request)
-    if request.backend.precision == "fp16" and artifacts.onnx_precision(path) == "fp32":
-        path = artifacts.cached_fp16_onnx(path)
-    return path
+    precision = request.backend.precision
+    return prepare_artifact(request, for_backend(row.name, precision).name, precision)
 
 
 def open_runner(row, request: ModelRequest) -> OrtCudaRunner:

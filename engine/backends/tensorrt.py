@@ -190,25 +190,19 @@ def _given_engine(request: ModelRequest) -> bool:
 def prepare(row, request: ModelRequest) -> Path:
     """The engine to run: an `.engine` given as it is; else the cached engine of `--model x.onnx` or of the export
     of `--weights` for this GPU and TensorRT, built first when missing or stale (fp16: from the fp16 ONNX; int8:
-    from the export's symmetric QDQ model)."""
+    from the export's symmetric QDQ model): the artifact table's chain to its engine row (export.artifacts)."""
     require_tensorrt()   # first: without TensorRT nothing is exported or converted for it
     if _given_engine(request) and request.model is not None:
         return Path(request.model)
-    from emoengine.export import artifacts, trt_engine
+    from emoengine.export.artifacts import ENGINE, onnx_precision
+    from emoengine.export.prepare import prepare as prepare_artifact
+    from emoengine.export.trt_engine import engine_precision
 
-    if request.model is not None:
-        onnx_path = Path(request.model)
-    elif request.backend.precision == "int8":   # the QDQ flavour TensorRT builds: symmetric S8S8, float bias
-        from emoengine.engine.backends import EXPORT_TARGETS
-
-        onnx_path = artifacts.cached_int8_onnx_for(request, flavour=EXPORT_TARGETS["trt"])
-    else:
-        onnx_path = artifacts.cached_onnx_for(request)
-    source = artifacts.onnx_precision(onnx_path)
-    precision = trt_engine.engine_precision(source, request.backend.precision, onnx_path)
-    if precision == "fp16" and source == "fp32":
-        onnx_path = artifacts.cached_fp16_onnx(onnx_path)
-    return trt_engine.ensure_engine(onnx_path, precision, engine_max_batch(request))
+    precision, given = request.backend.precision, None
+    if request.model is not None:   # strong typing: the graph's own precision decides
+        given = onnx_precision(request.model)
+        precision = engine_precision(given, precision, Path(request.model))
+    return prepare_artifact(request, ENGINE, precision, given_precision=given)
 
 
 def open_runner(row, request: ModelRequest) -> TrtRunner:

@@ -29,6 +29,7 @@ from emoengine.engine.outputs.schema import (
 )
 from emoengine.errors import EmoengineError, UserInputError, first_line
 from emoengine.log import install_stderr_handler
+from emoengine.paths import model_file
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ def prepare_model(model_args: dict) -> None:
     from emoengine.engine.backends import backend_row, request_for
 
     request = request_for(**model_args)
-    if request.model is not None and not Path(request.model).is_file():
-        raise UserInputError(f"no such model file: {request.model}")
+    if request.model is not None:
+        model_file(request.model)
     backend_row(request.backend.name).prepare(request)
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from emoengine.contract import FULL_TAP_OUTPUTS, INPUT_NAME, INPUT_SHAPE, MEAN_TAP_OUTPUTS, REQUIRED_OUTPUTS
-from emoengine.errors import UserInputError, first_line
+from emoengine.errors import UserInputError
 
 # name -> per-face dims that must match where the file declares them (rank = 1 + their count)
 CONTRACT_OUTPUTS = REQUIRED_OUTPUTS
@@ -66,13 +66,10 @@ def contract_problems(model) -> list[str]:
 
 def check_onnx_contract(path: str | os.PathLike) -> None:
     """One UserInputError line when `path` is not an ONNX file with the contract's tensors."""
-    import onnx
+    from emoengine.export.artifacts import load_onnx
 
     path = Path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001  protobuf raises DecodeError, onnx its own types
-        raise UserInputError(f"not an ONNX model: {path} ({first_line(e)})") from None
+    model = load_onnx(path)
     problems = contract_problems(model)
     if problems:
         raise UserInputError(f"not an emoengine EmoNet export: {path}: {'; '.join(problems)}; "

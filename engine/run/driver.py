@@ -74,6 +74,8 @@ class RunConfig:
         s = self.settings
         args: dict[str, Any] = dict(backend=self.backend, weights=s.weights, model=s.model, classes=s.classes,
                                     full_taps=s.full_taps, max_batch=self.max_batch)
+        if s.no_implicit_export:
+            args["no_implicit_export"] = True
         if s.weights is not None and self.taps:
             # activations.npz's per-channel means need the defaults in full: the export gets them as taps
             args["taps"] = model_taps(self.tap_names, s.tap_view, s.full_taps, full=s.save_activations)

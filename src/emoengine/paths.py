@@ -1,4 +1,5 @@
-"""Where artifacts live: `models/` under the working directory, or $EMOENGINE_MODELS."""
+"""Where artifacts live: `models/` under the working directory, or $EMOENGINE_MODELS; and the one check that a
+model file given by name exists."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ from pathlib import Path
 
 def models_dir() -> Path:
     return Path(os.environ.get("EMOENGINE_MODELS", "models"))
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path where it is a file; else the one "no such model file" refusal (exit 2)."""
+    if not Path(path).is_file():
+        from emoengine.errors import UserInputError
+
+        raise UserInputError(f"no such model file: {path}")
+    return Path(path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

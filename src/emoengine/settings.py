@@ -84,6 +84,10 @@ class RunSettings:
     save_activations: bool = option(False, "Every face's taps to activations.npz: one array per tap over "
                                             "predictions.csv's rows, per-channel means included.", negatable=True)
     full_taps: bool = option(False, "With save_activations: the untouched activations.", negatable=True)
+    no_implicit_export: bool = option(False, "Refuse a run whose model must first be exported, converted, "
+                                             "quantised or built (exit 2, naming the `emoengine export` command "
+                                             "to run) instead of making it once and caching it.",
+                                      fingerprint=False)
     no_report: bool = option(False, "No report.html (see `emoengine report`).", fingerprint=False)
     quiet: bool = option(False, "No progress bar and no summary line.", short="-q", fingerprint=False, batch=False)
     resume: bool = option(False, "Skip when out already holds the complete outputs of this input with these "
