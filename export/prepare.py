@@ -14,6 +14,7 @@ import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from emoengine.errors import UserInputError, warn_random_weights
 from emoengine.export.artifacts import (
@@ -49,7 +50,7 @@ def prepare(request, artifact: str, precision: str = "fp32", given_precision: st
 class Notice:
     """What a step says before it does work: one INFO line, or, with no_implicit_export, the refusal."""
 
-    request: object
+    request: Any
     artifact: str        # the artifact the run needs (the chain's end)
     precision: str
 

@@ -93,8 +93,8 @@ NO_ONNX = {"int8": INT8_FROM_ONNX}
 def _target(steps: tuple[str, ...], precision: str, **messages: str) -> ExportTarget:
     """A chain's row: from weights all of it; from `--onnx` what a given model goes through after the export."""
     from_onnx = given_steps(steps, "fp32") or None
-    messages = {"no_weights": NO_WEIGHTS.get(precision), "no_onnx": NO_ONNX.get(precision), **messages}
-    return ExportTarget(steps, from_onnx, **{k: v for k, v in messages.items() if v})
+    defaults = {"no_weights": NO_WEIGHTS.get(precision, ""), "no_onnx": NO_ONNX.get(precision, "")}
+    return ExportTarget(steps, from_onnx, **{k: v for k, v in {**defaults, **messages}.items() if v})
 
 
 def _table() -> dict[tuple[str, str, bool], ExportTarget]:
