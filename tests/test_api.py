@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 import emoengine
-from emoengine.compare import FP32_TOLERANCE, relative_diff
-from emoengine.contract import TAP_TOLERANCE
+from emoengine.compare import FP32_TOLERANCE, TAP_TOLERANCE, relative_diff
 from emoengine.engine.run.demo import single_face_frames, write_clip
 from emoengine.errors import UserInputError
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from emoengine.cli.main import main as cli_main
-from emoengine.compare import FP32_TOLERANCE, GOLDEN_TORCH_TOLERANCE
-from emoengine.contract import TAP_TOLERANCE, output_names, tap_outputs
+from emoengine.compare import FP32_TOLERANCE, GOLDEN_TORCH_TOLERANCE, TAP_TOLERANCE
+from emoengine.contract import output_names, tap_outputs
 from emoengine.engine.backends import OrtRunner
 from emoengine.engine.model.emonet_model import EmoNetModel
 from emoengine.errors import UserInputError

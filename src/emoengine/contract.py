@@ -86,10 +86,6 @@ DEFAULT_TAPS = tuple(s.name for s in DEFAULT_TAP_SPECS)
 TAP_FILE_STEMS = {s.name: s.stem for s in DEFAULT_TAP_SPECS}
 _NOT_MODULE_PATHS = set(BASE_OUTPUTS) | (set(FULL_TAP_OUTPUTS) - set(DEFAULT_TAPS))
 
-# a tap from any backend against upstream's, worst |got - golden| / the layer's largest |golden| (issue 13).
-# Kept here until src/emoengine/compare.py (issue 14: one tolerance table) lands; the lead moves it there.
-TAP_TOLERANCE = 1e-3
-
 
 def class_names(num_classes: int) -> tuple[str, ...]:
     """Upstream EmoNet's class names: the 5-class model uses the first five of the 8-class list."""
