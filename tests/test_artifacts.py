@@ -167,10 +167,12 @@ def test_no_implicit_export_names_the_command_for_each_artifact(tmp_path):
 
 
 def test_a_run_that_must_export_first_says_so_in_one_line(tmp_path, monkeypatch, caplog):
-    """Through the backend row's prepare(): the export itself stubbed (its own tests run it)."""
-    from emoengine.export import onnx_export
+    """Through the backend row's prepare(): the checkpoint and the export stubbed (their own tests run them)."""
+    from emoengine.export import checkpoint, onnx_export
 
     monkeypatch.setenv("EMOENGINE_MODELS", str(tmp_path / "models"))
+    monkeypatch.setattr(checkpoint, "load_emonet", lambda weights, classes: SimpleNamespace(
+        num_classes=8, is_random=True, sha256="0" * 64))
     made = []
     monkeypatch.setattr(onnx_export, "export_onnx", lambda loaded, path, **kw: made.append(path) or path)
     request = request_for("ort", weights="random")
