@@ -37,15 +37,18 @@ class Artifact:
     doing: str = "exporting"       # what the notice of a run that makes it first says
 
 
+# name, what, precision, export's suffix, source, the function that makes it, the cache name, run by, made for
 ARTIFACTS: dict[str, Artifact] = {row.name: row for row in (
     Artifact("onnx", "fp32 ONNX export", "fp32", ".onnx", None, "export.onnx_export.export_onnx",
              "emonet<C>-<sha12>[-fulltaps][-taps<n>-<hash>].onnx", ("ort", "ort-cuda"), ("ort", "trt")),
-    Artifact("fp16", "fp16 ONNX conversion", "fp16", ".fp16.onnx", "onnx", "export.fp16.export_fp16", "<source stem>.fp16.onnx",
-             ("ort-cuda",), ("ort", "trt"), doing="converting"),
-    Artifact("int8-u8s8", "int8 QDQ ONNX (U8S8, ONNX Runtime's)", "int8", "-int8.onnx", "onnx", "export.quantize.quantize_int8",
-             "<source stem>-<recipe>.onnx", ("ort-int8",), ("ort",), from_given=False, doing="quantising"),
-    Artifact("int8-s8s8", "int8 QDQ ONNX (S8S8, TensorRT's)", "int8", "-int8-s8s8.onnx", "onnx", "export.quantize.quantize_int8",
-             "<source stem>-<recipe>.onnx (the recipe ends -s8s8)", (), ("trt",), from_given=False, doing="quantising"),
+    Artifact("fp16", "fp16 ONNX conversion", "fp16", ".fp16.onnx", "onnx", "export.fp16.export_fp16",
+             "<source stem>.fp16.onnx", ("ort-cuda",), ("ort", "trt"), doing="converting"),
+    Artifact("int8-u8s8", "int8 QDQ ONNX (U8S8, ONNX Runtime's)", "int8", "-int8.onnx", "onnx",
+             "export.quantize.quantize_int8", "<source stem>-<recipe>.onnx", ("ort-int8",), ("ort",),
+             from_given=False, doing="quantising"),
+    Artifact("int8-s8s8", "int8 QDQ ONNX (S8S8, TensorRT's)", "int8", "-int8-s8s8.onnx", "onnx",
+             "export.quantize.quantize_int8", "<source stem>-<recipe>.onnx (the recipe ends -s8s8)", (), ("trt",),
+             from_given=False, doing="quantising"),
     Artifact("engine", "TensorRT engine", "any", ".engine", PER_PRECISION, "export.trt_engine.ensure_engine",
              "<source stem>-<precision>-b<N>-<gpu>-trt<version>-<sha12>.engine", ("trt",), doing="building"),
 )}

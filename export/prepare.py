@@ -40,8 +40,9 @@ def prepare(request, artifact: str, precision: str = "fp32", given_precision: st
     if request.model is not None:
         source = model_file(request.model)
         steps = given_steps(steps, given_precision or onnx_precision(source)) if len(steps) > 1 else ()
+    notice = Notice(request, artifact, precision)
     for step in steps:
-        source = STEPS[step](request, source, precision, Notice(request, artifact, precision))
+        source = STEPS[step](request, source, precision, notice)
     assert source is not None   # a chain starts at the weights' export, or at the given model
     return source
 

@@ -82,10 +82,12 @@ def test_one_naming_function_names_every_file(tmp_path, monkeypatch):
     assert artifact_path("fp16", "emonet8-random") == tmp_path / "emonet8-random.fp16.onnx"
     assert artifact_path("int8-u8s8", "emonet8").name == "emonet8-int8.onnx"
     assert artifact_path("int8-s8s8", "x", "/m").as_posix() == "/m/x-int8-s8s8.onnx"
-    assert artifact_path("int8-u8s8", "emonet8-abc", tag="int8conv-minmax64").name == "emonet8-abc-int8conv-minmax64.onnx"
+    int8 = artifact_path("int8-u8s8", "emonet8-abc", tag="int8conv-minmax64")
+    assert int8.name == "emonet8-abc-int8conv-minmax64.onnx"
     assert artifacts.cache_stem(8, "random", True, ()) == "emonet8-random-fulltaps"
     keys = engine_build_keys("ab" * 32, "10.9.0", "NVIDIA H100", "fp16", 64)
-    assert engine_cache_path("m/emonet8.onnx", keys).name == "emonet8-fp16-b64-nvidia-h100-trt10.9.0-abababababab.engine"
+    engine = engine_cache_path("m/emonet8.onnx", keys)
+    assert engine == tmp_path / "emonet8-fp16-b64-nvidia-h100-trt10.9.0-abababababab.engine"
 
 
 def _tiny_onnx(path: Path) -> Path:
