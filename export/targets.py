@@ -4,9 +4,10 @@ Every export is a chain of steps over one artifact: `onnx` (the checkpoint expor
 against PyTorch), then `fp16` (converted, fp32 kept where measured necessary) or `int8` (static QDQ calibrated
 on face crops: `int8-u8s8` for ONNX Runtime, `int8-s8s8`, symmetric, for TensorRT), then
 `engine` (a TensorRT engine, cached per GPU and TensorRT version). A request's precision, `--target` (which
-runtime the ONNX is for: ort, or trt, the default with `--trt`) and `--trt` pick a row of TARGETS; `--onnx FILE`
-enters the chain after the `onnx` step. The CLI only parses into an ExportRequest and prints the reports this
-returns.
+runtime the ONNX is for: ort, or trt, the default with `--trt`) and `--trt` pick a row of TARGETS, which is
+derived from the artifact table (export.artifacts: the same chains and file names the backends' lazy preparation
+uses); `--onnx FILE` enters the chain after the `onnx` step. The CLI only parses into an ExportRequest and
+prints the reports this returns.
 """
 
 from __future__ import annotations
