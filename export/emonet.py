@@ -13,10 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from emoengine.contract import CROP_SIZE as INPUT_SIZE
-from emoengine.contract import DEFAULT_TAPS, NUM_LANDMARKS, output_names
+from emoengine.contract import DEFAULT_TAP_SPECS, NUM_LANDMARKS, output_names
 from emoengine.export.taps import TapRecorder, check_taps, module_paths
-
-EMO_CONV1 = DEFAULT_TAPS[1]  # emo_net_2.0.conv1: the contract's emo_conv1 outputs
 
 
 class ConvBlock(nn.Module):
@@ -69,8 +67,8 @@ class EmoNet(nn.Module):
     """EmoNet: FAN-style stem + 2 hourglasses (landmark heatmaps) + attention-weighted emotion head.
 
     forward(x: float N x 3 x 256 x 256 in [0, 1], RGB) returns a dict: `expression` (N, C) logits,
-    `valence` (N,), `arousal` (N,), `heatmap` (N, 68, 64, 64), and the raw taps `conv1` (N, 64, 128, 128;
-    before bn1) and `emo_conv1` (N, 128, 64, 64; output of emo_net_2.0.conv1).
+    `valence` (N,), `arousal` (N,), `heatmap` (N, 68, 64, 64). The default taps' outputs are EmoNetGraph's,
+    from the tap table (contract.DEFAULT_TAP_SPECS), recorded with forward hooks like any other tap.
 
     Every module upstream has is a module here under upstream's name, parameterless ones included
     (`emo_net_2.1` max-pool, `avg_pool_2`, the in-place ReLU `emo_fc_2.2`), and each is called as a module,
@@ -103,8 +101,6 @@ class EmoNet(nn.Module):
         self.emo_fc_2 = nn.Sequential(
             nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Linear(128, num_classes + 2)
         )
-        # the block's first conv is inside emo_net_2.0: its output comes out through a hook (nothing changes it)
-        self.emo_conv1_tap = TapRecorder(self, (EMO_CONV1,), copy=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         conv1 = self.conv1(x)
@@ -127,9 +123,7 @@ class EmoNet(nn.Module):
         mask = heat.sum(dim=1, keepdim=True)
         emo = torch.cat((stem, torch.cat(features, 1) * mask), 1)
         emo = self.conv1x1_input_emo_2(emo)
-        self.emo_conv1_tap.start()
         emo = self.emo_net_2(emo)
-        (emo_conv1,) = self.emo_conv1_tap.take()
         head = self.emo_fc_2(self.avg_pool_2(emo).flatten(1))
         c = self.num_classes
         return {
@@ -137,8 +131,6 @@ class EmoNet(nn.Module):
             "valence": head[:, c],
             "arousal": head[:, c + 1],
             "heatmap": heat,
-            "conv1": conv1,
-            "emo_conv1": emo_conv1,
         }
 
 
@@ -158,19 +150,22 @@ class EmoNetGraph(nn.Module):
         self.output_names = output_names(full_taps, self.taps)
         self.extra_taps = self.output_names[len(output_names(full_taps)):]
         self.recorder = TapRecorder(net, self.extra_taps) if self.extra_taps else None
+        # the table's taps, cloned in the hook as any tap is (a later in-place op must not change them)
+        self.default_taps = TapRecorder(net, [spec.name for spec in DEFAULT_TAP_SPECS])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # the weights' dtype: float32 for export, float16 when a torch backend runs the net in half precision
         x = image.to(self.net.conv1.weight.dtype).div(255.0).permute(0, 3, 1, 2)
         if self.recorder is not None:
             self.recorder.start()
+        self.default_taps.start()
         out = self.net(x)
-        result = (
-            out["expression"], out["valence"], out["arousal"], out["heatmap"],
-            out["conv1"].mean(dim=1), out["emo_conv1"].mean(dim=1),
-        )
+        taps = dict(zip(self.default_taps.names, self.default_taps.take(), strict=True))
+        # in contract.output_names' order: the table's channel means, then (full_taps) its full tensors
+        result = (out["expression"], out["valence"], out["arousal"], out["heatmap"],
+                  *(taps[spec.name].mean(dim=1) for spec in DEFAULT_TAP_SPECS if spec.mean_output))
         if self.full_taps:
-            result = result + (out["conv1"], out["emo_conv1"])
+            result = result + tuple(taps[spec.name] for spec in DEFAULT_TAP_SPECS if spec.full_output)
         if self.recorder is not None:
             result = result + self.recorder.take()
         return result

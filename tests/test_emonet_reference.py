@@ -50,8 +50,21 @@ def test_emonet_forward_shapes(random8):
     with torch.no_grad():
         out = random8(x)
     shapes = {k: tuple(v.shape) for k, v in out.items()}
-    assert shapes == {"expression": (2, 8), "valence": (2,), "arousal": (2,), "heatmap": (2, 68, 64, 64),
-                      "conv1": (2, 64, 128, 128), "emo_conv1": (2, 128, 64, 64)}
+    assert shapes == {"expression": (2, 8), "valence": (2,), "arousal": (2,), "heatmap": (2, 68, 64, 64)}
+
+
+def test_the_graphs_tap_outputs_come_from_the_tap_table(random8):
+    """The default taps' means and full tensors are the table's entries, as hooks record them."""
+    from emoengine.contract import DEFAULT_TAP_SPECS
+
+    graph = EmoNetGraph(random8, full_taps=True)
+    with torch.no_grad():
+        outs = dict(zip(graph.output_names, graph(torch.from_numpy(synthetic_crops(2))), strict=True))
+    for spec in DEFAULT_TAP_SPECS:
+        assert spec.mean_output and spec.full_output
+        assert tuple(outs[spec.full_output].shape) == (2, *spec.shape)
+        torch.testing.assert_close(outs[spec.mean_output], outs[spec.full_output].mean(dim=1))
+    assert tuple(outs["conv1"].shape) == (2, 64, 128, 128) and tuple(outs["emo_conv1"].shape) == (2, 128, 64, 64)
 
 
 def test_random_emonet_is_seeded_and_sane(random8):
