@@ -8,6 +8,7 @@ encoded on their own threads (engine.outputs.encoders); `commit(summary)` finish
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -17,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from emoengine.contract import TapSpec, default_tap_specs
+from emoengine.engine.outputs import encoder_process
 from emoengine.engine.outputs.activations import ACTIVATIONS_NAME, ActivationsWriter
 from emoengine.engine.outputs.annotate import annotate_frame
+from emoengine.engine.outputs.encoder_process import EncoderProcess
 from emoengine.engine.outputs.encoders import EncoderThread
 from emoengine.engine.outputs.schema import PREDICTIONS_NAME, SUMMARY_NAME, predictions_header
 from emoengine.engine.outputs.tap_outputs import TapWriters
@@ -118,7 +121,7 @@ class RunOutputs:
         self.main = MainFace(face_id)
         self.timeline = TimelineStore(len(self.class_names))
         self._header = predictions_header(self.class_names)
-        self._videos: dict[str, EncoderThread] = {}
+        self._videos: dict[str, EncoderThread | EncoderProcess] = {}
         self._still_dir = self.dir / f".annotated.partial-{os.getpid()}"
         self._activations: ActivationsWriter | None = None
         csv = taps_out = None
@@ -147,11 +150,19 @@ class RunOutputs:
         return self._activations is not None and self._activations.needs_channels
 
     # -- per frame ------------------------------------------------------------------------------------
-    def _video(self, name: str, size: tuple[int, int], picture) -> EncoderThread:
+    def _video(self, name: str, size: tuple[int, int], picture) -> EncoderThread | EncoderProcess:
         """The encoder of `name`, started at its first frame; `picture(item)` draws what it encodes."""
         if name not in self._videos:
             self._videos[name] = EncoderThread(self.dir / name, self.fps, size, picture)
         return self._videos[name]
+
+    def _annotated_video(self, size: tuple[int, int]) -> EncoderThread | EncoderProcess:
+        """annotated.mp4's encoder: in a process of its own (its x264 off this process's GIL, issue 20)."""
+        name = "annotated.mp4"
+        if name not in self._videos and encoder_process.ANNOTATED_IN_PROCESS:
+            draw = functools.partial(annotate_frame, class_names=self.class_names)
+            self._videos[name] = EncoderProcess(self.dir / name, self.fps, size, draw)
+        return self._video(name, size, self._annotated_picture)
 
     def _annotated_picture(self, fr: FrameRecord) -> np.ndarray:
         return annotate_frame(fr, self.class_names)
@@ -160,6 +171,10 @@ class RunOutputs:
         """Let the encoders' threads encode what waits for them and close their files (commit renames them)."""
         for video in self._videos.values():
             video.finish()
+
+    def child_cpu_s(self) -> float:
+        """CPU seconds of the encoders' child processes (after finish_videos): process_cpu_s's share of them."""
+        return sum(v.child_cpu_s for v in self._videos.values() if isinstance(v, EncoderProcess))
 
     def encoder_clocks(self) -> dict[str, StageClock]:
         """{"encode": the video encoders' threads together} (nothing when no video is written)."""
@@ -198,7 +213,7 @@ class RunOutputs:
             stem = f"_{Path(self.frame_files[fr.index]).stem}" if self.frame_files else ""
             write_png(self._still_dir / f"{fr.index:06d}{stem}.png", self._annotated_picture(fr))
         else:
-            self._video("annotated.mp4", (w, h), self._annotated_picture).put(fr)
+            self._annotated_video((w, h)).put(fr)
         self._taps.add(fr, main)
 
     # -- at the end -----------------------------------------------------------------------------------

@@ -252,9 +252,10 @@ class VideoWriter(_CloseOrAbort):
 
     def __init__(self, path: str | os.PathLike, fps: float | Fraction, size: tuple[int, int], *,
                  crf: int = 20, preset: str = "veryfast", threads: int | None = None,
-                 bframes: int | None = None) -> None:
+                 bframes: int | None = None, output: AtomicOutput | None = None) -> None:
         """`threads`: encoder threads (None: x264 picks; fewer leaves cores to inference); `bframes`: x264's
-        B-frames (None: the preset's; fewer holds fewer frames in memory)."""
+        B-frames (None: the preset's; fewer holds fewer frames in memory); `output`: the temporary file and its
+        rename, where another process commits it (engine.outputs.encoder_process); None: a new one for `path`."""
         import av
         import av.error  # its exception types (av re-exports them, but not in its __all__)
 
@@ -266,7 +267,7 @@ class VideoWriter(_CloseOrAbort):
         self.coded_size = (w + w % 2, h + h % 2)
         self.rate = as_frame_rate(fps)
         self.frames_written = 0
-        self._out = AtomicOutput(path)
+        self._out = output if output is not None else AtomicOutput(path)
         self.final_path = self._out.final_path
         options = {"movflags": "+faststart"} if self.final_path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
         try:

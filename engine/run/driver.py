@@ -267,7 +267,7 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
         t0, cpu0 = time.perf_counter(), time.process_time()
         outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
         stats.wall_s += time.perf_counter() - t0
-        stats.process_cpu_s += time.process_time() - cpu0
+        stats.process_cpu_s += time.process_time() - cpu0 + outputs.child_cpu_s()   # the encoder process's too
     finally:
         close_progress()
     if cfg.face_id is not None and not outputs.main.fixed_seen:
