@@ -22,8 +22,9 @@ import signal
 import threading
 import time
 from fractions import Fraction
-from multiprocessing import context, popen_spawn_posix, spawn
+from multiprocessing import popen_spawn_posix, spawn
 from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
@@ -67,14 +68,17 @@ class EncoderProcess:
         self.final_path = self._out.final_path
         self.size = (int(size[0]), int(size[1]))
         self.clock = StageClock()
-        self.child_cpu_s = 0.0   # the child's whole CPU time (its start-up too), known after finish
+        self.child_cpu_s = 0.0   # the child's CPU time from its first frame on (all its threads), known after finish
         self._failure: RunFailure | None = None
         self._wrote: bool | None = None
+        self._ready = False
+        self.frames_put = 0
         w, h = self.size
         n = queue_frames(self.size, most=QUEUE_FRAMES)
         self._shm: SharedMemory | None = SharedMemory(create=True, size=n * h * w * 3)
         self._free = list(range(n))
-        self._proc = None
+        self._proc: _SpawnProcess | None = None
+        self._exitcode: int | None = None
         try:
             reserve(self._shm, n * h * w * 3)
             self._slots: np.ndarray | None = np.ndarray((n, h, w, 3), np.uint8, buffer=self._shm.buf)
@@ -89,6 +93,8 @@ class EncoderProcess:
             self._proc.start()
             child_tasks.close()   # the child's ends: theirs now, so its death reads as EOF here
             child_acks.close()
+            while not self._ready:   # its start-up (imports, x264's set-up) is the run's, not the frames'
+                self._read_acks(_POLL_S)
         except BaseException:
             self.abort()
             raise
@@ -104,6 +110,7 @@ class EncoderProcess:
         assert self._slots is not None
         np.copyto(self._slots[slot], rgb)
         self._send((slot, drawing_record(fr)))
+        self.frames_put += 1
         self.clock.wait_out_s += time.perf_counter() - t0
 
     def finish(self) -> bool:
@@ -113,8 +120,8 @@ class EncoderProcess:
             self._send(None)
             while self._wrote is None:
                 self._read_acks(_POLL_S)
-            assert self._proc is not None
-            self._proc.join(_JOIN_S)
+            if self._proc is not None:
+                self._proc.join(_JOIN_S)
             self._release()
         self._raise_failure()
         return self._wrote
@@ -145,14 +152,15 @@ class EncoderProcess:
                 ready = self._acks.poll(0)
         except (EOFError, OSError):
             self._died()
-        assert self._proc is not None
-        if not ready and self._wrote is None and not self._proc.is_alive():
+        if not ready and self._wrote is None and not (self._proc is not None and self._proc.is_alive()):
             self._died()
 
     def _handle(self, message: tuple) -> None:
         kind, *rest = message
         if kind == "free":
             self._free.append(rest[0])
+        elif kind == "ready":
+            self._ready = True
         elif kind == "done":
             wrote, clock, cpu_s = rest
             for key, value in clock.items():
@@ -163,9 +171,10 @@ class EncoderProcess:
             self._fail(rest[0])
 
     def _died(self) -> None:
-        assert self._proc is not None
-        self._proc.join(1.0)
-        self._fail(f"the encoder of {self.final_path.name} stopped (exit code {self._proc.exitcode})")
+        if self._proc is not None:
+            self._proc.join(1.0)
+            self._exitcode = self._proc.exitcode
+        self._fail(f"the encoder of {self.final_path.name} stopped (exit code {self._exitcode})")
 
     def _fail(self, message: str) -> None:
         self.abort()
@@ -186,9 +195,8 @@ class EncoderProcess:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-            code = proc.exitcode
+            self._exitcode = proc.exitcode
             proc.close()
-            self._proc = _Ended(code)
         for conn in (getattr(self, "_tasks", None), getattr(self, "_acks", None)):
             if conn is not None:
                 conn.close()
@@ -209,31 +217,18 @@ class _SpawnPopen(popen_spawn_posix.Popen):
             spawn.get_preparation_data = lambda name: {k: v for k, v in real(name).items()
                                                        if not k.startswith("init_main")}
             try:
-                super()._launch(process_obj)
+                super()._launch(process_obj)   # pyright: ignore[reportAttributeAccessIssue]  (typeshed lacks it)
             finally:
                 spawn.get_preparation_data = real
 
 
-class _SpawnProcess(context.SpawnProcess):
+class _SpawnProcess(SpawnProcess):
     @staticmethod
     def _Popen(process_obj):
         return _SpawnPopen(process_obj)
 
 
 _SPAWN_LOCK = threading.Lock()
-
-
-class _Ended:
-    """What `_proc` is once the child has ended and been closed: never alive."""
-
-    def __init__(self, exitcode: int | None) -> None:
-        self.exitcode = exitcode
-
-    def is_alive(self) -> bool:
-        return False
-
-    def join(self, timeout: float | None = None) -> None:
-        return None
 
 
 def reserve(shm: SharedMemory, size: int) -> None:
@@ -270,9 +265,12 @@ def child_main(spec: dict, tasks: Connection, acks: Connection) -> None:
         writer = VideoWriter(spec["output"].final_path, spec["fps"], spec["size"], crf=VIDEO_CRF,
                              preset=VIDEO_PRESET, threads=spec["threads"], bframes=spec["bframes"],
                              output=spec["output"])
+        acks.send(("ready",))
+        cpu0 = time.process_time()
         clock = _encode(tasks, acks, slots, writer, spec["picture"])
         del slots
-        acks.send(("done", writer.finish(), clock, time.process_time()))
+        wrote = writer.finish()
+        acks.send(("done", wrote, clock, time.process_time() - cpu0))
     except BaseException as e:  # noqa: BLE001  one line for the parent's RunFailure
         if writer is not None:
             writer.abort()

@@ -103,9 +103,11 @@ class RunOutputs:
     def __init__(self, out_dir: Path, class_names, fps: float, still: bool, write_video: bool = True,
                  taps: bool | Iterable[TapSpec] = True, save_activations: bool = False, full_taps: bool = False,
                  face_id: int | None = None, frame_files: list[str] | None = None, report: bool = True,
-                 tap_view: str = "mean", has_full: Iterable[str] | None = None) -> None:
+                 tap_view: str = "mean", has_full: Iterable[str] | None = None,
+                 video_size: tuple[int, int] | None = None) -> None:
         """`taps`: the run's taps (contract.TapSpec, in order); True: the default taps; False: none. `has_full`:
-        the module paths the model outputs in full (activations.npz's per-channel means; default: every tap)."""
+        the module paths the model outputs in full (activations.npz's per-channel means; default: every tap).
+        `video_size`: the input's (w, h), to start the annotated video's encoder process before the first frame."""
         self.dir = Path(out_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,12 @@ class RunOutputs:
             raise UserInputError(f"cannot write into the output folder {self.dir}: {e.strerror or e}") from None
         self._csv, self._taps = csv, taps_out
         self._frames_seen = 0
+        if video_size and write_video and not still:
+            try:
+                self._annotated_video(video_size)
+            except BaseException:
+                self.abort()
+                raise
 
     @property
     def needs_full(self) -> bool:
@@ -150,19 +158,24 @@ class RunOutputs:
         return self._activations is not None and self._activations.needs_channels
 
     # -- per frame ------------------------------------------------------------------------------------
-    def _video(self, name: str, size: tuple[int, int], picture) -> EncoderThread | EncoderProcess:
+    def _video(self, name: str, size: tuple[int, int], picture) -> EncoderThread:
         """The encoder of `name`, started at its first frame; `picture(item)` draws what it encodes."""
-        if name not in self._videos:
-            self._videos[name] = EncoderThread(self.dir / name, self.fps, size, picture)
-        return self._videos[name]
+        video = self._videos.get(name)
+        if not isinstance(video, EncoderThread):
+            video = self._videos[name] = EncoderThread(self.dir / name, self.fps, size, picture)
+        return video
 
     def _annotated_video(self, size: tuple[int, int]) -> EncoderThread | EncoderProcess:
         """annotated.mp4's encoder: in a process of its own (its x264 off this process's GIL, issue 20)."""
         name = "annotated.mp4"
+        early = self._videos.get(name)
+        if isinstance(early, EncoderProcess) and not early.frames_put and early.size != tuple(size):
+            early.abort()   # started for the input's size, but its frames have another: restart at theirs
+            del self._videos[name]
         if name not in self._videos and encoder_process.ANNOTATED_IN_PROCESS:
             draw = functools.partial(annotate_frame, class_names=self.class_names)
             self._videos[name] = EncoderProcess(self.dir / name, self.fps, size, draw)
-        return self._video(name, size, self._annotated_picture)
+        return self._videos.get(name) or self._video(name, size, self._annotated_picture)
 
     def _annotated_picture(self, fr: FrameRecord) -> np.ndarray:
         return annotate_frame(fr, self.class_names)

@@ -229,7 +229,7 @@ def open_outputs(cfg: RunConfig, source, model: EmoNetModel, tap_specs=None) -> 
     return RunOutputs(cfg.out_dir, model.class_names, fps=source.fps, still=still, write_video=cfg.write_video,
                       taps=specs, tap_view=cfg.tap_view, has_full=model.taps,
                       save_activations=cfg.save_activations, full_taps=cfg.full_taps, face_id=cfg.face_id,
-                      report=cfg.writes_report,
+                      report=cfg.writes_report, video_size=None if still or not source.size else tuple(source.size),
                       frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
 
 
