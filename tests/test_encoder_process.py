@@ -15,17 +15,30 @@ import pytest
 from emoengine.engine.outputs.annotate import annotate_frame
 from emoengine.engine.outputs.encoder_process import EncoderProcess
 from emoengine.engine.outputs.encoders import EncoderThread
-from emoengine.engine.run.records import FrameRecord
+from emoengine.engine.run.records import FaceResult, FrameRecord
 from emoengine.errors import RunFailure
 
-W, H = 160, 96
-DRAW = functools.partial(annotate_frame, class_names=None)
+W, H = 320, 192
+CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+DRAW = functools.partial(annotate_frame, class_names=CLASSES)
+
+
+def face(i: int) -> FaceResult:
+    """A face whose box, label and circumplex move (what the child draws), with a tap map it need not get."""
+    box = np.array([40 + 2 * i, 30, 150 + 2 * i, 150], np.float32)
+    probs = np.full(len(CLASSES), 0.02, np.float32)
+    probs[1] = 1 - probs.sum() + 0.02
+    landmarks = box[:2] + np.random.default_rng(i).random((68, 2)) * (box[2:] - box[:2])
+    return FaceResult(box=box, det_score=0.99, landmarks5=np.full((5, 2), np.nan, np.float32),
+                      logits=np.log(probs), probs=probs, expression="happy", valence=0.4 - 0.03 * i,
+                      arousal=0.2, landmarks68=landmarks.astype(np.float32), face_id=1,
+                      conv1_mean=np.ones((128, 128), np.float32))
 
 
 def records(n: int) -> list[FrameRecord]:
     yy, xx = np.mgrid[0:H, 0:W]
     return [FrameRecord(i, i / 24, np.stack([(xx + 3 * i) % 256, (yy * 2) % 256, (xx + yy) % 256], -1)
-                        .astype(np.uint8)) for i in range(n)]
+                        .astype(np.uint8), faces=[face(i)]) for i in range(n)]
 
 
 def decode(path: Path) -> list[np.ndarray]:
@@ -51,6 +64,7 @@ def test_writes_what_the_thread_writes(tmp_path):
     got, want = decode(tmp_path / "p.mp4"), decode(tmp_path / "t.mp4")
     assert len(got) == len(want) == 20
     assert max(np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(got, want, strict=True)) < 1.0
+    assert np.abs(got[0].astype(int) - frames[0].rgb.astype(int)).mean() > 2   # the face was drawn
     assert proc.clock.items == 20 and proc.clock.busy_s > 0 and proc.child_cpu_s > 0
     assert shm_names() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mp4", "t.mp4"]
