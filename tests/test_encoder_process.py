@@ -32,7 +32,7 @@ def face(i: int) -> FaceResult:
     return FaceResult(box=box, det_score=0.99, landmarks5=np.full((5, 2), np.nan, np.float32),
                       logits=np.log(probs), probs=probs, expression="happy", valence=0.4 - 0.03 * i,
                       arousal=0.2, landmarks68=landmarks.astype(np.float32), face_id=1,
-                      conv1_mean=np.ones((128, 128), np.float32))
+                      taps={"conv1": np.ones((128, 128), np.float32)})
 
 
 def records(n: int) -> list[FrameRecord]:

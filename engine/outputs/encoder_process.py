@@ -41,6 +41,7 @@ from emoengine.engine.outputs.writers import AtomicOutput, VideoWriter, fit_fram
 from emoengine.engine.run.pipeline import BACKGROUND_NICE
 from emoengine.engine.run.records import FrameRecord, StageClock, queue_frames
 from emoengine.errors import RunFailure
+from emoengine.memory import peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
 
 def drawing_record(fr: FrameRecord) -> FrameRecord:
     """`fr` without its big arrays (pixels, taps, crops, activations): what the child needs to draw it."""
-    faces = [dataclasses.replace(f, taps={}, conv1_mean=None, emo_conv1_mean=None) for f in fr.faces]
+    faces = [dataclasses.replace(f, taps={}, channels={}) for f in fr.faces]
     return FrameRecord(fr.index, fr.time_s, _NO_PIXELS, faces=faces, keyframe=fr.keyframe)
 
 
@@ -69,6 +70,7 @@ class EncoderProcess:
         self.size = (int(size[0]), int(size[1]))
         self.clock = StageClock()
         self.child_cpu_s = 0.0   # the child's CPU time from its first frame on (all its threads), known after finish
+        self.child_peak_rss_mb = 0.0   # the child's peak memory (VmHWM), known after finish
         self._failure: RunFailure | None = None
         self._wrote: bool | None = None
         self._ready = False
@@ -162,7 +164,7 @@ class EncoderProcess:
         elif kind == "ready":
             self._ready = True
         elif kind == "done":
-            wrote, clock, cpu_s = rest
+            wrote, clock, cpu_s, self.child_peak_rss_mb = rest
             for key, value in clock.items():
                 setattr(self.clock, key, value)
             self.child_cpu_s = cpu_s
@@ -270,7 +272,7 @@ def child_main(spec: dict, tasks: Connection, acks: Connection) -> None:
         clock = _encode(tasks, acks, slots, writer, spec["picture"])
         del slots
         wrote = writer.finish()
-        acks.send(("done", wrote, clock, time.process_time() - cpu0))
+        acks.send(("done", wrote, clock, time.process_time() - cpu0, peak_rss_mb()))
     except BaseException as e:  # noqa: BLE001  one line for the parent's RunFailure
         if writer is not None:
             writer.abort()

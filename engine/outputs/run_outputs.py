@@ -189,6 +189,10 @@ class RunOutputs:
         """CPU seconds of the encoders' child processes (after finish_videos): process_cpu_s's share of them."""
         return sum(v.child_cpu_s for v in self._videos.values() if isinstance(v, EncoderProcess))
 
+    def child_peak_rss_mb(self) -> float:
+        """Peak memory of the encoders' child processes together (after finish_videos)."""
+        return sum(v.child_peak_rss_mb for v in self._videos.values() if isinstance(v, EncoderProcess))
+
     def encoder_clocks(self) -> dict[str, StageClock]:
         """{"encode": the video encoders' threads together} (nothing when no video is written)."""
         if not self._videos:

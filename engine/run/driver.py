@@ -268,6 +268,7 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
         outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
         stats.wall_s += time.perf_counter() - t0
         stats.process_cpu_s += time.process_time() - cpu0 + outputs.child_cpu_s()   # the encoder process's too
+        stats.child_peak_rss_mb = outputs.child_peak_rss_mb()
     finally:
         close_progress()
     if cfg.face_id is not None and not outputs.main.fixed_seen:
@@ -351,7 +352,7 @@ def make_summary(cfg: RunConfig, source, model: EmoNetModel, detector, stats: Pi
         "frames_per_s": round(stats.frames / wall, 3),
         "detect_frames": stats.detect_frames,
         "tracked_frames": stats.tracked_frames,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": round(peak_rss_mb() + stats.child_peak_rss_mb, 1),   # both processes: an upper bound
         "options": {"max_batch": options.max_batch, "max_wait_ms": cfg.max_wait_ms, "max_faces": cfg.max_faces,
                     "smooth": cfg.smooth, "crop": options.crop_mode, "face_id": cfg.face_id,
                     "detect_every": options.detect_every, "min_face": getattr(detector, "min_face", None),

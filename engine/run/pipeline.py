@@ -73,6 +73,7 @@ class PipelineStats:
     tracked_frames: int = 0       # frames whose faces the optical flow carried
     wall_s: float = 0.0
     process_cpu_s: float = 0.0    # CPU time of every thread of the process over wall_s (pools and encoders too)
+    child_peak_rss_mb: float = 0.0   # the encoder processes' peaks, added to this process's in summary.json
     stages: dict[str, StageClock] = field(default_factory=dict)
     interrupted: bool = False
     ended_by_user: bool = False   # a live input ended with Ctrl-C (the run still completed)
