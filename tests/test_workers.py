@@ -9,6 +9,10 @@ injected fault, a detector that raises on its third call, wraps the real detecto
 from __future__ import annotations
 
 import _thread
+import functools
+import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -65,15 +69,31 @@ def emoengine_threads(settle_s: float = 2.0) -> list[str]:
         time.sleep(0.01)
 
 
-def pipeline_records(path, detector, standin, workers: int, **options) -> list:
-    """Every record of a Pipeline run on `path` with `workers` detect/flow workers, in the order rendered."""
+# how the worker processes make run's CPU detector (a lent detector object stays in this process: threads)
+MTCNN_RECIPE = functools.partial(make_detector, "mtcnn", threads=1, min_face=DEFAULT_MIN_FACE)
+
+
+def pipeline_records(path, detector, standin, workers: int, in_processes: bool = False, **options) -> list:
+    """Every record of a Pipeline run on `path` with `workers` detect/flow workers (threads, or processes),
+    in the order rendered."""
     seen: list = []
     model = open_emonet("ort", model=str(standin), max_batch=1)
+    if in_processes:
+        options.update(detector_recipe=MTCNN_RECIPE)
     with open_source(path) as source:
         Pipeline(source, detector, model, seen.append,
-                 PipelineOptions(max_batch=1, detect_every=EVERY, workers=workers, **options)).run()
+                 PipelineOptions(max_batch=1, detect_every=EVERY, workers=workers, frame_size=source.size,
+                                 **options)).run()
     model.close()
     return seen
+
+
+def detect_processes() -> list:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("emoengine-detect")]
+
+
+def shared_memory() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 def test_n_workers_write_the_same_predictions_as_one(tmp_path, standin):
@@ -94,19 +114,22 @@ def test_n_workers_write_the_same_predictions_as_one(tmp_path, standin):
     assert {int(r[2]) for r in rows} == set(range(6)), "six faces, six ids"
 
 
-def test_a_cut_and_a_face_entering_inside_a_segment_keep_todays_rules(tmp_path, detector, standin):
-    """With 3 workers: a cut at frame 12 (inside the segment 8..15) is detected on the cut frame; a face that
+@pytest.mark.parametrize("in_processes", [False, True], ids=["threads", "processes"])
+def test_a_cut_and_a_face_entering_inside_a_segment_keep_todays_rules(tmp_path, detector, standin, in_processes):
+    """With 3 workers, threads or processes: a cut at frame 12 (inside the segment 8..15) is detected on the cut frame; a face that
     enters at frame 11 is found at the next keyframe, 16, at most EVERY - 1 frames late, and kept."""
     hanks, group = shipped_photo("Tom_Hanks_54745.png"), shipped_photo("t1.jpg")
     bg = background()
     cut = [paste(bg, hanks, 200 + 2 * i, 90, 170) for i in range(12)]
     cut += [paste(np.full_like(bg, 200), group[260:420, 460:590], 224 + 2 * i, 90, 170) for i in range(8)]
-    records = pipeline_records(write_clip(tmp_path / "cut.mp4", cut, fps=24), detector, standin, workers=3)
+    records = pipeline_records(write_clip(tmp_path / "cut.mp4", cut, fps=24), detector, standin, workers=3,
+                               in_processes=in_processes)
     assert [r.index for r in records] == list(range(20))
     assert [r.index for r in records if r.keyframe] == [0, 8, 12, 16]
     assert detector.detect([records[12].rgb])[0].boxes.tolist() == records[12].detections.boxes.tolist()
     enters = [bg if i < 11 else paste(bg, hanks, 150 + 3 * i, 80, 180) for i in range(28)]
-    records = pipeline_records(write_clip(tmp_path / "enters.mp4", enters, fps=24), detector, standin, workers=3)
+    records = pipeline_records(write_clip(tmp_path / "enters.mp4", enters, fps=24), detector, standin, workers=3,
+                               in_processes=in_processes)
     found = next(r.index for r in records if r.num_detections)
     assert found == 16 and all(r.num_detections == 1 for r in records[found:])
     assert {int(i) for r in records for i in r.ids} == {0}
@@ -220,3 +243,73 @@ def test_the_capacity_device_check_without_cuda_exits_2_with_one_line(tmp_path):
         pytest.skip("CUDA is here: the check ran")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith("pipeline_capacity --device-check: no GPU here")
+
+
+FAULTY = """
+from emoengine.engine.tracking.detectors import DEFAULT_MIN_FACE, make_detector
+
+
+class FailingDetector:
+    \"\"\"The real MTCNN, raising on its third call in this process: the fault injected into a worker process.\"\"\"
+
+    name = "mtcnn"
+
+    def __init__(self):
+        self.real, self.calls = make_detector("mtcnn", threads=1, min_face=DEFAULT_MIN_FACE), 0
+
+    def detect(self, frames):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("detector blew up")
+        return self.real.detect(frames)
+
+    def close(self):
+        pass
+"""
+
+
+def test_an_error_in_a_worker_process_fails_the_run_at_once_with_one_line(tmp_path, detector, standin, long_clip,
+                                                                           monkeypatch):
+    """The recipe lives in a module the child imports (it gets this process's sys.path), as a real one would."""
+    (tmp_path / "faulty_detectors.py").write_text(FAULTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from faulty_detectors import FailingDetector  # pyright: ignore[reportMissingImports]
+
+    before = shared_memory()
+    with pytest.raises(RunFailure) as failure:
+        pipeline_records(long_clip, detector, standin, workers=2, detector_recipe=FailingDetector)
+    assert str(failure.value) == "a detect worker failed: RuntimeError: detector blew up"
+    assert detect_processes() == [] and emoengine_threads() == [] and shared_memory() <= before
+
+
+def test_a_killed_worker_process_fails_the_run_in_one_line_and_leaves_nothing(tmp_path, standin, long_clip):
+    out, before = tmp_path / "out", shared_memory()
+
+    def observe(record) -> None:
+        if record.index == 10:
+            os.kill(detect_processes()[0].pid, signal.SIGKILL)
+
+    with pytest.raises(RunFailure) as failure:
+        run_pipeline(run_cfg(long_clip, out, workers=2, model=standin), lambda: open_emonet("ort", model=str(standin)),
+                     observe=observe)
+    assert str(failure.value) == "a detect worker stopped (exit code -9)"
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert detect_processes() == [] and emoengine_threads() == [] and shared_memory() <= before
+
+
+def test_ctrl_c_with_worker_processes_leaves_no_file_process_thread_or_shared_memory(tmp_path, standin, long_clip):
+    out, rendered, before = tmp_path / "out", [], shared_memory()
+
+    def observe(record) -> None:
+        rendered.append(record.index)
+        if len(rendered) == 1:
+            assert len(detect_processes()) == 3, "run's own detector from its settings: the segments in processes"
+        if len(rendered) == 20:
+            _thread.interrupt_main()
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(run_cfg(long_clip, out, workers=3, model=standin), lambda: open_emonet("ort", model=str(standin)),
+                     observe=observe)
+    assert len(rendered) < 240
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert detect_processes() == [] and emoengine_threads() == [] and shared_memory() <= before

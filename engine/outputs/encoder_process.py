@@ -8,7 +8,7 @@ alone, 1.02 s beside one pure-Python thread). In a process of its own it has a G
 pixels go through a slot of one shared memory segment (`queue_frames` slots: the same bound on memory as the
 thread's queue); the small rest of its record (faces, boxes, labels: what annotate_frame reads) goes through a
 pipe. The child draws, converts and encodes into the temporary file; only the parent renames it (commit). The
-child is started with "spawn": the parent has ONNX Runtime's threads, and fork copies no thread but their locks.
+child is started with "spawn" (engine.run.children).
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import threading
 import time
 from fractions import Fraction
-from multiprocessing import popen_spawn_posix, spawn
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
@@ -38,7 +35,7 @@ from emoengine.engine.outputs.encoders import (
     encoder_threads,
 )
 from emoengine.engine.outputs.writers import AtomicOutput, VideoWriter, fit_frame
-from emoengine.engine.run.pipeline import BACKGROUND_NICE
+from emoengine.engine.run.children import ChildProcess, background_nice, one_line, reserve, set_nice
 from emoengine.engine.run.records import FrameRecord, StageClock, queue_frames
 from emoengine.errors import RunFailure
 from emoengine.memory import peak_rss_mb
@@ -79,7 +76,7 @@ class EncoderProcess:
         n = queue_frames(self.size, most=QUEUE_FRAMES)
         self._shm: SharedMemory | None = SharedMemory(create=True, size=n * h * w * 3)
         self._free = list(range(n))
-        self._proc: _SpawnProcess | None = None
+        self._proc: ChildProcess | None = None
         self._exitcode: int | None = None
         try:
             reserve(self._shm, n * h * w * 3)
@@ -89,8 +86,8 @@ class EncoderProcess:
             self._acks, child_acks = ctx.Pipe(duplex=False)
             spec = {"shm": self._shm.name, "slots": n, "size": self.size, "fps": fps, "output": self._out,
                     "threads": encoder_threads(size), "bframes": encoder_bframes(size), "picture": picture,
-                    "nice": _background_nice()}
-            self._proc = _SpawnProcess(target=child_main, args=(spec, child_tasks, child_acks),
+                    "nice": background_nice()}
+            self._proc = ChildProcess(target=child_main, args=(spec, child_tasks, child_acks),
                                      name=f"emoengine-encode-{self.final_path.stem}", daemon=True)
             self._proc.start()
             child_tasks.close()   # the child's ends: theirs now, so its death reads as EOF here
@@ -209,56 +206,10 @@ class EncoderProcess:
                 shm.unlink()
 
 
-class _SpawnPopen(popen_spawn_posix.Popen):
-    """Spawn without re-running the parent's main script in the child: the child needs none of it, and a script
-    without the `if __name__ == "__main__"` guard would start its run again there."""
-
-    def _launch(self, process_obj) -> None:
-        with _SPAWN_LOCK:
-            real = spawn.get_preparation_data
-            spawn.get_preparation_data = lambda name: {k: v for k, v in real(name).items()
-                                                       if not k.startswith("init_main")}
-            try:
-                super()._launch(process_obj)   # pyright: ignore[reportAttributeAccessIssue]  (typeshed lacks it)
-            finally:
-                spawn.get_preparation_data = real
-
-
-class _SpawnProcess(SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        return _SpawnPopen(process_obj)
-
-
-_SPAWN_LOCK = threading.Lock()
-
-
-def reserve(shm: SharedMemory, size: int) -> None:
-    """Take the segment's pages now: a full /dev/shm fails here with one error, not with SIGBUS mid-run."""
-    fd = getattr(shm, "_fd", -1)   # CPython's SharedMemory keeps its descriptor here (POSIX)
-    if fd >= 0 and hasattr(os, "posix_fallocate"):
-        os.posix_fallocate(fd, 0, size)
-
-
-def _background_nice() -> int:
-    """The nice value of the pipeline's background threads: the main thread's + BACKGROUND_NICE."""
-    try:
-        return os.getpriority(os.PRIO_PROCESS, os.getpid()) + BACKGROUND_NICE
-    except (AttributeError, OSError):
-        return BACKGROUND_NICE
-
-
-def _set_nice(nice: int) -> None:
-    """Run at the background niceness (the child starts at its spawning thread's, often that already)."""
-    with contextlib.suppress(AttributeError, OSError):
-        if os.getpriority(os.PRIO_PROCESS, 0) < nice:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-
-
 def child_main(spec: dict, tasks: Connection, acks: Connection) -> None:
     """The child: draw and encode each record whose pixels wait in a slot; report freed slots, the end or an error."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle: it aborts us
-    _set_nice(spec["nice"])
+    set_nice(spec["nice"])
     shm = SharedMemory(spec["shm"])
     writer = None
     try:
@@ -277,7 +228,7 @@ def child_main(spec: dict, tasks: Connection, acks: Connection) -> None:
         if writer is not None:
             writer.abort()
         with contextlib.suppress(OSError):
-            acks.send(("error", _one_line(e, spec["output"].final_path)))
+            acks.send(("error", one_line(e, f"the encoder of {spec['output'].final_path.name}")))
     finally:
         with contextlib.suppress(BufferError):
             shm.close()
@@ -306,10 +257,3 @@ def _encode(tasks: Connection, acks: Connection, slots: np.ndarray, writer: Vide
         clock.items += 1
     clock.cpu_s = time.process_time() - cpu0
     return dataclasses.asdict(clock)
-
-
-def _one_line(e: BaseException, path: Path) -> str:
-    if isinstance(e, RunFailure):
-        return str(e).splitlines()[0]
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"the encoder of {path.name} failed: {type(e).__name__}: {text}"

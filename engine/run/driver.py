@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -145,9 +146,22 @@ def open_run_detector(cfg: RunConfig):
 
         return BatchedDetector(make_detector(cfg.detector, model_path=cfg.detector_model, min_face=cfg.min_face,
                                              device=device), max_frames=GPU_DETECT_BATCH * 4)
-    providers = detector_providers(cfg.backend)
-    return make_detector(cfg.detector, model_path=cfg.detector_model, providers=providers,
-                         min_face=cfg.min_face, threads=None if providers else 1)
+    recipe = cpu_detector_recipe(cfg)
+    if recipe is not None:
+        detector = recipe()
+        detector.recipe = recipe   # how the detect workers' processes make it again (pipeline_options)
+        return detector
+    return make_detector(cfg.detector, model_path=cfg.detector_model, providers=detector_providers(cfg.backend),
+                         min_face=cfg.min_face)
+
+
+def cpu_detector_recipe(cfg: RunConfig) -> Callable | None:
+    """How to make the run's detector on the CPU (one ONNX Runtime thread), picklable so that the detect workers'
+    processes make the same one; None where it runs elsewhere (a GPU) and stays in this process."""
+    if torch_detector_device(cfg.backend) is not None or detector_providers(cfg.backend):
+        return None
+    return functools.partial(make_detector, cfg.detector, model_path=cfg.detector_model, providers=None,
+                             min_face=cfg.min_face, threads=1)
 
 
 def torch_detector_device(backend: str) -> str | None:
@@ -193,7 +207,7 @@ def run_pipeline(cfg: RunConfig, model: EmoNetModel | Callable[[], EmoNetModel],
         elif model.is_random and cfg.warn_random:
             log.warning("WARNING: random EmoNet weights — predictions are meaningless")
         outputs = open_outputs(cfg, source, model, tap_specs)
-        options = pipeline_options(cfg, source)
+        options = pipeline_options(cfg, source, detector)
         stats = _drive(cfg, source, detector, model, outputs, options, observe, progress)
         summary = make_summary(cfg, source, model, detector, stats, options, outputs.encoder_clocks())
         summary["fingerprint"] = fingerprint
@@ -233,7 +247,7 @@ def open_outputs(cfg: RunConfig, source, model: EmoNetModel, tap_specs=None) -> 
                       frame_files=[p.name for p in source.paths] if source.kind == "images" else None)
 
 
-def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
+def pipeline_options(cfg: RunConfig, source, detector=None) -> PipelineOptions:
     """What the pipeline needs of `cfg`, with the defaults that depend on the input."""
     on_gpu = backend_device(cfg.backend) == "cuda"
     return PipelineOptions(max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms, max_faces=cfg.max_faces,
@@ -243,7 +257,9 @@ def pipeline_options(cfg: RunConfig, source) -> PipelineOptions:
                            detect_every=1 if cfg.detector == "none" else cfg.detect_every,
                            detect_batch=GPU_DETECT_BATCH if on_gpu else 1,
                            independent_frames=source.kind in ("image", "images"),
-                           workers=run_workers(cfg.workers))
+                           workers=run_workers(cfg.workers), frame_size=source.size,
+                           # a detector opened from cfg can be made again in a worker process; a lent one cannot
+                           detector_recipe=getattr(detector, "recipe", None))
 
 
 def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOutputs,
@@ -268,7 +284,7 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
         outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
         stats.wall_s += time.perf_counter() - t0
         stats.process_cpu_s += time.process_time() - cpu0 + outputs.child_cpu_s()   # the encoder process's too
-        stats.child_peak_rss_mb = outputs.child_peak_rss_mb()
+        stats.child_peak_rss_mb += outputs.child_peak_rss_mb()
     finally:
         close_progress()
     if cfg.face_id is not None and not outputs.main.fixed_seen:

@@ -2,7 +2,8 @@
 
 Each stage is a thread joined to the next by a bounded queue, so memory stays flat however long the video
 is and the slowest stage sets the pace. Detection and flow, the costliest stage on a CPU, run segment by
-segment on a pool of `workers` threads whose results are joined in frame order (engine.run.segments). A shared
+segment on `workers` processes (engine.run.segment_processes; threads where the detector cannot be made again in
+a child, e.g. on a GPU) whose results are joined in frame order (engine.run.segments). A shared
 stop event ends every stage promptly; the first error (a worker's too) is kept and re-raised in the caller's
 thread; frame order is kept because every stage hands its records on in order.
 One `FrameRecord` per frame travels through them all, each stage adding its part (engine.run.records).
@@ -18,14 +19,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Final, overload
 
 import numpy as np
 
 from emoengine.engine.model.crops import crop_faces
 from emoengine.engine.model.emonet_model import EmoNetModel
-from emoengine.engine.run.records import FrameRecord, StageClock
+from emoengine.engine.run.options import PipelineOptions, PipelineStats
+from emoengine.engine.run.records import BACKGROUND_NICE, FrameRecord, StageClock
+from emoengine.engine.run.segment_processes import SegmentProcesses
 from emoengine.engine.run.segments import OrderedPool
 from emoengine.engine.tracking.keyframes import KeyframeTracker
 from emoengine.errors import EmoengineError, RunFailure
@@ -35,11 +37,7 @@ log = logging.getLogger(__name__)
 _End = enum.Enum("_End", "END")   # the end of the stream, down the queues after the last frame (`is` narrows)
 _END: Final = _End.END
 _POLL_S = 0.05
-# every thread but inference runs at nice +BACKGROUND_NICE: where threads outnumber cores, a core goes to EmoNet
-# (ONNX Runtime's pool, nice 0) whenever it wants one, and decoding, detection, drawing and encoding fill the gaps
-BACKGROUND_NICE = 5
 STOP_GRACE_S = 20.0   # how long a stopped run waits for a stage blocked in I/O (a stalled stream)
-SEGMENT_BYTES = 256 << 20   # 720p: up to 11 segments of 8 frames in flight; 1080p: 5; 4K: 1
 def lower_this_thread_priority(by: int = BACKGROUND_NICE) -> None:
     """Raise the calling thread's nice value (Linux: each thread has its own); a no-op where unsupported."""
     with contextlib.suppress(AttributeError, OSError):
@@ -48,35 +46,6 @@ def lower_this_thread_priority(by: int = BACKGROUND_NICE) -> None:
 
 class _Stopped(Exception):
     """Raised inside a stage when another stage failed or the user interrupted."""
-
-
-@dataclass
-class PipelineOptions:
-    max_batch: int = 32           # faces per inference call
-    max_wait_ms: float = 40.0     # how long a partial batch may wait for more faces
-    max_faces: int | None = None  # keep the largest K faces per frame
-    crop_mode: str = "square"
-    queue_size: int = 8
-    detect_every: int = 1         # run the detector on every N-th frame, carry faces by optical flow between
-    detect_batch: int = 1         # with detect_every 1: frames per detector call (a GPU detector's batch)
-    independent_frames: bool = False   # a folder of unrelated images: no tracking, ids per image
-    workers: int = 1              # threads that detect and carry segments side by side (engine.run.segments)
-    segment_bytes: int = SEGMENT_BYTES   # decoded frames the detect stage may hold in segments in flight
-
-
-@dataclass
-class PipelineStats:
-    frames: int = 0
-    faces: int = 0
-    frames_with_face: int = 0
-    detect_frames: int = 0        # frames the detector ran on
-    tracked_frames: int = 0       # frames whose faces the optical flow carried
-    wall_s: float = 0.0
-    process_cpu_s: float = 0.0    # CPU time of every thread of the process over wall_s (pools and encoders too)
-    child_peak_rss_mb: float = 0.0   # the encoder processes' peaks, added to this process's in summary.json
-    stages: dict[str, StageClock] = field(default_factory=dict)
-    interrupted: bool = False
-    ended_by_user: bool = False   # a live input ended with Ctrl-C (the run still completed)
 
 
 STAGES = ("decode", "detect", "track", "crop", "infer", "render")   # "track": the flow, inside the detect thread
@@ -106,6 +75,8 @@ class Pipeline:
         self.stats = PipelineStats(stages={s: StageClock() for s in STAGES})
         self._error: tuple[str, BaseException] | None = None
         self._inline_cpu_s = 0.0   # detection and flow CPU seconds spent in the detect stage's own thread
+        self._processes: SegmentProcesses | None = None
+        self._child_cpu_s = 0.0    # the worker processes' CPU time, added to process_cpu_s
         self._lock = threading.Lock()
         q = self.opt.queue_size
         self._q_decoded: queue.Queue = queue.Queue(q)
@@ -166,12 +137,18 @@ class Pipeline:
         a detector on every frame, frames that already wait are detected together, up to `detect_batch`
         (batched across frames, as a GPU detector wants)."""
         first = self._get(self._q_decoded, clock)
-        in_flight = 1 if first is _END else self._segments_in_flight(first)
+        in_flight = 1 if first is _END else self.opt.segments_in_flight(first.rgb.nbytes, self.tracker.every)
         if in_flight < 2:   # frames too big to hold two segments (4K): one at a time here, as memory allows
+            self._close_processes()
             self._detect_frame_by_frame(first, clock)
             return
-        pool = OrderedPool(self._segment_faces, self.opt.workers, lambda e: self._fail("detect", e), _Stopped,
-                           name="emoengine-detect", initializer=lower_this_thread_priority)
+        pool: OrderedPool | SegmentProcesses
+        if self._processes is not None:
+            pool = self._processes
+            pool.set_slots(in_flight)
+        else:
+            pool = OrderedPool(self._segment_faces, self.opt.workers, lambda e: self._fail("detect", e), _Stopped,
+                               name="emoengine-detect", initializer=lower_this_thread_priority)
         try:
             for records in self._segments(clock, first):
                 pool.submit(records)
@@ -180,7 +157,8 @@ class Pipeline:
             while len(pool):
                 self._join(*pool.oldest(self.stop, _Stopped), clock)
         finally:
-            pool.close()   # every worker thread has ended when the stage ends
+            pool.close()   # every worker has ended when the stage ends
+            self._close_processes()
         self._end_detect(clock)
 
     def _end_detect(self, clock: StageClock) -> None:
@@ -223,10 +201,20 @@ class Pipeline:
             if records:
                 yield records
 
-    def _segments_in_flight(self, record: FrameRecord) -> int:
-        """Segments handed to the workers at once: one more than the workers, fewer for big frames."""
-        segment_bytes = max(1, record.rgb.nbytes * max(self.tracker.every, self.opt.detect_batch))
-        return max(1, min(self.opt.workers + 1, self.opt.segment_bytes // segment_bytes))
+    def _start_processes(self) -> None:
+        """The worker processes, when the options call for them, ready before the run's clock starts."""
+        if self.opt.detector_recipe is not None and self.opt.segment_processes(self.tracker.every):
+            self._processes = SegmentProcesses(self.opt.detector_recipe, self.tracker.every, self.opt.max_faces,
+                                               self.opt.workers, inline=self._segment_faces)
+            self._processes.wait_ready(self.stop)
+
+    def _close_processes(self) -> None:
+        """End the worker processes (safe twice); their CPU time and peak memory go into the stats."""
+        procs, self._processes = self._processes, None
+        if procs is not None:
+            procs.close()
+            self._child_cpu_s += procs.child_cpu_s
+            self.stats.child_peak_rss_mb += procs.child_peak_rss_mb
 
     def _segment_faces(self, records: list[FrameRecord]):
         """A worker's task: one segment's faces, no ids (any thread, any order)."""
@@ -359,9 +347,11 @@ class Pipeline:
         done = [threading.Event() for _ in stages]
         threads = [threading.Thread(target=self._stage, args=(*s, d), name=f"emoengine-{s[0]}", daemon=True)
                    for s, d in zip(stages, done, strict=True)]
-        t0, cpu0 = time.perf_counter(), time.process_time()
         started: list[threading.Event] = []
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
+            self._start_processes()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             for t, d in zip(threads, done, strict=True):
                 t.start()
                 started.append(d)
@@ -369,8 +359,9 @@ class Pipeline:
         finally:
             self.stop.set()  # no-op after a clean end; after an interrupt, every stage leaves its loop
             self._wait(started, deadline_s=STOP_GRACE_S)
+            self._close_processes()   # where the detect stage did not (it never started, or is stuck)
             self.stats.wall_s = time.perf_counter() - t0
-            self.stats.process_cpu_s = time.process_time() - cpu0
+            self.stats.process_cpu_s = time.process_time() - cpu0 + self._child_cpu_s
         if self._error is not None:
             stage, err = self._error
             if isinstance(err, EmoengineError):

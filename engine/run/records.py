@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from emoengine.engine.model.emonet_model import EmoNetBatch
     from emoengine.engine.tracking.detectors.base import Faces
 
+# every thread but inference runs at nice +BACKGROUND_NICE (the run's child processes too): where threads outnumber
+# cores, a core goes to EmoNet (ONNX Runtime's pool, nice 0) whenever it wants one, the other stages fill the gaps
+BACKGROUND_NICE = 5
 QUEUE_BYTES = 16 << 20   # decoded frames one queue of records may hold (see queue_frames)
 
 
