@@ -38,7 +38,7 @@ from emoengine.engine.outputs.writers import AtomicOutput, VideoWriter, fit_fram
 from emoengine.engine.run.children import ChildProcess, background_nice, one_line, reserve, set_nice
 from emoengine.engine.run.records import FrameRecord, StageClock, queue_frames
 from emoengine.errors import RunFailure
-from emoengine.memory import peak_rss_mb
+from emoengine.memory import child_peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class EncoderProcess:
         self.size = (int(size[0]), int(size[1]))
         self.clock = StageClock()
         self.child_cpu_s = 0.0   # the child's CPU time from its first frame on (all its threads), known after finish
-        self.child_peak_rss_mb = 0.0   # the child's peak memory (VmHWM), known after finish
+        self.child_peak_rss_mb = 0.0   # the child's peak (memory.child_peak_rss_mb), after finish
         self._failure: RunFailure | None = None
         self._wrote: bool | None = None
         self._ready = False
@@ -223,7 +223,7 @@ def child_main(spec: dict, tasks: Connection, acks: Connection) -> None:
         clock = _encode(tasks, acks, slots, writer, spec["picture"])
         del slots
         wrote = writer.finish()
-        acks.send(("done", wrote, clock, time.process_time() - cpu0, peak_rss_mb()))
+        acks.send(("done", wrote, clock, time.process_time() - cpu0, child_peak_rss_mb()))
     except BaseException as e:  # noqa: BLE001  one line for the parent's RunFailure
         if writer is not None:
             writer.abort()

@@ -29,7 +29,7 @@ import numpy as np
 
 from emoengine.engine.run.children import ChildProcess, background_nice, one_line, reserve, set_nice
 from emoengine.errors import RunFailure
-from emoengine.memory import peak_rss_mb
+from emoengine.memory import child_peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class SegmentProcesses:
                  inline: Callable) -> None:
         self.inline = inline
         self.child_cpu_s = 0.0        # the workers' CPU time (all their threads), known after close
-        self.child_peak_rss_mb = 0.0  # the sum of their peaks (VmHWM), known after close
+        self.child_peak_rss_mb = 0.0  # the sum of their peaks (memory.child_peak_rss_mb), after close
         self._held: deque = deque()   # (seq, records) in submission order
         self._done: dict[int, object] = {}
         self._slot_of: dict[int, int] = {}
@@ -250,7 +250,7 @@ def worker_main(spec: dict, tasks: Connection, results: Connection) -> None:
             faces = tracker.segment_faces(frames)
             del frames
             results.send(("done", seq, faces))
-        results.send(("end", time.process_time() - cpu0, peak_rss_mb()))
+        results.send(("end", time.process_time() - cpu0, child_peak_rss_mb()))
     except BaseException as e:  # noqa: BLE001  one line for the parent's RunFailure
         with contextlib.suppress(OSError):
             results.send(("error", one_line(e, _WHAT)))

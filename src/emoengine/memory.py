@@ -21,3 +21,14 @@ def peak_rss_mb() -> float:
                 return round(int(line.split()[1]) / 2**10, 1)   # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def child_peak_rss_mb() -> float:
+    """A child process's peak, less the shared memory it maps from the run (RssShmem, now): the parent made and
+    filled those slots, so its own peak counts them already. Summed with the parent's, a run's pages of shared
+    memory count once; shared libraries still count in every process (an upper bound, as before)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssShmem:"):
+                return round(max(0.0, peak_rss_mb() - int(line.split()[1]) / 2**10), 1)
+    return peak_rss_mb()
