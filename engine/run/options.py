@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from emoengine.engine.run.records import StageClock
 from emoengine.engine.run.segment_processes import SEGMENTS_IN_PROCESSES
+
+log = logging.getLogger(__name__)
+
+def picklable(recipe: Callable | None) -> bool:
+    """A recipe a child can be sent (a detector patched in by a test or a notebook may not be: threads then)."""
+    if recipe is None:
+        return False
+    try:
+        pickle.dumps(recipe)
+    except Exception as e:  # noqa: BLE001  pickling raises whatever the object's reducer raises
+        log.debug(f"the detector's recipe cannot go to a worker process ({e}); the segments run on threads")
+        return False
+    return True
+
 
 SEGMENT_BYTES = 256 << 20   # 720p: up to 11 segments of 8 frames in flight; 1080p: 5; 4K: 1
 
@@ -34,7 +50,7 @@ class PipelineOptions:
     def segment_processes(self, every: int) -> bool:
         """Segments in worker processes: several workers, a detector a child can make, frames that allow it."""
         w, h = self.frame_size or (0, 0)
-        return (SEGMENTS_IN_PROCESSES and self.workers > 1 and self.detector_recipe is not None
+        return (SEGMENTS_IN_PROCESSES and self.workers > 1 and picklable(self.detector_recipe)
                 and self.segments_in_flight(w * h * 3, every) >= 2)
 
 
