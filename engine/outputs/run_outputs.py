@@ -115,6 +115,8 @@ class RunOutputs:
             raise UserInputError(f"cannot create the output folder {self.dir}: {e.strerror or e}") from None
         self.frame_files = frame_files   # a folder's file names by frame index → images.csv, still names
         self.class_names = tuple(class_names)
+        # annotated.mp4's pictures and the still inputs' PNGs: one picklable callable (the encoder process gets it)
+        self._annotated_picture = functools.partial(annotate_frame, class_names=self.class_names)
         self.fps = fps
         self.still = still
         self.write_video = write_video
@@ -173,25 +175,18 @@ class RunOutputs:
             early.abort()   # started for the input's size, but its frames have another: restart at theirs
             del self._videos[name]
         if name not in self._videos and encoder_process.ANNOTATED_IN_PROCESS:
-            draw = functools.partial(annotate_frame, class_names=self.class_names)
-            self._videos[name] = EncoderProcess(self.dir / name, self.fps, size, draw)
+            self._videos[name] = EncoderProcess(self.dir / name, self.fps, size, self._annotated_picture)
         return self._videos.get(name) or self._video(name, size, self._annotated_picture)
-
-    def _annotated_picture(self, fr: FrameRecord) -> np.ndarray:
-        return annotate_frame(fr, self.class_names)
 
     def finish_videos(self) -> None:
         """Let the encoders' threads encode what waits for them and close their files (commit renames them)."""
         for video in self._videos.values():
             video.finish()
 
-    def child_cpu_s(self) -> float:
-        """CPU seconds of the encoders' child processes (after finish_videos): process_cpu_s's share of them."""
-        return sum(v.child_cpu_s for v in self._videos.values() if isinstance(v, EncoderProcess))
-
-    def child_peak_rss_mb(self) -> float:
-        """Peak memory of the encoders' child processes together (after finish_videos)."""
-        return sum(v.child_peak_rss_mb for v in self._videos.values() if isinstance(v, EncoderProcess))
+    def child_usage(self) -> tuple[float, float]:
+        """(CPU seconds, peak MiB) of the encoders' child processes together, after finish_videos."""
+        children = [v for v in self._videos.values() if isinstance(v, EncoderProcess)]
+        return sum(v.child_cpu_s for v in children), sum(v.child_peak_rss_mb for v in children)
 
     def encoder_clocks(self) -> dict[str, StageClock]:
         """{"encode": the video encoders' threads together} (nothing when no video is written)."""

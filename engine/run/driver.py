@@ -149,7 +149,8 @@ def open_run_detector(cfg: RunConfig):
     recipe = cpu_detector_recipe(cfg)
     if recipe is not None:
         detector = recipe()
-        detector.recipe = recipe   # how the detect workers' processes make it again (pipeline_options)
+        # how the detect workers' processes make it again (pipeline_options), with what it has already built
+        detector.recipe = functools.partial(recipe, **getattr(detector, "prebuilt", {}))
         return detector
     return make_detector(cfg.detector, model_path=cfg.detector_model, providers=detector_providers(cfg.backend),
                          min_face=cfg.min_face)
@@ -283,8 +284,9 @@ def _drive(cfg: RunConfig, source, detector, model: EmoNetModel, outputs: RunOut
         t0, cpu0 = time.perf_counter(), time.process_time()
         outputs.finish_videos()   # the encoders' last queued frames belong to the run's time
         stats.wall_s += time.perf_counter() - t0
-        stats.process_cpu_s += time.process_time() - cpu0 + outputs.child_cpu_s()   # the encoder process's too
-        stats.child_peak_rss_mb += outputs.child_peak_rss_mb()
+        child_cpu_s, child_peak_mb = outputs.child_usage()   # the encoder process's
+        stats.process_cpu_s += time.process_time() - cpu0 + child_cpu_s
+        stats.child_peak_rss_mb += child_peak_mb
     finally:
         close_progress()
     if cfg.face_id is not None and not outputs.main.fixed_seen:

@@ -23,17 +23,17 @@ that to about 75 / 20 ms.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from emoengine.engine.backends import OrtRunner
 from emoengine.engine.tracking.detectors.base import Faces, checked_min_face
-from emoengine.engine.tracking.detectors.mtcnn_graphs import NET_NAMES, mtcnn_models
 from emoengine.engine.tracking.detectors.nms import clip_boxes, ensure_rgb, nms, square_boxes
 from emoengine.errors import UserInputError
 
+NET_NAMES = ("pnet", "rnet", "onet")
 PNET_STRIDE, PNET_CELL = 2, 12
 WHEEL_MIN_FACE = 20.0   # the mtcnn wheel's default (run asks for its own, engine.tracking.detectors.DEFAULT_MIN_FACE)
 PATCH_BATCH = 1024  # R/O-Net patches per run: bounds ORT's activations (R-Net: ~55 kB per patch) on busy frames
@@ -97,12 +97,14 @@ class MTCNNDetector:
     def __init__(self, weights_dir: str | None = None, providers: list[str] | None = None,
                  threads: int | None = None, min_face_size: float = WHEEL_MIN_FACE, scale_factor: float = 0.709,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.9), max_side: int = 1280,
-                 max_batch: int = 8, device: str | None = None) -> None:
+                 max_batch: int = 8, device: str | None = None, nets: Mapping[str, bytes] | None = None) -> None:
         """weights_dir: a folder with pnet/rnet/onet.lz4 (default: the mtcnn wheel's). min_face_size is in frame
         pixels. The working image is the frame downscaled to long side <= max_side; there a face shrinks with the
         frame, and none under 12 px can be found (in a 4K frame at max_side 1280: none under 38 frame pixels).
         device: None runs the nets on ONNX Runtime (`providers`, `threads`); "cpu" / "cuda" in PyTorch there
-        (engine.tracking.detectors.mtcnn_torch: the same weights and numbers, for the torch backends)."""
+        (engine.tracking.detectors.mtcnn_torch: the same weights and numbers, for the torch backends). nets: the
+        serialized ONNX nets already built from those weights (`prebuilt`: a detect worker process gets its
+        parent's and skips importing onnx, a second of its start-up)."""
         min_face_size = checked_min_face(min_face_size, PNET_CELL, "mtcnn", " (P-Net's cell)")
         if not 0 < scale_factor < 1 or max_side < PNET_CELL or len(thresholds) != 3:
             raise UserInputError("mtcnn needs 0 < scale_factor < 1, max_side >= 12 and three thresholds (P-, R-, "
@@ -116,8 +118,12 @@ class MTCNNDetector:
 
             self._nets = torch_nets(str(weights_dir) if weights_dir else None, device)
         else:
-            models = mtcnn_models(str(weights_dir) if weights_dir else None)
-            self._nets = {n: OrtRunner(models[n], providers=providers, threads=threads) for n in NET_NAMES}
+            if nets is None:
+                from emoengine.engine.tracking.detectors.mtcnn_graphs import mtcnn_models
+
+                nets = mtcnn_models(str(weights_dir) if weights_dir else None)
+            self.prebuilt = {"nets": dict(nets)}   # what a copy of this detector in another process is given
+            self._nets = {n: OrtRunner(nets[n], providers=providers, threads=threads) for n in NET_NAMES}
 
     # -- public -------------------------------------------------------------------------------------------
     def detect(self, frames: Sequence[np.ndarray]) -> list[Faces]:

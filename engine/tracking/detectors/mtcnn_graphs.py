@@ -25,10 +25,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from emoengine.engine.tracking.detectors.mtcnn import NET_NAMES
 from emoengine.errors import UserInputError
 
 OPSET = 17
-NET_NAMES = ("pnet", "rnet", "onet")
 
 
 def default_weights_dir() -> Path:

@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-from emoengine.engine.tracking.detectors.mtcnn_graphs import NET_NAMES, load_weights
+from emoengine.engine.tracking.detectors.mtcnn import NET_NAMES
+from emoengine.engine.tracking.detectors.mtcnn_graphs import load_weights
 
 
 def _face_logit(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
