@@ -35,7 +35,7 @@ from emoengine.engine.outputs.encoders import (
     encoder_threads,
 )
 from emoengine.engine.outputs.writers import AtomicOutput, VideoWriter, fit_frame
-from emoengine.engine.run.children import ChildProcess, background_nice, one_line, reserve, set_nice
+from emoengine.engine.run.children import ChildProcess, background_nice, end_child, one_line, reserve, set_nice
 from emoengine.engine.run.records import FrameRecord, StageClock, queue_frames
 from emoengine.errors import RunFailure
 from emoengine.memory import child_peak_rss_mb
@@ -188,14 +188,7 @@ class EncoderProcess:
         """End the child (at once, if it still runs), close the pipes, unlink the shared memory; safe twice."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(_JOIN_S)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            self._exitcode = proc.exitcode
-            proc.close()
+            self._exitcode = end_child(proc, _JOIN_S)
         for conn in (getattr(self, "_tasks", None), getattr(self, "_acks", None)):
             if conn is not None:
                 conn.close()

@@ -41,6 +41,20 @@ class ChildProcess(SpawnProcess):
 _SPAWN_LOCK = threading.Lock()
 
 
+def end_child(proc: SpawnProcess, grace_s: float) -> int | None:
+    """End a child: terminate it if it still runs, kill it if that did not end it within `grace_s`; its exit
+    code. The process object is closed."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(grace_s)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    code = proc.exitcode
+    proc.close()
+    return code
+
+
 def reserve(shm: SharedMemory, size: int) -> None:
     """Take the segment's pages now: a full /dev/shm fails here with one error, not with SIGBUS mid-run."""
     fd = getattr(shm, "_fd", -1)   # CPython's SharedMemory keeps its descriptor here (POSIX)

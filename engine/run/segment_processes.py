@@ -27,7 +27,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from emoengine.engine.run.children import ChildProcess, background_nice, one_line, reserve, set_nice
+from emoengine.engine.run.children import ChildProcess, background_nice, end_child, one_line, reserve, set_nice
 from emoengine.errors import RunFailure
 from emoengine.memory import child_peak_rss_mb
 
@@ -205,13 +205,7 @@ class SegmentProcesses:
         proc, worker.proc = worker.proc, None
         if proc is not None:
             proc.join(0 if proc.exitcode is not None else 1.0)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(_JOIN_S)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            proc.close()
+            end_child(proc, _JOIN_S)
         worker.tasks.close()
         worker.results.close()
 
